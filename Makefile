@@ -1,0 +1,72 @@
+# protege: the one entry point. `make demo` and `make test` each run `setup` first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+TOOLS := .tools
+S3RVER := $(TOOLS)/node_modules/.bin/s3rver
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export TRL_EXPERIMENTAL_SILENCE := 1
+export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
+
+.PHONY: setup system-deps test test-fast demo bench lint format compile services-up services-down services-status images clean
+
+setup: $(STAMP) $(S3RVER) system-deps ## create .venv and install the locked stack (idempotent)
+
+$(STAMP): requirements.lock constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q -U pip setuptools wheel
+	# torch first, from the local CPU wheel; it stays a constraint so nothing swaps in a CUDA build.
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -r requirements.lock
+	$(PIP) install -q -c constraints.txt --no-deps -e .
+	@touch $(STAMP)
+
+$(S3RVER):
+	mkdir -p $(TOOLS) && npm install --silent --no-audit --no-fund --prefix $(TOOLS) s3rver@3.7.1
+
+system-deps: ## bubblewrap for the local sandbox
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q bubblewrap >/dev/null || (apt-get update -q && apt-get install -y -q bubblewrap); \
+	  else sudo apt-get install -y -q bubblewrap; fi; }
+
+test: setup ## run the test suite
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup ## tests without the slow (training) tier
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+demo: setup ## start local services and run the whole pipeline on CPU
+	$(BIN)/protege services up
+	$(BIN)/protege demo
+
+bench: setup ## benchmarks; results land in bench/results/
+	$(BIN)/python -m bench
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check src tests pipelines components bench
+	$(BIN)/ruff format --check src tests pipelines components bench
+
+format: setup
+	$(BIN)/ruff check --fix src tests pipelines components bench
+	$(BIN)/ruff format src tests pipelines components bench
+
+compile: setup ## compile the KFP pipeline into pipelines/
+	$(BIN)/protege compile
+
+services-up: setup ## start s3rver + MLflow on loopback
+	$(BIN)/protege services up
+
+services-down:
+	$(BIN)/protege services down
+
+services-status:
+	$(BIN)/protege services status
+
+clean: services-down
+	rm -rf .protege

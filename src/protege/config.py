@@ -1,0 +1,639 @@
+"""Typed configuration for the whole pipeline and each phase.
+
+One pydantic model per concern; every field has a docstring (shown by `protege config show --doc`).
+Defaults are the values of shared METHOD.md (paper values where the paper gives them); the YAML
+profiles under `protege/configs/` only override what differs (`local`: tiny model, bundled tasks, CPU;
+`cluster`: Qwen2.5-Coder-7B-Instruct on GPUs). Dotted overrides (`rl.group_size=4`) apply last.
+
+Unknown keys and bad values raise `ConfigError`, whose message names the file, the field and the
+reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+PROFILES_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file, profile or override is invalid; the message says where and why."""
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys fail, field docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+def _env(name: str, default: str = "") -> Any:
+    return lambda: os.environ.get(name, default)
+
+
+def _env_secret(name: str, default: str = "") -> Any:
+    return lambda: SecretStr(os.environ.get(name, default))
+
+
+# --------------------------------------------------------------------------------------------------
+# Infrastructure
+# --------------------------------------------------------------------------------------------------
+
+
+class StoreConfig(Strict):
+    """S3-compatible artifact store (MinIO on clusters, s3rver locally)."""
+
+    endpoint: str = Field(default_factory=_env("PROTEGE_S3_ENDPOINT", "127.0.0.1:9000"))
+    """host:port of the S3 API, without scheme (env PROTEGE_S3_ENDPOINT, else the AWS_ENDPOINT_URL host)."""
+    access_key: SecretStr = Field(default_factory=_env_secret("AWS_ACCESS_KEY_ID", "S3RVER"))
+    """S3 access key (env AWS_ACCESS_KEY_ID)."""
+    secret_key: SecretStr = Field(default_factory=_env_secret("AWS_SECRET_ACCESS_KEY", "S3RVER"))
+    """S3 secret key (env AWS_SECRET_ACCESS_KEY)."""
+    secure: bool = False
+    """Use HTTPS to reach the endpoint."""
+    region: str = "us-east-1"
+    """Region sent with signed requests."""
+    bucket: str = "protege"
+    """Bucket that holds every artifact of the pipeline (datasets, trajectories, checkpoints, reports)."""
+
+    @model_validator(mode="after")
+    def _endpoint_has_no_scheme(self) -> StoreConfig:
+        for scheme in ("http://", "https://"):
+            if self.endpoint.startswith(scheme):
+                object.__setattr__(self, "secure", scheme == "https://")
+                object.__setattr__(self, "endpoint", self.endpoint[len(scheme) :].rstrip("/"))
+        return self
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking server, experiment and model registry."""
+
+    uri: str = Field(default_factory=_env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    """MLflow tracking URI (env MLFLOW_TRACKING_URI)."""
+    experiment: str = "protege"
+    """Experiment that holds the pipeline runs."""
+    registered_model: str = "protege-agent"
+    """Name of the registered model that `register` versions."""
+
+
+class ServicesConfig(Strict):
+    """Local services started by `protege services up` (loopback only)."""
+
+    data_dir: str = ".protege"
+    """Project-local directory for s3rver data, the MLflow sqlite DB, pid files and logs."""
+    s3_port: int = Field(default=9000, ge=1, le=65535)
+    """Port of the local s3rver."""
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    """Port of the local MLflow server."""
+    mlflow_artifacts_bucket: str = "mlflow"
+    """Bucket on the local S3 server that MLflow proxies artifacts to."""
+    startup_timeout_s: float = Field(default=90.0, gt=0)
+    """How long to wait for a service's health check before giving up."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks and models
+# --------------------------------------------------------------------------------------------------
+
+
+class TaskSetConfig(Strict):
+    """Where the training and evaluation task instances come from and how they are split."""
+
+    train: str = "demo:train"
+    """Training task set: a file/dir path, an s3:// URI, an HF dataset id, or `demo:train|eval|all`."""
+    eval: str = "demo:eval"
+    """Evaluation task set (same forms as `train`)."""
+    hf_split: str = "test"
+    """Split to read when a task set is an HF hub id."""
+    train_ids: list[str] = []
+    """If non-empty, keep only these training instance ids."""
+    eval_ids: list[str] = []
+    """If non-empty, keep only these evaluation instance ids."""
+    eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """If > 0 and train == eval, split that one set deterministically with this fraction held out."""
+    split_seed: int = 0
+    """Seed of the deterministic train/eval split."""
+    max_train: int = Field(default=0, ge=0)
+    """Cap on training tasks after filtering (0 = all). Paper RL subset: 100."""
+    decontaminate: bool = True
+    """Drop training tasks whose repo also appears in the evaluation set."""
+    repos_dir: str = ".protege/repos"
+    """Local directory of git repositories named like the task's `repo` (used by the local sandbox)."""
+
+
+class TinyModelConfig(Strict):
+    """Architecture of the tiny Qwen2 model built locally (no weights can be downloaded here)."""
+
+    vocab_size: int = Field(default=4096, ge=512)
+    """Size of the BPE vocabulary trained on the bundled repositories."""
+    hidden_size: int = Field(default=128, ge=16)
+    """Model width."""
+    intermediate_size: int = Field(default=256, ge=16)
+    """MLP width."""
+    num_hidden_layers: int = Field(default=4, ge=1)
+    """Transformer layers."""
+    num_attention_heads: int = Field(default=4, ge=1)
+    """Attention heads."""
+    num_key_value_heads: int = Field(default=2, ge=1)
+    """Key/value heads (grouped-query attention)."""
+    max_position_embeddings: int = Field(default=8192, ge=128)
+    """Longest sequence the tiny model accepts."""
+    seed: int = 0
+    """Seed of the random initialisation."""
+
+
+class ModelConfig(Strict):
+    """The protégé policy model."""
+
+    base: str = "Qwen/Qwen2.5-Coder-7B-Instruct"
+    """Base model: an HF hub id, a local directory or an s3:// URI; `tiny` builds the local tiny model."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Architecture used when base == 'tiny'."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    """Weights dtype for training and generation."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel (`sdpa`, `flash_attention_2`, `eager`)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The agent and the expert (METHOD §1, §2, §6)
+# --------------------------------------------------------------------------------------------------
+
+
+class SandboxConfig(Strict):
+    """Where agent commands and grading run."""
+
+    backend: Literal["local", "docker", "kubernetes"] = "local"
+    """`local` = bubblewrap on this host; `docker` = swebench instance image; `kubernetes` = one pod per episode."""
+    allow_unsandboxed: bool = False
+    """Local only: run commands without bubblewrap. Never a silent fallback; must be opted into."""
+    command_timeout_s: float = Field(default=120.0, gt=0)
+    """Per-command wall-clock limit; the whole process group is killed when it passes."""
+    output_limit_chars: int = Field(default=100_000, ge=1000)
+    """Output captured per command before truncation (the observation cap is agent.observation_max_chars)."""
+    memory_limit_mb: int = Field(default=4096, ge=64)
+    """Address-space / memory limit per sandbox."""
+    cpu_limit: float = Field(default=1.0, gt=0)
+    """CPU cores per sandbox (docker/kubernetes) or CPU-seconds factor locally."""
+    workdir: str = "/testbed"
+    """Path of the repository inside the sandbox (SWE-bench images use /testbed)."""
+    image_template: str = "{image}"
+    """Image name template; `{image}` is the task's image column."""
+    namespace: str = "protege-sandboxes"
+    """Kubernetes namespace for sandbox pods."""
+    pod_label: str = "protege.ai/sandbox"
+    """Label put on sandbox pods; the deny-egress NetworkPolicy selects it."""
+    pod_deadline_s: int = Field(default=7200, ge=60)
+    """activeDeadlineSeconds of a sandbox pod."""
+    max_concurrent_starts: int = Field(default=8, ge=1)
+    """Cap on sandbox (pod/container) creations in flight; more wait with backoff."""
+
+
+class ExpertPrices(Strict):
+    """Dollar price per million tokens."""
+
+    input_per_mtok: float = Field(default=3.0, ge=0)
+    """Dollars per million input tokens."""
+    output_per_mtok: float = Field(default=15.0, ge=0)
+    """Dollars per million output tokens."""
+
+
+class ExpertConfig(Strict):
+    """The strong model behind ask_expert (METHOD §2)."""
+
+    backend: Literal["anthropic", "openai", "oracle"] = "anthropic"
+    """`anthropic` (Messages API), `openai` (an OpenAI-compatible server, e.g. vLLM), `oracle` (offline, gold-patch derived)."""
+    model: str = "claude-sonnet-4-5"
+    """Model id sent to the backend."""
+    base_url: str = ""
+    """Override of the API base URL (empty = the SDK default or ANTHROPIC_BASE_URL / OPENAI_BASE_URL)."""
+    max_output_tokens: int = Field(default=2048, ge=1)
+    """Maximum tokens of one expert reply (paper observed median 500, max 1,657)."""
+    context_messages: int = Field(default=5, ge=0)
+    """How many of the protégé's most recent messages the expert sees (paper: 5)."""
+    include_problem_statement: bool = True
+    """Whether the expert sees the task's problem statement."""
+    gold_patch: bool = False
+    """Show the gold patch to the expert (data synthesis only; never at RL or evaluation time)."""
+    allow_oracle: bool = False
+    """Permit the offline oracle backend (local profile and synthesis only)."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Per-request timeout."""
+    max_retries: int = Field(default=3, ge=0)
+    """Retries on overload/transient errors."""
+    prices: ExpertPrices = ExpertPrices()
+    """Price table used for metering."""
+    run_budget_usd: float = Field(default=500.0, ge=0)
+    """Dollar budget for all expert calls of one run; calls beyond it are refused with a clear status."""
+    cache_mode: Literal["record", "replay", "off"] = "record"
+    """Response cache: `record` answers from cache or calls and stores; `replay` never calls; `off` always calls."""
+    cache_dir: str = ".protege/expert-cache"
+    """Directory of the content-addressed response cache."""
+
+    @model_validator(mode="after")
+    def _oracle_needs_opt_in(self) -> ExpertConfig:
+        if self.backend == "oracle" and not self.allow_oracle:
+            raise ValueError("backend 'oracle' is offline stand-in guidance; set expert.allow_oracle=true to use it")
+        return self
+
+
+class PolicyConfig(Strict):
+    """How the protégé's actions are generated."""
+
+    backend: Literal["transformers", "openai", "anthropic", "scripted"] = "transformers"
+    """`transformers` in-process, `openai` (vLLM's OpenAI-compatible server), `anthropic`, `scripted` (replay)."""
+    base_url: str = ""
+    """Server URL for the openai backend."""
+    model: str = ""
+    """Model id for openai/anthropic backends (empty = model.base)."""
+    temperature: float = Field(default=0.0, ge=0)
+    """Sampling temperature at evaluation (RL uses rl.temperature)."""
+    max_new_tokens: int = Field(default=1024, ge=1)
+    """Maximum tokens generated per turn."""
+    context_window: int = Field(default=32768, ge=256)
+    """Prompt + generation budget; exceeding it ends the episode as context_overflow."""
+
+
+class AgentConfig(Strict):
+    """The scaffold the protégé acts in (METHOD §1)."""
+
+    step_limit: int = Field(default=75, ge=1)
+    """Maximum actions per episode (paper: 75)."""
+    expert_quota: int = Field(default=6, ge=0)
+    """Maximum ask_expert calls per episode (paper: 6); the next call returns an error observation."""
+    cost_limit_usd: float = Field(default=2.0, ge=0)
+    """Per-episode dollar cap on expert (and API policy) spend (paper: $2 at evaluation)."""
+    wall_time_s: float = Field(default=3600.0, gt=0)
+    """Per-episode wall-clock limit."""
+    max_format_errors: int = Field(default=3, ge=1)
+    """Consecutive unparsable policy turns before the episode ends as format_errors."""
+    keep_last_observations: int = Field(default=5, ge=0)
+    """Tool observations kept in full; older ones collapse to a placeholder (expert guidance never collapses)."""
+    observation_max_chars: int = Field(default=16_000, ge=100)
+    """Observations are truncated at insertion to this many characters, with a marker."""
+    sandbox: SandboxConfig = SandboxConfig()
+    """Sandbox settings."""
+    policy: PolicyConfig = PolicyConfig()
+    """Policy backend settings."""
+
+
+class LoopConfig(Strict):
+    """Loop penalty R_loop (METHOD §5.1, §6)."""
+
+    first_run_threshold: int = Field(default=15, ge=1)
+    """k1: the first run is penalised beyond this length."""
+    later_run_threshold: int = Field(default=8, ge=1)
+    """k2: later runs are penalised beyond this length."""
+    penalty_per_step: float = Field(default=0.5, ge=0)
+    """λ: penalty per step beyond the threshold."""
+    floor: float = Field(default=-10.0, le=0)
+    """Lowest value R_loop takes."""
+    metric_lengths: list[int] = [10, 20, 40]
+    """Loop-rate metric: share of trajectories whose longest run exceeds each L."""
+
+
+class RewardConfig(Strict):
+    """One curriculum stage's reward configuration (METHOD §5.1 table)."""
+
+    loop: LoopConfig = LoopConfig()
+    """Loop penalty constants."""
+    w_sim: float = 0.5
+    """Weight of R_sim."""
+    sim_threshold: float = Field(default=0.5, ge=0, le=1)
+    """R_sim is 0 at or above this patch similarity, else -1."""
+    w_expert: float = 0.1
+    """Weight of R_expert."""
+    tau_warrant: float = Field(default=0.5, ge=0, le=1)
+    """φ threshold on the warrant score u."""
+    p_low: float = -1.0
+    """φ value below τ_warrant."""
+    lambda_b2b: float = -0.25
+    """Penalty per back-to-back expert call."""
+    b2b_floor: float = -1.0
+    """Lowest R_b2b."""
+    quota_penalty_enabled: bool = False
+    """Add R_quota (the tool already enforces the quota)."""
+    quota_penalty: float = -1.0
+    """R_quota when the quota is exceeded (if enabled)."""
+    w_follow: float = 0.5
+    """Weight of R_follow."""
+    tau_follow: float = Field(default=0.5, ge=0, le=1)
+    """ψ threshold on the follow-through score f."""
+    p_follow_low: float = -1.0
+    """ψ value below τ_follow."""
+    gate_loop: bool = True
+    """Apply g_loop."""
+    gate_follow: bool = False
+    """Apply g_follow (off ≡ 1 in stage I)."""
+    no_call_penalty: float = 0.0
+    """Added to R_total when the trajectory made no expert call (stage II: -10)."""
+    judge: Literal["expert", "heuristic"] = "expert"
+    """Hidden judge: the expert model with rubric prompts, or the offline heuristic."""
+    judge_neutral_score: float = Field(default=0.5, ge=0, le=1)
+    """Score used when the judge's answer is malformed twice."""
+
+
+# METHOD §5.1 table, stage II column: what differs from the stage I defaults of RewardConfig.
+STAGE_TWO_DEFAULTS: dict[str, Any] = {
+    "w_follow": 2.0,
+    "w_expert": 0.3,
+    "tau_follow": 0.5,
+    "p_follow_low": -2.0,
+    "gate_follow": True,
+    "no_call_penalty": -10.0,
+}
+
+
+def _stage_two_reward() -> RewardConfig:
+    return RewardConfig(**STAGE_TWO_DEFAULTS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------------
+
+
+class SynthConfig(Strict):
+    """Phase synth: expert-augmented trajectory synthesis (METHOD §3)."""
+
+    teacher: Literal["anthropic", "openai", "oracle"] = "anthropic"
+    """The strong model acting as the agent; `oracle` is the offline scripted teacher."""
+    teacher_model: str = "claude-sonnet-4-5"
+    """Model id of the acting teacher."""
+    attempts: int = Field(default=1, ge=1)
+    """Attempts per training task."""
+    concurrency: int = Field(default=8, ge=1)
+    """Episodes in flight."""
+    task_timeout_s: float = Field(default=3600.0, gt=0)
+    """Per-episode timeout."""
+    task_budget_usd: float = Field(default=5.0, ge=0)
+    """Dollar cap per task (teacher + expert)."""
+    run_budget_usd: float = Field(default=2000.0, ge=0)
+    """Dollar cap for the whole synthesis run."""
+    leak_min_lines: int = Field(default=3, ge=1)
+    """Reject a trajectory whose expert reply contains this many consecutive added lines of the gold diff."""
+
+
+class SFTConfig(Strict):
+    """Phase sft (METHOD §4)."""
+
+    learning_rate: float = Field(default=1e-5, gt=0)
+    """AdamW peak learning rate."""
+    lr_scheduler: str = "cosine"
+    """Learning-rate schedule."""
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Warmup share of all steps."""
+    epochs: float = Field(default=2.0, gt=0)
+    """Passes over the dataset."""
+    max_steps: int = Field(default=-1, ge=-1)
+    """If > 0, stop after this many optimizer steps (overrides epochs)."""
+    max_length: int = Field(default=32768, ge=64)
+    """Longest training sequence in tokens (paper: 32,768)."""
+    truncation: Literal["drop", "error"] = "drop"
+    """A trajectory longer than max_length is dropped and reported (`drop`) or fails the phase (`error`)."""
+    global_batch_size: int = Field(default=32, ge=1)
+    """Sequences per optimizer step across all devices (paper: 32)."""
+    per_device_batch_size: int = Field(default=1, ge=1)
+    """Sequences per device per micro-step; gradient accumulation makes up the rest."""
+    bf16: bool = True
+    """bf16 mixed precision (GPU)."""
+    gradient_checkpointing: bool = True
+    """Activation checkpointing (GPU)."""
+    lora: bool = False
+    """Train a LoRA adapter instead of all weights (paper: full fine-tuning did better)."""
+    lora_rank: int = Field(default=64, ge=1)
+    """LoRA rank."""
+    deepspeed: Literal["", "zero2", "zero3"] = "zero3"
+    """DeepSpeed config shipped in the package; empty disables DeepSpeed."""
+    save_steps: int = Field(default=50, ge=1)
+    """Checkpoint every N optimizer steps."""
+    seed: int = 0
+    """Training seed."""
+
+
+class RLConfig(Strict):
+    """Phases rl1 and rl2: agentic GRPO (METHOD §5)."""
+
+    group_size: int = Field(default=6, ge=2)
+    """G: rollouts per task (paper: 6)."""
+    epsilon_low: float = Field(default=0.20, gt=0)
+    """Lower clip ε (paper: 0.20)."""
+    epsilon_high: float = Field(default=0.28, gt=0)
+    """Upper clip ε (paper: 0.28)."""
+    beta: float = Field(default=0.001, ge=0)
+    """KL coefficient to the SFT reference."""
+    total_steps: int = Field(default=160, ge=2)
+    """Steps over both stages (paper: 160)."""
+    stage_one_steps: int = Field(default=80, ge=1)
+    """Steps of stage I; stage II runs the rest (paper: 80/80)."""
+    tasks_per_step: int = Field(default=8, ge=1)
+    """Tasks per GRPO step."""
+    learning_rate: float = Field(default=1e-6, gt=0)
+    """Learning rate."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Rollout sampling temperature."""
+    rollout_timeout_s: float = Field(default=1800.0, gt=0)
+    """A rollout running longer fails with zero advantage."""
+    max_flat_visits: int = Field(default=2, ge=1)
+    """Drop a task after this many visits where all G rewards were identical."""
+    use_vllm: bool = True
+    """Generate with vLLM (GPU); transformers generation on CPU."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """vLLM colocated with training or a separate server."""
+    save_steps: int = Field(default=20, ge=1)
+    """Checkpoint every N steps."""
+    seed: int = 0
+    """Seed."""
+    stage1: RewardConfig = RewardConfig()
+    """Stage I reward (loop)."""
+    stage2: RewardConfig = Field(default_factory=_stage_two_reward)
+    """Stage II reward (loop + follow-through)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_two_overrides_merge_onto_stage_two_defaults(cls, data: Any) -> Any:
+        # A YAML `rl.stage2: {judge: heuristic}` must keep the stage II values, not fall back to stage I's.
+        if isinstance(data, dict) and isinstance(data.get("stage2"), dict):
+            data = {**data, "stage2": {**STAGE_TWO_DEFAULTS, **data["stage2"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> RLConfig:
+        if self.stage_one_steps >= self.total_steps:
+            raise ValueError(f"stage_one_steps ({self.stage_one_steps}) must be below total_steps ({self.total_steps})")
+        if self.epsilon_high < self.epsilon_low:
+            raise ValueError("epsilon_high must be >= epsilon_low")
+        return self
+
+
+class EvalConfig(Strict):
+    """Phase eval (METHOD §7)."""
+
+    workers: int = Field(default=8, ge=1)
+    """Episodes and gradings in parallel."""
+    attempts: int = Field(default=1, ge=1)
+    """Attempts per task (k for pass@k)."""
+    instance_timeout_s: float = Field(default=3600.0, gt=0)
+    """A hung instance is recorded with this reason and the batch goes on."""
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    """Confidence level of the Wilson interval on Pass@1."""
+    model_name: str = ""
+    """model_name_or_path written to predictions.jsonl (empty = the model URI)."""
+
+
+class RegisterConfig(Strict):
+    """Phase register: the champion gate."""
+
+    pass_at_1_floor: float = Field(default=0.0, ge=0, le=1)
+    """A new version becomes `champion` only when Pass@1 clears this floor ..."""
+    require_not_below_champion: bool = True
+    """... and is not below the current champion's Pass@1 on the same eval set."""
+
+
+# `register` is the phase's name everywhere (STYLE lesson 13); shadowing ABC.register on the model class is
+# harmless since nothing calls it there.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class ProtegeConfig(Strict):
+    """The whole pipeline."""
+
+    profile: str = "cluster"
+    """Name of the profile this config came from."""
+    run_name: str = "protege"
+    """Prefix of run names and artifact prefixes."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where training and in-process generation run."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Artifact store."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking."""
+    services: ServicesConfig = ServicesConfig()
+    """Local services."""
+    tasks: TaskSetConfig = TaskSetConfig()
+    """Task sets."""
+    model: ModelConfig = ModelConfig()
+    """The protégé model."""
+    agent: AgentConfig = AgentConfig()
+    """Agent scaffold."""
+    expert: ExpertConfig = ExpertConfig()
+    """Expert."""
+    synth: SynthConfig = SynthConfig()
+    """Phase synth."""
+    sft: SFTConfig = SFTConfig()
+    """Phase sft."""
+    rl: RLConfig = RLConfig()
+    """Phases rl1/rl2."""
+    eval: EvalConfig = EvalConfig()
+    """Phase eval."""
+    register: RegisterConfig = RegisterConfig()
+    """Phase register."""
+
+    def digest(self) -> str:
+        """sha256 of the config without secrets; stable across processes."""
+        return hashlib.sha256(json.dumps(public_dict(self), sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def profile_path(profile: str) -> Path:
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown profile '{profile}' (known: {known})")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`rl.group_size=4` -> {"rl": {"group_size": 4}}; the value is read as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': bad value: {err}") from err
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} error(s))"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        reason = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {field}: {reason}")
+    return "\n".join(lines)
+
+
+def load_config(
+    profile: str = "local", config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> ProtegeConfig:
+    """Profile YAML, then an optional user YAML on top, then dotted overrides."""
+    data = _read_yaml(profile_path(profile))
+    sources = [str(profile_path(profile))]
+    if config_file:
+        data = _deep_merge(data, _read_yaml(Path(config_file)))
+        sources.append(str(config_file))
+    for text in overrides or []:
+        data = _deep_merge(data, parse_override(text))
+    if overrides:
+        sources.append("overrides " + " ".join(overrides))
+    data.setdefault("profile", profile)
+    try:
+        return ProtegeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(" + ".join(sources), err)) from None
+
+
+def public_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain data with secrets masked (safe to print, log and hash)."""
+    return json.loads(cfg.model_dump_json())
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"rl": {"beta": 0.001}} -> {"rl.beta": 0.001} (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
