@@ -50,7 +50,9 @@ def _env_secret(name: str, default: str = "") -> Any:
 class StoreConfig(Strict):
     """S3-compatible artifact store (MinIO on clusters, s3rver locally)."""
 
-    endpoint: str = Field(default_factory=_env("PROTEGE_S3_ENDPOINT", "127.0.0.1:9000"))
+    endpoint: str = Field(
+        default_factory=lambda: os.environ.get("PROTEGE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL", "127.0.0.1:9000")
+    )
     """host:port of the S3 API, without scheme (env PROTEGE_S3_ENDPOINT, else the AWS_ENDPOINT_URL host)."""
     access_key: SecretStr = Field(default_factory=_env_secret("AWS_ACCESS_KEY_ID", "S3RVER"))
     """S3 access key (env AWS_ACCESS_KEY_ID)."""
@@ -62,6 +64,18 @@ class StoreConfig(Strict):
     """Region sent with signed requests."""
     bucket: str = "protege"
     """Bucket that holds every artifact of the pipeline (datasets, trajectories, checkpoints, reports)."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """TCP connect timeout per request, so an unreachable endpoint fails in seconds, not minutes."""
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    """Socket read timeout per request (large objects stream in parts, each well under this)."""
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of a failed connect or a 5xx reply, with exponential backoff, before a StoreError."""
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    """Backoff factor between retries (0.5 s, 1 s, 2 s, ...)."""
+    progress_every_files: int = Field(default=100, ge=1)
+    """Directory transfers log a progress line after every this many files ..."""
+    progress_every_mb: int = Field(default=256, ge=1)
+    """... or after every this many MiB, whichever comes first."""
 
     @model_validator(mode="after")
     def _endpoint_has_no_scheme(self) -> StoreConfig:
@@ -81,6 +95,12 @@ class TrackingConfig(Strict):
     """Experiment that holds the pipeline runs."""
     registered_model: str = "protege-agent"
     """Name of the registered model that `register` versions."""
+    param_value_max_chars: int = Field(default=500, ge=16)
+    """Longer param values are truncated (with a marker) to this; 500 is the limit of older MLflow servers."""
+    request_timeout_s: int = Field(default=30, ge=1)
+    """Timeout of one request to the tracking server (MLflow's default is 120 s)."""
+    request_max_retries: int = Field(default=2, ge=0)
+    """Retries of a failed request (MLflow's default of 7 with backoff 2 waits minutes on a dead server)."""
 
 
 class ServicesConfig(Strict):
@@ -96,6 +116,21 @@ class ServicesConfig(Strict):
     """Bucket on the local S3 server that MLflow proxies artifacts to."""
     startup_timeout_s: float = Field(default=90.0, gt=0)
     """How long to wait for a service's health check before giving up."""
+    stop_grace_s: float = Field(default=10.0, gt=0)
+    """After SIGTERM to a service's process group, wait this long before SIGKILL."""
+    poll_interval_s: float = Field(default=0.25, gt=0)
+    """Pause between health checks while a service starts or stops."""
+    progress_interval_s: float = Field(default=5.0, gt=0)
+    """While a service starts, print a progress line this often."""
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    """Timeout of one health-check request (loopback: an answer takes milliseconds)."""
+    log_tail_lines: int = Field(default=40, ge=1)
+    """Lines of a service's log printed when it fails to start."""
+    s3rver_module: str = ".tools/node_modules/s3rver"
+    """The npm s3rver package (installed by `make setup`); a relative path is tried from the current
+    directory, then from the project root."""
+    node_bin: str = "node"
+    """Node.js executable that runs s3rver."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,6 +195,8 @@ class ModelConfig(Strict):
     """Weights dtype for training and generation."""
     attn_implementation: str = "sdpa"
     """Attention kernel (`sdpa`, `flash_attention_2`, `eager`)."""
+    cache_dir: str = ".protege/models"
+    """Local directory that holds resolved models: built tiny models, s3:// downloads, hub snapshots."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,6 +231,25 @@ class SandboxConfig(Strict):
     """activeDeadlineSeconds of a sandbox pod."""
     max_concurrent_starts: int = Field(default=8, ge=1)
     """Cap on sandbox (pod/container) creations in flight; more wait with backoff."""
+    bwrap_path: str = "bwrap"
+    """Local: the bubblewrap binary (a name on PATH or a path); missing means SandboxError unless unsandboxed."""
+    start_timeout_s: float = Field(default=600.0, gt=0)
+    """How long a container/pod may take to become ready (image pull included) before SandboxError."""
+    start_retries: int = Field(default=5, ge=0)
+    """Retries of a pod/container creation refused with 409/429/5xx, with exponential backoff."""
+    start_backoff_s: float = Field(default=1.0, ge=0)
+    """First backoff delay of those retries, doubled per attempt."""
+    start_poll_s: float = Field(default=1.0, gt=0)
+    """Kubernetes: interval between pod status polls while waiting for Running."""
+    exec_grace_s: float = Field(default=30.0, gt=0)
+    """Docker/kubernetes: how long past a command's timeout the client waits for the exec stream to end."""
+    setup_timeout_s: float = Field(default=600.0, gt=0)
+    """Timeout of the sandbox's own setup steps (clone at base_commit, history cleanup, `git gc`)."""
+    shell_init: str = (
+        "if [ -f /opt/miniconda3/etc/profile.d/conda.sh ]; then "
+        ". /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed; fi"
+    )
+    """Docker/kubernetes: shell line run before every command (SWE-bench images keep the env in conda `testbed`)."""
 
 
 class ExpertPrices(Strict):
@@ -228,6 +284,10 @@ class ExpertConfig(Strict):
     """Per-request timeout."""
     max_retries: int = Field(default=3, ge=0)
     """Retries on overload/transient errors."""
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    """openai backend: first retry delay, doubled per attempt (the anthropic SDK uses its own backoff)."""
+    api_key_env: str = ""
+    """Environment variable holding the API key (empty = ANTHROPIC_API_KEY / OPENAI_API_KEY by backend)."""
     prices: ExpertPrices = ExpertPrices()
     """Price table used for metering."""
     run_budget_usd: float = Field(default=500.0, ge=0)
@@ -259,6 +319,12 @@ class PolicyConfig(Strict):
     """Maximum tokens generated per turn."""
     context_window: int = Field(default=32768, ge=256)
     """Prompt + generation budget; exceeding it ends the episode as context_overflow."""
+    prices: ExpertPrices = ExpertPrices()
+    """Dollar price table of the anthropic backend's turns (local and vLLM turns cost nothing)."""
+    timeout_s: float = Field(default=300.0, gt=0)
+    """Per-request timeout of the openai and anthropic backends."""
+    max_retries: int = Field(default=3, ge=0)
+    """Retries of the openai and anthropic backends on overload/transient errors."""
 
 
 class AgentConfig(Strict):
@@ -486,6 +552,12 @@ class EvalConfig(Strict):
     """Confidence level of the Wilson interval on Pass@1."""
     model_name: str = ""
     """model_name_or_path written to predictions.jsonl (empty = the model URI)."""
+    grade_timeout_s: float = Field(default=1800.0, gt=0)
+    """Wall-clock limit of one eval-script run at grading (swebench harness default: 1800 s)."""
+    grade_logs_dir: str = ".protege/grading"
+    """Where grading writes each instance's patch.diff, eval.sh, test_output.txt and report.json."""
+    grade_max_pods: int = Field(default=16, ge=1)
+    """Kubernetes grading: pods alive at once (one per graded instance)."""
 
 
 class RegisterConfig(Strict):

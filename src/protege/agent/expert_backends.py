@@ -1,0 +1,385 @@
+"""Expert backends: how one compact expert request becomes a reply (METHOD §2).
+
+Three backends, picked by `ExpertConfig.backend` through the literal dict `BACKENDS`:
+
+- `anthropic`: the Messages API through the official SDK (its own retries with backoff on 408/409/
+  429/5xx incl. 529 overloaded, `timeout_s`, `base_url` override).
+- `openai`: any OpenAI-compatible `/chat/completions` server (an open model behind vLLM), over
+  stdlib `urllib` (the `openai` package is not part of the stack), with its own retries.
+- `oracle`: an offline stand-in that reads the task's gold patch and describes in words which
+  file(s) and function(s) must change and how, never pasting patch lines. It exists so the whole
+  pipeline runs without an API key; it is only constructed when `allow_oracle` is set and is always
+  recorded as backend `oracle`.
+
+A backend never meters, caches or enforces limits (that is `protege.agent.expert`); it turns API
+trouble into `ExpertBackendError` with a readable message.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from protege.config import ExpertConfig
+from protege.tasks import TaskInstance
+
+# Rough characters per token, used where no tokenizer exists (oracle metering, budget reservations).
+CHARS_PER_TOKEN = 4
+# HTTP statuses worth retrying (the same set the anthropic SDK retries).
+RETRYABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# How much of an error body to quote in an error message.
+ERROR_BODY_CHARS = 300
+# The oracle names at most this many identifiers per change (more reads as a paste).
+ORACLE_MAX_NAMES = 6
+
+
+class ExpertBackendError(RuntimeError):
+    """The backend could not produce a reply (timeout, overload after retries, auth, bad response)."""
+
+
+@dataclass(frozen=True)
+class ExpertRequest:
+    """The compact context sent to the expert: a system prompt and one user message."""
+
+    system: str
+    user: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    """A reply with the usage the backend reported (or estimated, for the oracle)."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class ExpertBackend(Protocol):
+    """Turns a request into a reply; raises ExpertBackendError for any API trouble."""
+
+    name: str
+
+    def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply: ...
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // CHARS_PER_TOKEN)
+
+
+def _api_key(cfg: ExpertConfig, default_env: str) -> str:
+    return os.environ.get(cfg.api_key_env or default_env, "")
+
+
+class AnthropicBackend:
+    """Claude through the Messages API (anthropic SDK; it sends the key as `Authorization: Bearer`)."""
+
+    name = "anthropic"
+
+    def __init__(self, cfg: ExpertConfig, api_key: str | None = None) -> None:
+        import anthropic  # 2 s import; only when this backend is used
+
+        key = api_key if api_key is not None else _api_key(cfg, "ANTHROPIC_API_KEY")
+        if not key:
+            env = cfg.api_key_env or "ANTHROPIC_API_KEY"
+            raise ValueError(f"expert backend anthropic: no API key (set {env} or expert.api_key_env)")
+        self.cfg = cfg
+        self._anthropic = anthropic
+        self._client = anthropic.Anthropic(
+            api_key=key, base_url=cfg.base_url or None, timeout=cfg.timeout_s, max_retries=cfg.max_retries
+        )
+
+    @staticmethod
+    def payload(cfg: ExpertConfig, request: ExpertRequest) -> dict[str, Any]:
+        """The exact Messages API body (also the response-cache key material)."""
+        return {
+            "model": cfg.model,
+            "max_tokens": request.max_tokens,
+            "system": request.system,
+            "messages": [{"role": "user", "content": request.user}],
+        }
+
+    def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
+        errors = self._anthropic
+        try:
+            response = self._client.messages.create(**self.payload(self.cfg, request))
+        except errors.APIStatusError as err:
+            raise ExpertBackendError(
+                f"anthropic {type(err).__name__} (HTTP {err.status_code}) after up to "
+                f"{self.cfg.max_retries} retries: {err.message}"
+            ) from err
+        except errors.APITimeoutError as err:
+            raise ExpertBackendError(
+                f"anthropic request timed out after {self.cfg.timeout_s}s ({self.cfg.max_retries} retries)"
+            ) from err
+        except errors.APIConnectionError as err:
+            raise ExpertBackendError(f"anthropic connection error: {err}") from err
+        except errors.APIError as err:
+            raise ExpertBackendError(f"anthropic {type(err).__name__}: {err}") from err
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return BackendReply(text, response.usage.input_tokens, response.usage.output_tokens)
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat-completions server; `base_url` includes the `/v1` prefix."""
+
+    name = "openai"
+    default_base_url = "https://api.openai.com/v1"
+
+    def __init__(self, cfg: ExpertConfig, api_key: str | None = None) -> None:
+        self.cfg = cfg
+        self._key = api_key if api_key is not None else _api_key(cfg, "OPENAI_API_KEY")
+        base = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "") or self.default_base_url
+        self.url = base.rstrip("/") + "/chat/completions"
+
+    @staticmethod
+    def payload(cfg: ExpertConfig, request: ExpertRequest) -> dict[str, Any]:
+        """The exact chat-completions body (also the response-cache key material)."""
+        return {
+            "model": cfg.model,
+            "max_tokens": request.max_tokens,
+            "messages": [
+                {"role": "system", "content": request.system},
+                {"role": "user", "content": request.user},
+            ],
+        }
+
+    def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
+        body = json.dumps(self.payload(self.cfg, request)).encode()
+        headers = {"content-type": "application/json"}
+        if self._key:
+            headers["authorization"] = f"Bearer {self._key}"
+        for attempt in range(self.cfg.max_retries + 1):
+            last = attempt == self.cfg.max_retries
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(self.url, data=body, headers=headers, method="POST"),
+                    timeout=self.cfg.timeout_s,
+                ) as response:
+                    return self._parse(response.read())
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:ERROR_BODY_CHARS].decode(errors="replace")
+                if last or err.code not in RETRYABLE_STATUSES:
+                    raise ExpertBackendError(
+                        f"openai-compatible server {self.url}: HTTP {err.code} after {attempt} retries: {detail}"
+                    ) from err
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                if last:
+                    raise ExpertBackendError(
+                        f"openai-compatible server {self.url}: {err} after {attempt} retries "
+                        f"(timeout {self.cfg.timeout_s}s)"
+                    ) from err
+            time.sleep(self.cfg.retry_backoff_s * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _parse(self, raw: bytes) -> BackendReply:
+        try:
+            data = json.loads(raw)
+            text = data["choices"][0]["message"]["content"] or ""
+            usage = data.get("usage") or {}
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+            raise ExpertBackendError(
+                f"openai-compatible server {self.url}: malformed response: {raw[:ERROR_BODY_CHARS]!r}"
+            ) from err
+        return BackendReply(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracle
+# --------------------------------------------------------------------------------------------------
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
+_DEF = re.compile(r"^\s*(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+_ASSIGN = re.compile(r"^([A-Za-z_][\w.]*)\s*(?:[-+*/%|&^]|//|\*\*)?=(?!=)")
+_IGNORED_NAMES = frozenset(keyword.kwlist) | {"self", "cls"}
+# How the oracle names the statement a change is about: (when existing code changes, when code is added).
+_KIND_PHRASES = {
+    "if": ("the `if` condition", "an `if` check"),
+    "elif": ("the `elif` condition", "an `elif` branch"),
+    "else": ("the `else` branch", "an `else` branch"),
+    "while": ("the `while` condition", "a `while` loop"),
+    "for": ("the `for` loop", "a `for` loop"),
+    "return": ("the returned value", "a `return`"),
+    "raise": ("the raised exception", "a `raise`"),
+    "import": ("the imports", "an import"),
+    "from": ("the imports", "an import"),
+    "def": ("the function signature", "a new function"),
+    "class": ("the class definition", "a new class"),
+    "with": ("the `with` block", "a `with` block"),
+    "try": ("the exception handling", "exception handling"),
+    "except": ("the exception handling", "exception handling"),
+}
+
+
+@dataclass
+class Hunk:
+    """One hunk of a unified diff, reduced to what the oracle talks about."""
+
+    path: str
+    line: int
+    """New-file line number of the first changed line."""
+    scope: str
+    """Innermost `def`/`class` name before the change ('' = module level)."""
+    removed: list[str]
+    added: list[str]
+
+
+def parse_hunks(patch: str) -> list[Hunk]:
+    """Hunks of a git diff with their file, enclosing function and changed lines.
+
+    Hunk bodies are read by the line counts of their `@@` headers, so a removed line that itself
+    starts with `-- ` is not mistaken for a file header.
+    """
+    hunks: list[Hunk] = []
+    path = ""
+    old_left = new_left = new_line = 0
+    for line in patch.splitlines():
+        if old_left > 0 or new_left > 0:
+            hunk = hunks[-1]
+            tag, text = line[:1], line[1:]
+            if tag in ("+", "-") and not hunk.removed and not hunk.added:
+                hunk.line = new_line
+            if tag == "+":
+                hunk.added.append(text)
+                new_left -= 1
+                new_line += 1
+            elif tag == "-":
+                hunk.removed.append(text)
+                old_left -= 1
+            elif tag != "\\":
+                if not hunk.removed and not hunk.added and _scope_of(text):
+                    hunk.scope = _scope_of(text)
+                old_left -= 1
+                new_left -= 1
+                new_line += 1
+        elif line.startswith("+++ "):
+            path = line[4:].strip().removeprefix("b/")
+        elif (match := _HUNK.match(line)) and path:
+            old_left = int(match.group(1) or 1)
+            new_left = int(match.group(3) or 1)
+            new_line = int(match.group(2))
+            hunks.append(Hunk(path, new_line, _scope_of(match.group(4)), [], []))
+    return [h for h in hunks if h.removed or h.added]
+
+
+def _scope_of(text: str) -> str:
+    match = _DEF.match(text)
+    return match.group(2) if match else ""
+
+
+def _names(lines: list[str]) -> list[str]:
+    """Identifiers of code lines in first-seen order (keywords, comments and string literals dropped)."""
+    seen: dict[str, None] = {}
+    for line in lines:
+        code = _STRING.sub("", line).split("#", 1)[0]
+        for name in _NAME.findall(code):
+            if name not in _IGNORED_NAMES:
+                seen.setdefault(name)
+    return list(seen)
+
+
+def _raised(lines: list[str]) -> list[str]:
+    """Exception names of `raise X(...)` lines."""
+    return [names[0] for line in lines if line.strip().startswith("raise ") and (names := _names([line]))]
+
+
+def _kind(lines: list[str], adding: bool) -> str:
+    """What the first code line of a change is, in words (`adding`: phrased as something new)."""
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        first = text.split()[0].rstrip(":")
+        if first in _KIND_PHRASES:
+            return _KIND_PHRASES[first][adding]
+        if match := _ASSIGN.match(text):
+            return f"{'an' if adding else 'the'} assignment to `{match.group(1)}`"
+        break
+    return "new code" if adding else "the logic"
+
+
+def _quote(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names[:ORACLE_MAX_NAMES])
+
+
+def describe_hunk(hunk: Hunk) -> str:
+    """One sentence on what must change in a hunk, in words (identifiers only, never code lines)."""
+    where = f"In `{hunk.path}`, " + (f"in `{hunk.scope}`" if hunk.scope else "at module level")
+    where += f" around line {hunk.line}"
+    removed_names, added_names = _names(hunk.removed), _names(hunk.added)
+    raised = [n for n in _raised(hunk.added) if n not in _raised(hunk.removed)]
+    new = [n for n in added_names if n not in removed_names and n not in raised]
+    gone = [n for n in removed_names if n not in added_names]
+    if hunk.removed and hunk.added:
+        sentence = f"{where}: {_kind(hunk.removed, adding=False)} is wrong"
+        if new:
+            sentence += f"; it should take {_quote(new)} into account"
+        if gone:
+            sentence += f"{' and' if new else '; it should'} stop relying on {_quote(gone)}"
+        if not new and not gone and not raised:
+            sentence += "; the same names are involved but combined differently (check operators and order)"
+    elif hunk.added:
+        sentence = f"{where}: something is missing; add {_kind(hunk.added, adding=True)}"
+        if new:
+            sentence += f", involving {_quote(new)}"
+    else:
+        sentence = f"{where}: {_kind(hunk.removed, adding=False)} should go"
+        if removed_names:
+            sentence += f" (it uses {_quote(removed_names)})"
+    if raised:
+        sentence += f"; it should raise {_quote(raised)} in the bad case"
+    return sentence + "."
+
+
+def oracle_guidance(task: TaskInstance) -> str:
+    """Guidance derived from the gold patch: files, functions and the change in words, no patch lines."""
+    hunks = parse_hunks(task.patch)
+    files = list(dict.fromkeys(h.path for h in hunks))
+    lines = [
+        "(oracle guidance, derived offline from the reference fix)",
+        f"The fix touches {len(files)} file(s): {_quote(files)}.",
+        *(f"- {describe_hunk(h)}" for h in hunks),
+    ]
+    scopes = list(dict.fromkeys(h.scope for h in hunks if h.scope))
+    target = f"`{scopes[0]}` in `{hunks[0].path}`" if scopes else f"`{files[0]}`" if files else "the code"
+    tests = ", ".join(task.FAIL_TO_PASS)
+    lines.append(f"Start by reading {target}, make that change, then run the failing tests: {tests}.")
+    return "\n".join(lines)
+
+
+class OracleBackend:
+    """Offline expert: answers from the task's gold patch (never from the question); costs nothing."""
+
+    name = "oracle"
+
+    def __init__(self, cfg: ExpertConfig, api_key: str | None = None) -> None:
+        if not cfg.allow_oracle:
+            raise ValueError(
+                "expert backend oracle needs expert.allow_oracle=true (local profile, synthesis)"
+            )
+        self.cfg = cfg
+
+    @staticmethod
+    def payload(cfg: ExpertConfig, request: ExpertRequest) -> dict[str, Any]:
+        """What the oracle is given (it sends nothing anywhere)."""
+        return {"model": cfg.model, "system": request.system, "user": request.user}
+
+    def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
+        text = oracle_guidance(task)
+        return BackendReply(text, estimate_tokens(request.system + request.user), estimate_tokens(text))
+
+
+BACKENDS: dict[str, type[AnthropicBackend] | type[OpenAIBackend] | type[OracleBackend]] = {
+    "anthropic": AnthropicBackend,
+    "openai": OpenAIBackend,
+    "oracle": OracleBackend,
+}
