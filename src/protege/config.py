@@ -558,6 +558,8 @@ class EvalConfig(Strict):
     """Where grading writes each instance's patch.diff, eval.sh, test_output.txt and report.json."""
     grade_max_pods: int = Field(default=16, ge=1)
     """Kubernetes grading: pods alive at once (one per graded instance)."""
+    grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
+    """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
 
 
 class RegisterConfig(Strict):
