@@ -51,7 +51,9 @@ class StoreConfig(Strict):
     """S3-compatible artifact store (MinIO on clusters, s3rver locally)."""
 
     endpoint: str = Field(
-        default_factory=lambda: os.environ.get("PROTEGE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL", "127.0.0.1:9000")
+        default_factory=lambda: (
+            os.environ.get("PROTEGE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL", "127.0.0.1:9000")
+        )
     )
     """host:port of the S3 API, without scheme (env PROTEGE_S3_ENDPOINT, else the AWS_ENDPOINT_URL host)."""
     access_key: SecretStr = Field(default_factory=_env_secret("AWS_ACCESS_KEY_ID", "S3RVER"))

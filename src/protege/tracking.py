@@ -1,0 +1,371 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per phase, lineage to the registry.
+
+The only module that imports mlflow (I/O at the edges); mlflow is imported lazily so `protege --help`
+and modules that merely import this one stay fast. Telemetry is off.
+
+- `Tracker.start_pipeline` opens the parent run and logs the flattened config as params (values
+  truncated to `tracking.param_value_max_chars`, batches of MLflow's 100) plus `config.json`.
+  KFP steps run in separate processes: pass `parent_env()` (`PROTEGE_PARENT_RUN_ID`) to them, and
+  `start_pipeline` re-attaches to that run instead of opening a new one.
+- `Tracker.phase("sft")` is a nested run named after the phase (synth, sft, rl1, rl2, eval, register);
+  it ends FINISHED, or FAILED when the block raises.
+- Datasets are logged as run inputs with a digest (`log_dataset`), checkpoints as EXTERNAL
+  LoggedModels whose tag `protege.checkpoint_uri` holds their s3:// URI (`log_checkpoint`; never the
+  transformers flavor, which is broken with transformers 5), and `register` versions a LoggedModel
+  in the registry with lineage tags and aliases.
+
+Note: `mlflow.create_external_model` and `mlflow.register_model` use the process-wide tracking URI,
+so `Tracker(cfg)` sets it (one tracking server per process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from protege.config import TrackingConfig, flatten, public_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import DatasetInput, LoggedModel, Run
+    from mlflow.entities.model_registry import ModelVersion
+
+PHASES = ("synth", "sft", "rl1", "rl2", "eval", "register")
+PARENT_RUN_ENV = "PROTEGE_PARENT_RUN_ID"
+TAG_PHASE = "protege.phase"
+TAG_PIPELINE_RUN = "protege.pipeline_run_id"
+TAG_CONFIG_DIGEST = "protege.config_digest"
+TAG_CHECKPOINT_URI = "protege.checkpoint_uri"
+TAG_MODEL_ID = "protege.model_id"
+TAG_SOURCE_RUN = "protege.source_run_id"
+_PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs
+_TRUNCATED = "...[truncated]"
+
+
+class TrackingError(RuntimeError):
+    """A tracking call failed or was misused; the message names the run, phase or model."""
+
+
+def _mlflow() -> Any:
+    # Set before the first import: mlflow reads these when it starts its telemetry client.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    import mlflow
+
+    return mlflow
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """A phase's nested run."""
+
+    run_id: str
+    phase: str
+    parent_run_id: str
+
+
+class Tracker:
+    """Talks to one MLflow server for one experiment."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        mlflow = _mlflow()
+        # MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes on a dead server.
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.request_timeout_s)
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.request_max_retries)
+        mlflow.set_tracking_uri(cfg.uri)
+        mlflow.set_registry_uri(cfg.uri)
+        self.cfg = cfg
+        self.client = mlflow.MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
+        self.experiment_id = self._call(f"experiment '{cfg.experiment}'", self._experiment_id)
+        self.parent_run_id: str | None = None
+
+    # ---- pipeline and phase runs ------------------------------------------------------------------
+
+    def start_pipeline(
+        self,
+        run_name: str,
+        config: BaseModel | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Open the pipeline's parent run, or re-attach to `parent_run_id` / `$PROTEGE_PARENT_RUN_ID`
+        (then nothing is logged again: params are immutable in MLflow). Returns the run id."""
+        existing = parent_run_id or os.environ.get(PARENT_RUN_ENV)
+        if existing:
+            run = self.get_run(existing)
+            if run.info.experiment_id != self.experiment_id:
+                raise TrackingError(
+                    f"parent run {existing} belongs to experiment {run.info.experiment_id}, "
+                    f"not '{self.cfg.experiment}' ({self.experiment_id})"
+                )
+            self.parent_run_id = existing
+            return existing
+        run = self._call(
+            f"new pipeline run '{run_name}'",
+            lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {})),
+        )
+        self.parent_run_id = run.info.run_id
+        if config is not None:
+            self.log_config(self.parent_run_id, config)
+        return self.parent_run_id
+
+    def parent_env(self) -> dict[str, str]:
+        """Env for a child process (a KFP step) so its Tracker re-attaches to this pipeline run."""
+        return {PARENT_RUN_ENV: self._require_parent()}
+
+    def end_pipeline(self, status: str = "FINISHED") -> None:
+        """Close the parent run with FINISHED, FAILED or KILLED."""
+        run_id = self._require_parent()
+        self._call(f"end run {run_id}", lambda: self.client.set_terminated(run_id, status=status))
+
+    @contextmanager
+    def phase(
+        self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+    ) -> Iterator[PhaseRun]:
+        """A nested run named `name` under the pipeline run; FAILED if the block raises."""
+        if name not in PHASES:
+            raise TrackingError(f"unknown phase '{name}' (phases: {', '.join(PHASES)})")
+        parent = self._require_parent()
+        run_tags = {_PARENT_TAG: parent, TAG_PHASE: name, TAG_PIPELINE_RUN: parent, **dict(tags or {})}
+        run = self._call(
+            f"phase run '{name}' under {parent}",
+            lambda: self.client.create_run(self.experiment_id, run_name=name, tags=run_tags),
+        )
+        current = PhaseRun(run.info.run_id, name, parent)
+        if params:
+            self.log_params(current.run_id, params)
+        try:
+            yield current
+        except BaseException:
+            self.client.set_terminated(current.run_id, status="FAILED")
+            raise
+        self._call(f"end phase run '{name}'", lambda: self.client.set_terminated(current.run_id, "FINISHED"))
+
+    # ---- params, metrics, tags --------------------------------------------------------------------
+
+    def log_config(self, run_id: str, config: BaseModel) -> None:
+        """Flattened config (secrets masked) as params, the full config as `config.json`, its digest as a tag."""
+        data = public_dict(config)
+        self.log_params(run_id, flatten(data))
+        digest = config.digest() if hasattr(config, "digest") else None
+        if digest:
+            self.set_tags(run_id, {TAG_CONFIG_DIGEST: digest})
+        self._call(f"config.json of run {run_id}", lambda: self.client.log_dict(run_id, data, "config.json"))
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+        items = [Param(key, self._param_value(value)) for key, value in params.items()]
+        for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self._call(f"params of run {run_id}", lambda b=batch: self.client.log_batch(run_id, params=b))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+        now_ms = int(time.time() * 1000)
+        items = [Metric(key, float(value), now_ms, step or 0) for key, value in metrics.items()]
+        for batch in _chunks(items, MAX_METRICS_PER_BATCH):
+            self._call(f"metrics of run {run_id}", lambda b=batch: self.client.log_batch(run_id, metrics=b))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self._call(f"tags of run {run_id}", lambda b=batch: self.client.log_batch(run_id, tags=b))
+
+    def log_artifacts(self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str = "") -> None:
+        """A file or a directory tree (report files, plots) as artifacts of the run under `artifact_path`."""
+        path = os.fspath(local_path)
+        log = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
+        self._call(f"artifact {path} of run {run_id}", lambda: log(run_id, path, artifact_path or None))
+
+    # ---- lineage: datasets, checkpoints, registry -------------------------------------------------
+
+    def log_dataset(
+        self,
+        run_id: str,
+        name: str,
+        source: str,
+        digest: str | None = None,
+        df: pd.DataFrame | None = None,
+        context: str = "training",
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Record a dataset (at `source`, e.g. an s3:// URI) as an input of the run; returns its digest.
+
+        With `df` MLflow also stores its schema and profile; without it the dataset is metadata only and
+        `digest` is required (e.g. the sha256 of the upload's MANIFEST.json).
+        """
+        mlflow = _mlflow()
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if df is not None:
+            dataset = mlflow.data.from_pandas(df, source=source, name=name, digest=digest)
+        elif digest:
+            dataset = MetaDataset(source=resolve_dataset_source(source), name=name, digest=digest)
+        else:
+            raise TrackingError(f"dataset '{name}' ({source}): give a digest or a DataFrame")
+        input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)] + [
+            InputTag(k, str(v)) for k, v in (tags or {}).items()
+        ]
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=input_tags)
+        self._call(
+            f"dataset '{name}' of run {run_id}", lambda: self.client.log_inputs(run_id, datasets=[entry])
+        )
+        return dataset.digest
+
+    def log_checkpoint(
+        self,
+        run_id: str,
+        name: str,
+        uri: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        model_type: str = "agent",
+    ) -> str:
+        """An EXTERNAL LoggedModel for the checkpoint stored at `uri` (s3://...); returns its model_id."""
+        mlflow = _mlflow()
+        model_tags = {TAG_CHECKPOINT_URI: uri, TAG_SOURCE_RUN: run_id, **dict(tags or {})}
+        model_params = {k: self._param_value(v) for k, v in (params or {}).items()}
+        model = self._call(
+            f"checkpoint '{name}' ({uri}) of run {run_id}",
+            lambda: mlflow.create_external_model(
+                name=name,
+                source_run_id=run_id,
+                tags=model_tags,
+                params=model_params,
+                model_type=model_type,
+                experiment_id=self.experiment_id,
+            ),
+        )
+        return model.model_id
+
+    def register(
+        self,
+        model_id: str,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aliases: Sequence[str] = (),
+    ) -> ModelVersion:
+        """Register a LoggedModel as a new version of `name` (default tracking.registered_model), with
+        lineage tags (model id, checkpoint URI, source and pipeline runs, plus `tags`) and aliases."""
+        mlflow = _mlflow()
+        name = name or self.cfg.registered_model
+        model = self.logged_model(model_id)
+        source_run = model.source_run_id or ""
+        lineage = {
+            TAG_MODEL_ID: model_id,
+            TAG_CHECKPOINT_URI: model.tags.get(TAG_CHECKPOINT_URI, ""),
+            TAG_SOURCE_RUN: source_run,
+            TAG_PIPELINE_RUN: self.parent_run_id or self._parent_of(source_run),
+            **dict(tags or {}),
+        }
+        version = self._call(
+            f"register {model_id} as '{name}'",
+            lambda: mlflow.register_model(f"models:/{model_id}", name, tags=lineage),
+        )
+        for alias in aliases:
+            self._call(
+                f"alias '{alias}' -> {name} v{version.version}",
+                lambda a=alias: self.client.set_registered_model_alias(name, a, version.version),
+            )
+        return self.client.get_model_version(name, version.version)
+
+    # ---- reading back -----------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        return self._call(f"run {run_id}", lambda: self.client.get_run(run_id))
+
+    def nested_runs(self, parent_run_id: str | None = None) -> list[Run]:
+        """The phase runs of a pipeline run, oldest first."""
+        parent = parent_run_id or self._require_parent()
+        return self._call(
+            f"nested runs of {parent}",
+            lambda: list(
+                self.client.search_runs(
+                    [self.experiment_id],
+                    filter_string=f"tags.`{_PARENT_TAG}` = '{parent}'",
+                    order_by=["attributes.start_time ASC"],
+                )
+            ),
+        )
+
+    def dataset_inputs(self, run_id: str) -> list[DatasetInput]:
+        return list(self.get_run(run_id).inputs.dataset_inputs)
+
+    def logged_model(self, model_id: str) -> LoggedModel:
+        return self._call(f"logged model {model_id}", lambda: self.client.get_logged_model(model_id))
+
+    def logged_models(self, run_id: str) -> list[LoggedModel]:
+        """LoggedModels created by a run (MLflow does not list external models in run outputs)."""
+        return self._call(
+            f"logged models of run {run_id}",
+            lambda: list(
+                self.client.search_logged_models(
+                    experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+                )
+            ),
+        )
+
+    def model_version(self, alias: str, name: str | None = None) -> ModelVersion:
+        name = name or self.cfg.registered_model
+        return self._call(
+            f"model '{name}'@{alias}", lambda: self.client.get_model_version_by_alias(name, alias)
+        )
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(self.cfg.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.cfg.experiment)
+        except MlflowException:
+            # Another process created it between our lookup and create.
+            return self.client.get_experiment_by_name(self.cfg.experiment).experiment_id
+
+    def _parent_of(self, run_id: str) -> str:
+        return self.get_run(run_id).data.tags.get(_PARENT_TAG, "") if run_id else ""
+
+    def _require_parent(self) -> str:
+        if not self.parent_run_id:
+            raise TrackingError(f"no pipeline run: call start_pipeline() first (or set {PARENT_RUN_ENV})")
+        return self.parent_run_id
+
+    def _param_value(self, value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        limit = self.cfg.param_value_max_chars
+        return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
+
+    def _call(self, what: str, func: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return func()
+        except MlflowException as err:
+            raise TrackingError(f"{self.cfg.uri}: {what}: {err.message}") from err
+        except OSError as err:  # connection refused/reset, timeouts (requests' errors are OSErrors)
+            raise TrackingError(f"{self.cfg.uri}: {what}: tracking server unreachable: {err}") from err
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
