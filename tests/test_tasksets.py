@@ -139,3 +139,16 @@ def test_decontamination_and_id_selection(tmp_path):
     assert [t.instance_id for t in picked.train] == ["c__z-1"]
     with pytest.raises(TaskSetError, match="not in the task set: q__q-1"):
         select_tasks(TaskSetConfig(train=str(train), eval=str(evaluation), train_ids=["q__q-1"]))
+
+
+def test_s3_uri_file_and_tree(tmp_path, store):
+    jsonl = write_jsonl(tmp_path / "t.jsonl", [row("acme__lib-1"), row("acme__lib-2")])
+    store.upload_file(jsonl, store.uri("sets/t.jsonl"))
+    tasks = load_task_set(store.uri("sets/t.jsonl"), store=store)
+    assert [t.instance_id for t in tasks] == ["acme__lib-1", "acme__lib-2"]
+
+    import datasets
+
+    datasets.Dataset.from_list([row("acme__lib-3")]).save_to_disk(str(tmp_path / "saved"))
+    store.upload_dir(tmp_path / "saved", store.uri("sets/saved"))
+    assert [t.instance_id for t in load_task_set(store.uri("sets/saved"), store=store)] == ["acme__lib-3"]
