@@ -1,0 +1,3 @@
+"""Select, filter and sort columns of CSV text."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,3 @@
+"""Exact money amounts with currencies, allocation and formatting."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,3 @@
+"""Parse and compare semantic versions."""
+
+__version__ = "1.0.0"
