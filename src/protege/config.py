@@ -478,12 +478,30 @@ class SFTConfig(Strict):
     """Train a LoRA adapter instead of all weights (paper: full fine-tuning did better)."""
     lora_rank: int = Field(default=64, ge=1)
     """LoRA rank."""
+    lora_alpha: int = Field(default=128, ge=1)
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)."""
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
     deepspeed: Literal["", "zero2", "zero3"] = "zero3"
     """DeepSpeed config shipped in the package; empty disables DeepSpeed."""
     save_steps: int = Field(default=50, ge=1)
     """Checkpoint every N optimizer steps."""
+    save_total_limit: int = Field(default=2, ge=0)
+    """Local checkpoints kept on disk (0 = all); every checkpoint stays in the artifact store."""
+    logging_steps: int = Field(default=1, ge=1)
+    """Log loss, learning rate, grad norm and tokens/s every N optimizer steps."""
     seed: int = 0
     """Training seed."""
+    num_nodes: int = Field(default=1, ge=1)
+    """Multi-node runs (`protege sft --emit-trainjob`): nodes of the Kubeflow Trainer TrainJob."""
+    gpus_per_node: int = Field(default=8, ge=1)
+    """Multi-node runs: GPUs per node of the TrainJob (one training process each)."""
+    trainjob_runtime: str = "torch-distributed"
+    """Multi-node runs: the Kubeflow Trainer ClusterTrainingRuntime the TrainJob references."""
+    trainjob_image: str = "ghcr.io/protege-ai/protege-trainer:latest"
+    """Multi-node runs: the trainer image (CUDA, torch, trl, deepspeed, protege); pin a digest on clusters."""
+    trainjob_namespace: str = "protege"
+    """Multi-node runs: namespace of the TrainJob."""
 
 
 class RLConfig(Strict):

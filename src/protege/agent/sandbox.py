@@ -1,0 +1,443 @@
+"""Sandboxes: a task's repository at base_commit, isolated, where the agent's commands run.
+
+`open_sandbox(cfg, task, repos_dir)` picks the backend named by `sandbox.backend`:
+- `local` (this module): a private work tree cloned from `<repos_dir>/<task.repo_dirname>` and every
+  command run under bubblewrap: no network (`--unshare-all`), a read-only view of only the system and
+  Python directories, the work tree read-write at `workdir`, private /tmp and HOME, all capabilities
+  dropped, `ulimit` memory/CPU limits, a per-command timeout that kills the whole process group.
+  `allow_unsandboxed=true` runs the same commands without bubblewrap; that is the only way to get
+  there: a missing or broken bubblewrap raises SandboxError.
+- `docker` (`sandbox_docker.py`) and `kubernetes` (`sandbox_k8s.py`): the instance image, commands
+  through the exec API, sharing this module's shell snippets.
+
+Integrity (agents mine git history for the fix): inside every sandbox the repository holds no commit
+after base_commit, no remote, no ref past base_commit, no reflog and no object only a later commit
+reaches; the gold and test patches are never written anywhere the sandbox can read. Locally the clone
+fetches only base_commit (and tags that are its ancestors), so later objects are never copied; the
+source repositories, the project checkout and the installed `protege` package (its demo data holds
+gold patches) are not mounted. Container images get `sandbox_docker.CLEANUP_SCRIPT` at start.
+
+Simplifications: each command is its own process tree (background jobs end with the command, as in
+mini-swe-agent); /tmp and HOME persist across commands of one sandbox because they are bind-mounted
+scratch directories, not tmpfs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import select
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from protege.agent.protocols import CommandResult, Sandbox, SandboxError
+from protege.config import SandboxConfig
+from protege.tasks import TaskInstance
+
+log = logging.getLogger(__name__)
+
+# Shell snippets shared by all backends; each reads its arguments as $1, $2, ... and runs in workdir.
+READ_SCRIPT = """\
+if [ -d "$1" ]; then echo "is a directory: $1" >&2; exit 21; fi
+if [ ! -e "$1" ]; then echo "no such file: $1" >&2; exit 2; fi
+exec cat -- "$1"
+"""
+WRITE_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
+# The diff stages into a throwaway index so the agent's own index is untouched; byte-code caches
+# are never part of a patch.
+DIFF_SCRIPT = """\
+set -e
+idx=$(mktemp)
+trap 'rm -f "$idx"' EXIT
+cp -p "$(git rev-parse --git-path index)" "$idx" 2>/dev/null || true  # -p: git's racy-clean check needs the mtime
+export GIT_INDEX_FILE="$idx"
+git add -A -- . ':(exclude,glob)**/__pycache__/**' ':(exclude,glob)**/*.pyc'
+git -c core.quotePath=false diff --cached --no-color --no-ext-diff --no-textconv "$1"
+"""
+_READ_CHUNK = 1 << 16
+_REAP_POLL_S = 0.02  # how often to look whether the leader exited (not a tunable: only latency)
+_SANDBOX_HOME = "/home/agent"
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_ENV = {"LANG": "C.UTF-8", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class OutputCap:
+    """Keeps the head and tail of a stream within `limit` bytes; counts what it drops."""
+
+    def __init__(self, limit: int | None, errors: str = "replace") -> None:
+        self.limit = limit
+        self.errors = errors
+        self.total = 0
+        self._head = bytearray()
+        self._tail = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.limit is None:
+            self._head += data
+            return
+        room = self.limit // 2 - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        self._tail += data
+        keep = self.limit - self.limit // 2
+        if len(self._tail) > 2 * keep:  # trim in batches so feeding stays linear
+            del self._tail[:-keep]
+
+    def text(self) -> tuple[str, bool]:
+        """(output, truncated); a truncated output has a marker saying how many bytes were cut."""
+        if self.limit is None or self.total <= self.limit:
+            return (self._head + self._tail).decode(errors=self.errors), False
+        tail = self._tail[-(self.limit - self.limit // 2) :]
+        cut = self.total - len(self._head) - len(tail)
+        marker = f"\n[... output truncated: {cut} of {self.total} bytes cut ...]\n"
+        return self._head.decode(errors=self.errors) + marker + tail.decode(errors=self.errors), True
+
+
+def _child_pidfds(pid: int) -> list[int]:
+    """pidfds of pid's direct children (bwrap's pid-1 of the sandbox runs in a session of its own)."""
+    fds = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                fds.append(os.pidfd_open(int(stat_file.parent.name)))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return fds
+
+
+def _kill_group(pgid: int, leader_alive: bool, grace_s: float) -> None:
+    """SIGKILL the group; if the leader was still alive, return once its children are gone too (or after grace_s).
+
+    A sandbox's pid-1 dies with its parent (--die-with-parent) and takes the whole pid namespace with it,
+    asynchronously: waiting for it means no process of a killed command outlives `run`.
+    """
+    children = _child_pidfds(pgid) if leader_alive else []
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    for fd in children:
+        select.select([fd], [], [], max(0.0, deadline - time.monotonic()))  # readable once it exited
+        os.close(fd)
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    # WNOWAIT leaves the leader a zombie, so its pid (= the group id) cannot be reused before killpg.
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_REAP_POLL_S)
+    return True
+
+
+def _feed_stdin(pipe: object, data: bytes) -> None:
+    try:
+        pipe.write(data)  # type: ignore[attr-defined]
+        pipe.close()  # type: ignore[attr-defined]
+    except BrokenPipeError:
+        return
+
+
+def run_process(
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    timeout: float,
+    limit: int | None,
+    stdin: bytes | None = None,
+    grace_s: float,
+    errors: str = "replace",
+) -> CommandResult:
+    """Run argv in its own session; at `timeout` (or once it exits) its whole process group is killed.
+
+    Output (stdout and stderr interleaved) is read incrementally through an `OutputCap(limit)` and
+    decoded as UTF-8 with `errors` (`surrogateescape` keeps file contents byte-exact). A killed
+    command's processes are waited for up to `grace_s`.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    if stdin is not None:
+        threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True).start()
+    cap, deadline, timed_out = OutputCap(limit, errors), start + timeout, False
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            if not sel.select(remaining):
+                continue
+            chunk = os.read(proc.stdout.fileno(), _READ_CHUNK)
+            if not chunk:
+                break
+            cap.feed(chunk)
+    if not timed_out:
+        timed_out = not _wait_unreaped(proc.pid, deadline)
+    _kill_group(proc.pid, timed_out, grace_s)  # also ends background jobs the command left behind
+    proc.stdout.close()
+    code = proc.wait()
+    output, truncated = cap.text()
+    return CommandResult(output, code, truncated, timed_out, time.monotonic() - start)
+
+
+def raise_for_read(path: str, result: CommandResult) -> str:
+    """Map READ_SCRIPT's exit status to the OSError a file API would raise, naming the path."""
+    errors = {2: FileNotFoundError, 21: IsADirectoryError}
+    if result.exit_code != 0:
+        raise errors.get(result.exit_code, OSError)(f"{path}: {result.output.strip()}")
+    return result.output
+
+
+def _force_rmtree(path: Path) -> None:
+    def make_writable(func: Callable[[str], object], target: str, _exc: object) -> None:
+        os.chmod(os.path.dirname(target), stat.S_IRWXU)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, stat.S_IRWXU)
+        func(target)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=make_writable)
+
+
+def _git(args: list[str], cwd: Path, timeout: float, what: str, check: bool = True) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise SandboxError(f"{what}: git {args[0]} took longer than {timeout:g}s") from err
+    if check and done.returncode != 0:
+        raise SandboxError(f"{what}: git {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def clone_at_base(source: Path, base_commit: str, tree: Path, timeout: float, what: str) -> str:
+    """Make `tree` a fresh repository holding only base_commit's history, checked out (detached) there.
+
+    Returns the full sha. Only base_commit and tags that are its ancestors are fetched (over the pack
+    protocol, so nothing is hard-linked or shared), hence later commits' objects never arrive.
+    """
+    if not source.is_dir():
+        raise SandboxError(f"{what}: source repository {source} does not exist (sandbox.repos_dir?)")
+    sha = _git(
+        ["rev-parse", "--verify", "--quiet", f"{base_commit}^{{commit}}"], source, timeout, what, check=False
+    ).strip()
+    if not sha:
+        raise SandboxError(f"{what}: base_commit {base_commit} is not in {source}")
+    tags = _git(
+        ["for-each-ref", "--merged", sha, "--format=%(refname)", "refs/tags"], source, timeout, what
+    ).split()
+    tree.mkdir(parents=True)
+    _git(["init", "--quiet", "--template="], tree, timeout, what)
+    upload = "git -c uploadpack.allowAnySHA1InWant=true upload-pack"
+    refspecs = [sha, *(f"{tag}:{tag}" for tag in tags)]
+    _git(
+        ["fetch", "--quiet", "--no-tags", "--upload-pack", upload, source.resolve().as_uri(), *refspecs],
+        tree,
+        timeout,
+        what,
+    )
+    _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha], tree, timeout, what)
+    _git(["config", "core.logAllRefUpdates", "false"], tree, timeout, what)
+    _force_rmtree(tree / ".git" / "logs")
+    (tree / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
+    return sha
+
+
+def _python_dirs() -> list[str]:
+    """Directories a `python -m pytest` inside needs: the venv, its base, the interpreter's own prefix."""
+    real_exe = Path(os.path.realpath(sys.executable))
+    dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(real_exe.parent.parent)]
+    return list(dict.fromkeys(os.path.realpath(d) for d in dirs))
+
+
+def _protected_paths(repos_dir: Path) -> list[str]:
+    """Paths that hold gold patches: the source repositories and the installed protege package."""
+    paths = [os.path.realpath(repos_dir)]
+    spec = importlib.util.find_spec("protege")
+    if spec is not None and spec.submodule_search_locations:
+        paths += [os.path.realpath(p) for p in spec.submodule_search_locations]
+    return paths
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+class LocalSandbox:
+    """The task's repository in a private work tree; commands under bubblewrap (or, opted in, bare)."""
+
+    def __init__(self, cfg: SandboxConfig, task: TaskInstance, repos_dir: str | Path) -> None:
+        self.cfg, self.task = cfg, task
+        what = f"sandbox for {task.instance_id}"
+        bwrap = None if cfg.allow_unsandboxed else shutil.which(cfg.bwrap_path)
+        if bwrap is None and not cfg.allow_unsandboxed:
+            raise SandboxError(
+                f"{what}: bubblewrap not found at '{cfg.bwrap_path}' (install `bubblewrap`, set sandbox.bwrap_path, "
+                "or opt into running commands unisolated with sandbox.allow_unsandboxed=true)"
+            )
+        self._root = Path(tempfile.mkdtemp(prefix="protege-sandbox-"))
+        self._cleanup = weakref.finalize(self, _force_rmtree, self._root)
+        self._tree = self._root / "testbed"
+        scratch_tmp, scratch_home = self._root / "tmp", self._root / "home"
+        try:
+            scratch_tmp.mkdir()
+            scratch_home.mkdir()
+            self.base_commit = clone_at_base(
+                Path(repos_dir) / task.repo_dirname, task.base_commit, self._tree, cfg.setup_timeout_s, what
+            )
+            if bwrap is None:
+                log.warning("%s: running commands WITHOUT isolation (sandbox.allow_unsandboxed=true)", what)
+                self.workdir, self._cwd = str(self._tree), str(self._tree)
+                self._prefix: list[str] = []
+                self._env = {**_ENV, "PATH": os.environ.get("PATH", ""), "HOME": str(scratch_home)}
+                self._env["TMPDIR"] = str(scratch_tmp)
+            else:
+                self.workdir, self._cwd = cfg.workdir, str(self._tree)
+                self._prefix = self._bwrap_prefix(bwrap, scratch_tmp, scratch_home, Path(repos_dir))
+                self._env = {**_ENV, "PATH": self._path(), "HOME": _SANDBOX_HOME, "TMPDIR": "/tmp"}
+                self._probe(what)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bwrap_prefix(self, bwrap: str, tmp: Path, home: Path, repos_dir: Path) -> list[str]:
+        args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        bound: list[str] = []
+        for path in _SYSTEM_DIRS:
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+                bound.append(path)
+        args += ["--dev", "/dev", "--proc", "/proc"]
+        args += ["--bind", str(tmp), "/tmp", "--bind", str(home), _SANDBOX_HOME]
+        for path in _python_dirs():
+            if not any(_under(path, b) for b in bound):
+                args += ["--ro-bind", path, path]
+                bound.append(path)
+        for secret in _protected_paths(repos_dir):  # e.g. a non-editable install inside the venv
+            if any(_under(secret, b) for b in bound):
+                args += ["--tmpfs", secret]
+        args += ["--bind", str(self._tree), self.workdir, "--remount-ro", "/"]
+        return [*args, "--chdir", self.workdir, "--"]
+
+    def _path(self) -> str:
+        venv_bin = [f"{sys.prefix}/bin"] if sys.prefix != sys.base_prefix else []
+        return ":".join([*venv_bin, _SYSTEM_PATH])
+
+    def _probe(self, what: str) -> None:
+        result = self._exec("git rev-parse HEAD", [], self.cfg.setup_timeout_s, None)
+        if result.exit_code != 0 or result.output.strip() != self.base_commit:
+            raise SandboxError(
+                f"{what}: bubblewrap could not start a sandbox (user namespaces disabled?): {result.output.strip()!r}; "
+                "set sandbox.allow_unsandboxed=true to run commands without isolation"
+            )
+
+    def _exec(
+        self,
+        script: str,
+        args: list[str],
+        timeout: float,
+        limit: int | None,
+        stdin: bytes | None = None,
+        errors: str = "replace",
+    ) -> CommandResult:
+        # ulimit -v/-t set soft and hard limits, so the command cannot raise them again.
+        kb = self.cfg.memory_limit_mb * 1024
+        cpu_s = math.ceil(self.cfg.cpu_limit * timeout)
+        limits = f'ulimit -v {kb} && ulimit -t {cpu_s} && exec /bin/bash -c "$@"'
+        argv = [*self._prefix, "/bin/bash", "-c", limits, "protege-sandbox", script, "protege-sandbox", *args]
+        return run_process(
+            argv,
+            cwd=self._cwd,
+            env=self._env,
+            timeout=timeout,
+            limit=limit,
+            stdin=stdin,
+            errors=errors,
+            grace_s=self.cfg.exec_grace_s,
+        )
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run a bash command in workdir; output capped at output_limit_chars, killed at the timeout."""
+        return self._exec(command, [], timeout or self.cfg.command_timeout_s, self.cfg.output_limit_chars)
+
+    def read_file(self, path: str) -> str:
+        """Whole file as the sandbox sees it (relative to workdir); FileNotFoundError/IsADirectoryError/OSError."""
+        result = self._exec(READ_SCRIPT, [path], self.cfg.command_timeout_s, None, errors="surrogateescape")
+        return raise_for_read(path, result)
+
+    def write_file(self, path: str, content: str) -> None:
+        """Create or replace a file (parents created) as the sandbox sees it; OSError naming the path."""
+        data = content.encode(errors="surrogateescape")
+        result = self._exec(
+            WRITE_SCRIPT, [path], self.cfg.command_timeout_s, self.cfg.output_limit_chars, data
+        )
+        if result.exit_code != 0:
+            raise OSError(f"{path}: {result.output.strip()}")
+
+    def diff(self) -> str:
+        """`git diff` of the work tree against base_commit, new files included, text only."""
+        result = self._exec(DIFF_SCRIPT, [self.base_commit], self.cfg.setup_timeout_s, None)
+        if result.exit_code != 0:
+            raise SandboxError(f"diff in sandbox for {self.task.instance_id} failed: {result.output.strip()}")
+        return result.output
+
+    def close(self) -> None:
+        """Remove the work tree and scratch directories (idempotent)."""
+        self._cleanup()
+
+    def __enter__(self) -> LocalSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_local(cfg: SandboxConfig, task: TaskInstance, repos_dir: Path) -> Sandbox:
+    return LocalSandbox(cfg, task, repos_dir)
+
+
+def _open_docker(cfg: SandboxConfig, task: TaskInstance, repos_dir: Path) -> Sandbox:
+    from protege.agent.sandbox_docker import DockerSandbox
+
+    return DockerSandbox(cfg, task)
+
+
+def _open_kubernetes(cfg: SandboxConfig, task: TaskInstance, repos_dir: Path) -> Sandbox:
+    from protege.agent.sandbox_k8s import KubernetesSandbox
+
+    return KubernetesSandbox(cfg, task)
+
+
+def open_sandbox(cfg: SandboxConfig, task: TaskInstance, repos_dir: str | Path) -> Sandbox:
+    """Start a sandbox for `task` with the configured backend (repos_dir is used by `local` only)."""
+    backends = {"local": _open_local, "docker": _open_docker, "kubernetes": _open_kubernetes}
+    return backends[cfg.backend](cfg, task, Path(repos_dir))

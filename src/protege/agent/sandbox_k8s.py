@@ -1,0 +1,233 @@
+"""Kubernetes sandbox: one pod per episode from the task's instance image, commands through the exec stream.
+
+The pod (`pod_manifest`) runs `sleep infinity` with resource requests = limits, no service-account
+token, no service links, `activeDeadlineSeconds` (the backstop if this process is SIGKILLed), and the
+`sandbox.pod_label` label that the namespace's deny-egress NetworkPolicy selects (the cluster, not
+this code, enforces "no network"). Creation holds a process-wide slot (`max_concurrent_starts`) until
+the pod is Running, and is retried with exponential backoff on 409/429/5xx. The pod is deleted on
+close, on garbage collection, at interpreter exit, and when the start itself fails.
+
+Commands run as `bash -c` under `timeout -s KILL` (see `sandbox_docker.ContainerShell`), streamed
+through the exec websocket with a client-side deadline of timeout + `exec_grace_s`.
+
+No cluster exists where this was written: it is tested at the API boundary (exact pod spec, exec
+calls, deletion, the concurrency cap) against a fake CoreV1Api and a fake stream function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import weakref
+from typing import Any
+
+from protege.agent.protocols import CommandResult, SandboxError
+from protege.agent.sandbox import OutputCap
+from protege.agent.sandbox_docker import (
+    INSTANCE_ANNOTATION,
+    SANDBOX_LABEL_VALUE,
+    ContainerShell,
+    image_for,
+    sandbox_name,
+    start_slot,
+    transient_status,
+    with_backoff,
+)
+from protege.config import SandboxConfig
+from protege.tasks import TaskInstance
+
+log = logging.getLogger(__name__)
+
+CONTAINER = "sandbox"
+ERROR_CHANNEL = 3  # the exec websocket channel that carries the exit status
+_FATAL_WAITING = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+)
+
+
+def pod_manifest(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) -> dict[str, Any]:
+    """The sandbox pod, as the dict `create_namespaced_pod` takes."""
+    resources = {"cpu": f"{cfg.cpu_limit:g}", "memory": f"{cfg.memory_limit_mb}Mi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": cfg.namespace,
+            "labels": {cfg.pod_label: SANDBOX_LABEL_VALUE},
+            "annotations": {INSTANCE_ANNOTATION: task.instance_id},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": cfg.pod_deadline_s,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": image,
+                    "command": ["sleep", "infinity"],
+                    "workingDir": cfg.workdir,
+                    "resources": {"requests": dict(resources), "limits": dict(resources)},
+                    "securityContext": {"allowPrivilegeEscalation": False},
+                }
+            ],
+        },
+    }
+
+
+def _delete_pod(core: Any, name: str, namespace: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.delete_namespaced_pod(name=name, namespace=namespace, grace_period_seconds=0)
+    except ApiException as err:
+        if err.status != 404:
+            log.error("could not delete sandbox pod %s/%s: %s", namespace, name, err)
+
+
+def _api_reason(err: Any) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("reason", ""))
+    except (TypeError, ValueError):
+        return ""
+
+
+def _transient(err: Exception) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    return isinstance(err, ApiException) and transient_status(err.status)
+
+
+def _default_clients() -> tuple[Any, Any]:
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CoreV1Api(), stream
+
+
+class KubernetesSandbox:
+    """One pod per episode; `core` is a CoreV1Api and `stream` is `kubernetes.stream.stream` unless given."""
+
+    def __init__(self, cfg: SandboxConfig, task: TaskInstance, core: Any = None, stream: Any = None) -> None:
+        self.cfg, self.task, self.workdir = cfg, task, cfg.workdir
+        self.what = f"kubernetes sandbox for {task.instance_id}"
+        image = image_for(cfg, task)
+        if core is None or stream is None:
+            core, stream = _default_clients()
+        self._core, self._stream = core, stream
+        self.name, self.namespace = sandbox_name(task), cfg.namespace
+        manifest = pod_manifest(cfg, task, image, self.name)
+        self._delete = weakref.finalize(self, _delete_pod, core, self.name, self.namespace)
+        try:
+            with start_slot(cfg.max_concurrent_starts):
+                with_backoff(
+                    lambda: self._create(manifest), _transient, cfg.start_retries, cfg.start_backoff_s
+                )
+                self._wait_running()
+            self._shell = ContainerShell(cfg, self._exec, self.what)
+            self.base_commit = self._shell.clean_history(task.base_commit)
+        except BaseException as err:
+            self.close()
+            if isinstance(err, Exception) and not isinstance(err, SandboxError):
+                raise SandboxError(f"{self.what}: could not start pod {self.name}: {err}") from err
+            raise
+
+    def _create(self, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._core.create_namespaced_pod(namespace=self.namespace, body=manifest)
+        except ApiException as err:
+            # The name is ours alone (random suffix): AlreadyExists means an earlier attempt got through.
+            if err.status == 409 and _api_reason(err) == "AlreadyExists":
+                return
+            raise
+
+    def _wait_running(self) -> None:
+        deadline = time.monotonic() + self.cfg.start_timeout_s
+        while True:
+            status = self._core.read_namespaced_pod(name=self.name, namespace=self.namespace).status
+            if status.phase == "Running":
+                return
+            if status.phase in ("Failed", "Succeeded"):
+                raise SandboxError(
+                    f"{self.what}: pod {self.name} ended ({status.phase}) before running: {status.message}"
+                )
+            for container in status.container_statuses or []:
+                waiting = container.state.waiting if container.state else None
+                if waiting is not None and waiting.reason in _FATAL_WAITING:
+                    raise SandboxError(f"{self.what}: pod {self.name}: {waiting.reason}: {waiting.message}")
+            if time.monotonic() >= deadline:
+                raise SandboxError(
+                    f"{self.what}: pod {self.name} not Running after {self.cfg.start_timeout_s:g}s (phase {status.phase})"
+                )
+            time.sleep(self.cfg.start_poll_s)
+
+    def _exec(self, argv: list[str], timeout: float, limit: int | None, errors: str) -> CommandResult:
+        start, cap = time.monotonic(), OutputCap(limit, errors)
+        deadline = start + timeout + self.cfg.exec_grace_s
+        ws = self._stream(
+            self._core.connect_get_namespaced_pod_exec,
+            self.name,
+            self.namespace,
+            command=argv,
+            container=CONTAINER,
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            binary=True,
+            _preload_content=False,
+        )
+        try:
+            while ws.is_open():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SandboxError(
+                        f"{self.what}: exec in pod {self.name} outlived its {timeout:g}s timeout"
+                    )
+                ws.update(timeout=remaining)
+                # read_all() drains stdout+stderr in order but also forgets the status channel: keep it.
+                if not ws.peek_channel(ERROR_CHANNEL):
+                    cap.feed(ws.read_all())
+            exit_code = ws.returncode
+            cap.feed(ws.read_all())
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise SandboxError(f"{self.what}: unreadable exec status from pod {self.name}: {err}") from err
+        finally:
+            ws.close()
+        output, truncated = cap.text()
+        return CommandResult(output, exit_code, truncated, False, time.monotonic() - start)
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run a bash command in workdir; output capped, the process group killed at the timeout."""
+        return self._shell.run(command, timeout)
+
+    def read_file(self, path: str) -> str:
+        """Whole file (relative to workdir); FileNotFoundError/IsADirectoryError/OSError naming the path."""
+        return self._shell.read_file(path)
+
+    def write_file(self, path: str, content: str) -> None:
+        """Create or replace a file, parents created; OSError naming the path."""
+        self._shell.write_file(path, content)
+
+    def diff(self) -> str:
+        """`git diff` against base_commit, new files included, text only."""
+        return self._shell.diff(self.base_commit)
+
+    def close(self) -> None:
+        """Delete the pod (idempotent)."""
+        self._delete()
+
+    def __enter__(self) -> KubernetesSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
