@@ -81,6 +81,12 @@ def _tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks_verify(args: argparse.Namespace) -> int:
+    from protege.verify import run_cli
+
+    return run_cli(args)
+
+
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("tasks", help="inspect and check task sets").add_subparsers(dest="cmd", required=True)
     forms = "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, s3://..., or demo:train|eval|all"
@@ -90,6 +96,13 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     listing = group.add_parser("list", help="list the instances of a task set")
     listing.add_argument("path", help=forms)
     listing.set_defaults(func=_tasks_list)
+    verify = group.add_parser(
+        "verify", help="grade every instance's gold patch (must resolve) and an empty patch (must not)"
+    )
+    verify.add_argument("path", nargs="?", help=forms + " (default: the profile's train and eval sets)")
+    verify.add_argument("--workers", type=int, help="gradings in parallel (default: eval.workers)")
+    _profile_args(verify)
+    verify.set_defaults(func=_tasks_verify)
 
 
 # --------------------------------------------------------------------------------------------------

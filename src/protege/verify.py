@@ -1,0 +1,243 @@
+"""Task-set verification: every instance's environment must be able to tell a fix from no fix.
+
+For each instance the gold patch is graded (it must resolve) and an empty patch is graded with the
+tests still run (the unfixed repository must not resolve: every FAIL_TO_PASS test fails and every
+PASS_TO_PASS test passes, the definitions SWE-bench's own validation uses). A broken instance is
+reported by id with the reason, so a broken environment never reaches synthesis or RL.
+
+    protege tasks verify demo:all            # one task set
+    protege tasks verify --profile local     # that profile's train and eval sets
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protege.config import ProtegeConfig
+from protege.grading import GradeJob, GradeResult, grade_batch
+from protege.tasks import TaskInstance
+
+# Failure reasons meaning the grading itself did not happen: the run says nothing about the tests.
+INFRA_REASONS = ("timeout", "sandbox_error")
+GOLD, EMPTY = "gold", "empty"
+
+
+@dataclass
+class InstanceVerdict:
+    """Both gradings of one instance and what is wrong with it (nothing when `ok`)."""
+
+    instance_id: str
+    gold: GradeResult
+    empty: GradeResult
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class VerifyReport:
+    """Verdicts in task order."""
+
+    verdicts: list[InstanceVerdict]
+    duration_s: float = 0.0
+
+    @property
+    def broken(self) -> list[InstanceVerdict]:
+        return [v for v in self.verdicts if not v.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.broken
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "instances": len(self.verdicts),
+            "broken": {v.instance_id: v.problems for v in self.broken},
+            "duration_s": self.duration_s,
+            "verdicts": [
+                {"instance_id": v.instance_id, "ok": v.ok, "problems": v.problems,
+                 "gold": v.gold.to_dict(), "empty": v.empty.to_dict()}
+                for v in self.verdicts
+            ],
+        }  # fmt: skip
+
+    def table(self) -> str:
+        """A fixed-width summary, one row per instance, then the broken ones with their reasons."""
+        width = max([len("instance_id")] + [len(v.instance_id) for v in self.verdicts])
+        rows = [f"{'instance_id':<{width}}  {'gold':<12} {'empty':<12} {'gold_s':>7} {'empty_s':>7}  verdict"]
+        for v in self.verdicts:
+            rows.append(
+                f"{v.instance_id:<{width}}  {_outcome(v.gold):<12} {_outcome(v.empty):<12} "
+                f"{v.gold.duration_s:>7.1f} {v.empty.duration_s:>7.1f}  {'ok' if v.ok else 'BROKEN'}"
+            )
+        rows.append(f"{len(self.verdicts) - len(self.broken)}/{len(self.verdicts)} instance(s) ok")
+        for v in self.broken:
+            rows.append(f"BROKEN {v.instance_id}:")
+            rows.extend(f"  - {problem}" for problem in v.problems)
+        return "\n".join(rows)
+
+
+def _outcome(result: GradeResult) -> str:
+    return "resolved" if result.resolved else result.failure_reason
+
+
+def _where(test: str, result: GradeResult) -> str:
+    """'not found in log' or 'failed (STATUS)' for a test graded as a failure."""
+    from swebench.harness.grading import _resolve_case
+
+    key = _resolve_case(test, result.test_statuses)
+    return "not found in log" if key is None else f"failed ({result.test_statuses[key]})"
+
+
+def _failures(result: GradeResult, kind: str) -> list[str]:
+    return list((result.tests_status or {}).get(kind, {}).get("failure", []))
+
+
+def _successes(result: GradeResult, kind: str) -> list[str]:
+    return list((result.tests_status or {}).get(kind, {}).get("success", []))
+
+
+def gold_problems(gold: GradeResult) -> list[str]:
+    """Why the gold patch's grading shows a broken instance (empty when it resolves)."""
+    if gold.resolved:
+        return []
+    if gold.failure_reason in ("patch_apply_failed", *INFRA_REASONS):
+        return [f"gold patch does not resolve: {gold.failure_reason}: {gold.detail}".rstrip(": ")]
+    if gold.tests_status is None:
+        return [f"gold patch does not resolve: no test results could be parsed from {gold.log_path}"]
+    problems = [
+        f"gold patch does not resolve: {kind} test {test} {_where(test, gold)}"
+        for kind in ("FAIL_TO_PASS", "PASS_TO_PASS")
+        for test in _failures(gold, kind)
+    ]
+    return problems or ["gold patch does not resolve (swebench reports no failing test)"]
+
+
+def empty_problems(empty: GradeResult) -> list[str]:
+    """Why the no-fix grading shows a broken instance: a FAIL_TO_PASS test that already passes, a
+    PASS_TO_PASS test that fails, or a run that never produced results."""
+    if empty.failure_reason in INFRA_REASONS:
+        return [f"empty patch could not be graded: {empty.failure_reason}: {empty.detail}".rstrip(": ")]
+    if empty.tests_status is None:
+        return [f"empty patch: no test results could be parsed from {empty.log_path}"]
+    problems = []
+    if empty.resolved:
+        problems.append("empty patch resolves: the tests do not detect a missing fix")
+    problems += [
+        f"FAIL_TO_PASS test {test} passes without the fix" for test in _successes(empty, "FAIL_TO_PASS")
+    ]
+    problems += [
+        f"PASS_TO_PASS test {test} {_where(test, empty)} without the fix"
+        for test in _failures(empty, "PASS_TO_PASS")
+    ]
+    return problems
+
+
+def verify_task_set(
+    tasks: Sequence[TaskInstance],
+    cfg: ProtegeConfig,
+    repos_dir: str | Path,
+    workers: int | None = None,
+    *,
+    run_id: str | None = None,
+    logs_dir: str | Path | None = None,
+    on_verdict: Callable[[InstanceVerdict], None] | None = None,
+) -> VerifyReport:
+    """Grade gold and empty patches of every task in parallel (`workers`, default cfg.eval.workers);
+    `on_verdict` is called once per instance as soon as both its gradings are in."""
+    started = time.monotonic()
+    run_id = run_id or time.strftime("verify-%Y%m%d-%H%M%S")
+    jobs = [GradeJob(t, t.patch, GOLD) for t in tasks] + [
+        GradeJob(t, "", EMPTY, run_tests_on_empty=True) for t in tasks
+    ]
+    done: dict[int, GradeResult] = {}
+    verdicts: dict[int, InstanceVerdict] = {}
+
+    def collect(index: int, result: GradeResult) -> None:
+        done[index] = result
+        task_index = index % len(tasks)
+        pair = (done.get(task_index), done.get(task_index + len(tasks)))
+        if pair[0] is not None and pair[1] is not None and task_index not in verdicts:
+            verdict = InstanceVerdict(tasks[task_index].instance_id, pair[0], pair[1])
+            verdict.problems = gold_problems(pair[0]) + empty_problems(pair[1])
+            verdicts[task_index] = verdict
+            if on_verdict:
+                on_verdict(verdict)
+
+    grade_batch(jobs, cfg, repos_dir, workers=workers, run_id=run_id, logs_dir=logs_dir, on_result=collect)
+    report = VerifyReport([verdicts[i] for i in range(len(tasks))], time.monotonic() - started)
+    out = Path(logs_dir or cfg.eval.grade_logs_dir) / run_id / "verify.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: `protege tasks verify` (registered in protege.cli._add_tasks)
+# --------------------------------------------------------------------------------------------------
+
+
+def _ensure_repos(tasks: Sequence[TaskInstance], source: str, repos_dir: Path) -> None:
+    """The local sandbox needs each task's repository; the demo ones are built on first use."""
+    missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
+    if not missing:
+        return
+    if source.startswith("demo:"):
+        from protege.demo import build_demo_repos
+
+        build_demo_repos(repos_dir)
+        return
+    from protege.cli import CLIError
+
+    raise CLIError(f"{source}: repositories missing under {repos_dir}: {', '.join(missing)}")
+
+
+def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
+    seen = []
+
+    def show(verdict: InstanceVerdict) -> None:
+        seen.append(verdict.instance_id)
+        state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
+        print(
+            f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
+            f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
+            flush=True,
+        )
+
+    return show
+
+
+def run_cli(args: Any) -> int:
+    """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
+    from protege.cli import load_cfg
+    from protege.tasksets import TaskSetError, load_task_set
+
+    cfg = load_cfg(args)
+    sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
+    repos_dir = Path(cfg.tasks.repos_dir)
+    broken = 0
+    for source in sources:
+        try:
+            tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)
+        except TaskSetError as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        if cfg.agent.sandbox.backend == "local":
+            _ensure_repos(tasks, source, repos_dir)
+        print(
+            f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
+            flush=True,
+        )
+        report = verify_task_set(tasks, cfg, repos_dir, args.workers, on_verdict=_print_progress(len(tasks)))
+        print(report.table())
+        broken += len(report.broken)
+    return 1 if broken else 0
