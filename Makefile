@@ -18,14 +18,21 @@ export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
 setup: $(STAMP) $(S3RVER) system-deps ## create .venv and install the locked stack (idempotent)
 
+# pip's output goes to a log (this machine's extra indexes print hundreds of harmless warnings);
+# on failure its tail is shown.
+INSTALL_LOG := $(VENV)/install.log
+PIP_LOGGED = >>$(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG); exit 1; }
+
 $(STAMP): requirements.lock constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q -U pip setuptools wheel
-	# torch first, from the local CPU wheel; it stays a constraint so nothing swaps in a CUDA build.
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -r requirements.lock
-	$(PIP) install -q -c constraints.txt --no-deps -e .
+	@echo "setup: installing into $(VENV) (log: $(INSTALL_LOG))"
+	@$(PIP) install -q -U pip setuptools wheel $(PIP_LOGGED)
+	@# torch first, from the local CPU wheel; it stays a constraint so nothing swaps in a CUDA build.
+	@echo "setup: torch==2.13.0 (CPU)"; $(PIP) install -q -c constraints.txt torch==2.13.0 $(PIP_LOGGED)
+	@echo "setup: locked dependencies"; $(PIP) install -q -c constraints.txt -r requirements.lock $(PIP_LOGGED)
+	@$(PIP) install -q -c constraints.txt --no-deps -e . $(PIP_LOGGED)
 	@touch $(STAMP)
+	@echo "setup: done"
 
 $(S3RVER):
 	mkdir -p $(TOOLS) && npm install --silent --no-audit --no-fund --prefix $(TOOLS) s3rver@3.7.1
