@@ -70,7 +70,7 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
                 continue
             where = f"{path}:{number}"
             try:
-                yield where, json.loads(line)
+                yield where, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 yield where, f"not valid JSON ({err.msg} at column {err.colno})"
 

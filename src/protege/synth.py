@@ -1,0 +1,485 @@
+"""Phase synth (METHOD §3): expert-augmented trajectory synthesis, filtering, and the SFT dataset.
+
+    protege synth --profile local [--tasks demo:train] [--ids a,b] [--out DIR] [--max-episodes N]
+
+Over the training tasks, a strong teacher acts as the agent with `ask_expert` available; the expert
+sees the gold patch (set here, for this phase only, never globally). The teacher is picked by
+`synth.teacher` from the literal dict `TEACHERS`: `anthropic` (Claude through tool_use), `openai`
+(an OpenAI-compatible server) or `oracle` (the offline scripted engineer of
+`protege.agent.teacher`). `synth.concurrency` threads run `synth.attempts` attempts per task.
+
+Incremental and resumable: each finished episode is judged and appended to `trajectories.jsonl`
+at once (and uploaded to `<store>/<run_name>/synth/episodes/` when a store is given); a re-run skips
+every recorded (task, attempt), so an interrupted run loses at most the episodes in flight. A torn
+last line (a kill mid-write) is dropped on resume. With a store and no local file, the recorded
+episodes are first restored from the store.
+
+Filters (each rejection counted by reason): `not_submitted` / `timeout` / `budget` (the episode
+did not end with submit), `empty_patch`, `leak` (an expert reply holds `synth.leak_min_lines`
+consecutive added lines of the gold diff verbatim, whitespace-normalised), `unresolved` (graded
+in a fresh sandbox by `protege.grading.grade`), `error` (the episode or its grading crashed).
+
+Budgets: an episode's dollar cap is what is left of `synth.task_budget_usd` for its task (earlier
+attempts included; concurrent attempts of one task may overrun it by one episode); no episode
+starts once `synth.run_budget_usd` is spent, and the expert's run budget is capped by it too.
+Episodes not started for a budget are not recorded, so a re-run with a larger budget runs them.
+`synth.task_timeout_s` caps each episode's wall time (the agent ends it as `timeout`).
+
+Output: `trajectories.jsonl` (every episode, verdict in `extra.synth`), `dataset/` (the SFT
+export of `protege.sft_data`), `synth_summary.json`. Simplified relative to the paper: tasks come
+from any task set (paper: SWE-smith); the oracle teacher stands in for Claude offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from protege.config import ProtegeConfig
+from protege.tasks import TaskInstance
+from protege.trajectory import Trajectory, TrajectoryFormatError, append_trajectory, parse_record
+
+PHASE = "synth"
+TRAJECTORIES = "trajectories.jsonl"
+DATASET_DIR = "dataset"
+SUMMARY = "synth_summary.json"
+DATASET_NAME = "synth-sft"
+MLFLOW_DIGEST_CHARS = 32
+"""MLflow caps dataset digests at 36 characters; the full sha256 goes in an input tag."""
+
+Key = tuple[str, int]
+PolicyFor = Callable[[TaskInstance, int], Any]
+Progress = Callable[[str], None]
+
+# Terminal statuses other than `submitted`, as rejection reasons.
+STATUS_REASONS = {"timeout": "timeout", "cost_limit": "budget", "budget_exhausted": "budget"}
+
+
+class SynthError(ValueError):
+    """The phase cannot run as configured; the message names the bad item."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Filters
+# --------------------------------------------------------------------------------------------------
+
+
+def _normalise(line: str) -> str:
+    return " ".join(line.split())
+
+
+def gold_added_runs(patch: str) -> list[list[str]]:
+    """Runs of consecutive added lines of a diff, whitespace-normalised, blank lines skipped."""
+    runs: list[list[str]] = [[]]
+    for line in patch.splitlines():
+        if line.startswith("+") and not line.startswith("+++"):
+            if text := _normalise(line[1:]):
+                runs[-1].append(text)
+        elif runs[-1]:
+            runs.append([])
+    return [run for run in runs if run]
+
+
+def find_leak(reply: str, gold_patch: str, min_lines: int) -> list[str]:
+    """The first `min_lines` consecutive added gold lines that appear verbatim (whitespace-normalised,
+    a diff's leading `+` ignored) as consecutive lines of `reply`; [] when there is none."""
+    lines = [_normalise(line) for line in reply.splitlines()]
+    lines = [line[1:].strip() if line.startswith("+") else line for line in lines]
+    text = "\n" + "\n".join(line for line in lines if line) + "\n"
+    for run in gold_added_runs(gold_patch):
+        for start in range(len(run) - min_lines + 1):
+            window = run[start : start + min_lines]
+            if "\n" + "\n".join(window) + "\n" in text:
+                return window
+    return []
+
+
+def judge(
+    trajectory: Trajectory, task: TaskInstance, min_lines: int, grade: Callable[..., Any]
+) -> dict[str, Any]:
+    """The synth verdict {"kept", "reason", "detail"}; grades (in a fresh sandbox) only what passes
+    the cheap checks. Sets `trajectory.resolved` when graded."""
+    if trajectory.status != "submitted":
+        reason = STATUS_REASONS.get(trajectory.status, "not_submitted")
+        return {"kept": False, "reason": reason, "detail": f"{trajectory.status}: {trajectory.status_detail}"}
+    if not trajectory.patch.strip():
+        return {"kept": False, "reason": "empty_patch", "detail": "submitted an empty patch"}
+    for call in trajectory.expert_calls:
+        if leaked := find_leak(call.reply, task.patch, min_lines):
+            return {
+                "kept": False,
+                "reason": "leak",
+                "detail": f"expert reply at step {call.step} pastes: {leaked}",
+            }
+    result = grade(task, trajectory.patch)
+    trajectory.resolved = result.resolved
+    if result.resolved:
+        return {"kept": True, "reason": "resolved", "detail": ""}
+    reason = "error" if result.failure_reason == "sandbox_error" else "unresolved"
+    return {"kept": False, "reason": reason, "detail": f"{result.failure_reason}: {result.detail}"[:500]}
+
+
+def verdict(trajectory: Trajectory) -> dict[str, Any]:
+    return trajectory.extra.get(PHASE, {"kept": False, "reason": "error", "detail": "no verdict"})
+
+
+def cost(trajectory: Trajectory) -> float:
+    return trajectory.policy_cost_usd + trajectory.expert_cost_usd
+
+
+# --------------------------------------------------------------------------------------------------
+# Teachers
+# --------------------------------------------------------------------------------------------------
+
+
+def _oracle_teacher(cfg: ProtegeConfig) -> PolicyFor:
+    from protege.agent.teacher import OracleTeacher
+
+    return lambda task, attempt: OracleTeacher(task, attempt, model=cfg.synth.teacher_model)
+
+
+def _anthropic_teacher(cfg: ProtegeConfig) -> PolicyFor:
+    from protege.agent.api_policies import AnthropicPolicy
+
+    shared = AnthropicPolicy(cfg.agent.policy, cfg.synth.teacher_model)
+    return lambda task, attempt: shared
+
+
+def _openai_teacher(cfg: ProtegeConfig) -> PolicyFor:
+    from protege.agent.api_policies import OpenAIChatPolicy
+
+    shared = OpenAIChatPolicy(cfg.agent.policy, cfg.synth.teacher_model)
+    return lambda task, attempt: shared
+
+
+TEACHERS: dict[str, Callable[[ProtegeConfig], PolicyFor]] = {
+    "oracle": _oracle_teacher,
+    "anthropic": _anthropic_teacher,
+    "openai": _openai_teacher,
+}
+
+
+def synth_config(cfg: ProtegeConfig) -> ProtegeConfig:
+    """This phase's config: the expert sees the gold patch; episodes end at the task timeout."""
+    agent = cfg.agent.model_copy(update={"wall_time_s": min(cfg.agent.wall_time_s, cfg.synth.task_timeout_s)})
+    budget = min(cfg.expert.run_budget_usd, cfg.synth.run_budget_usd)
+    expert = cfg.expert.model_copy(update={"gold_patch": True, "run_budget_usd": budget})
+    return cfg.model_copy(update={"agent": agent, "expert": expert})
+
+
+# --------------------------------------------------------------------------------------------------
+# Recorded episodes: resume, store
+# --------------------------------------------------------------------------------------------------
+
+
+def load_recorded(path: Path) -> dict[Key, Trajectory]:
+    """Recorded episodes by (instance, attempt); a torn last line (killed mid-write) is cut off."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    recorded: dict[Key, Trajectory] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            trajectory = parse_record(json.loads(line), f"{path}:{number}")
+        except (json.JSONDecodeError, TrajectoryFormatError):
+            if number < len(lines) - 1 or raw.endswith(b"\n"):
+                raise
+            with path.open("r+b") as handle:  # the torn tail: keep every whole line before it
+                handle.truncate(len(raw) - len(line))
+            break
+        recorded[(trajectory.instance_id, trajectory.attempt)] = trajectory
+    return recorded
+
+
+def episode_uri(prefix: str, key: Key) -> str:
+    return f"{prefix}/episodes/{key[0]}.{key[1]}.json"
+
+
+def restore_from_store(store: Any, prefix: str, path: Path) -> int:
+    """Rebuild a missing local `trajectories.jsonl` from the store's per-episode objects."""
+    uris = [u for u in store.list(f"{prefix}/episodes/") if u.endswith(".json")]
+    with tempfile.TemporaryDirectory(prefix="protege-synth-") as tmp:
+        for index, uri in enumerate(uris):
+            local = store.download_file(uri, Path(tmp) / f"{index}.json")
+            append_trajectory(path, parse_record(json.loads(local.read_text()), uri))
+    return len(uris)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+class SynthRun:
+    """Episodes in a thread pool; records, budgets, stop hook and progress line. Thread-safe."""
+
+    def __init__(self, cfg: ProtegeConfig, out_dir: Path, policy_for: PolicyFor, recorded: dict[Key, Trajectory],
+                 total: int, store: Any, prefix: str, progress: Progress, max_episodes: int | None) -> None:  # fmt: skip
+        from protege.agent.expert import ExpertService
+
+        self.cfg, self.out_dir, self.policy_for = cfg, out_dir, policy_for
+        self.recorded, self.total, self.store, self.prefix = recorded, total, store, prefix
+        self.progress, self.max_episodes = progress, max_episodes
+        self.expert = ExpertService(cfg.expert)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.started = self.done = 0
+        self.skipped: Counter[str] = Counter()
+        self.clock = time.monotonic()
+
+    def spent(self, instance_id: str | None = None) -> float:
+        return sum(cost(t) for (i, _), t in self.recorded.items() if instance_id in (None, i))
+
+    def admit(self, task: TaskInstance) -> tuple[str, float]:
+        """('', episode cap) when the episode may start, else (why not, 0)."""
+        with self.lock:
+            if self.stop.is_set() or (self.max_episodes is not None and self.started >= self.max_episodes):
+                return "stopped", 0.0
+            if self.spent() >= self.cfg.synth.run_budget_usd:
+                return "run_budget", 0.0
+            left = self.cfg.synth.task_budget_usd - self.spent(task.instance_id)
+            if left <= 0:
+                return "task_budget", 0.0
+            self.started += 1
+            return "", left
+
+    def episode(self, task: TaskInstance, attempt: int) -> Trajectory | None:
+        """Run, judge and record one (task, attempt); None when it was not admitted."""
+        why, cap = self.admit(task)
+        if why:
+            with self.lock:
+                self.skipped[why] += 1
+            return None
+        try:
+            trajectory = self.play(task, attempt, cap)
+            trajectory.extra[PHASE] = judge(trajectory, task, self.cfg.synth.leak_min_lines, self.grade)
+        except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
+            detail = "".join(traceback.format_exception_only(err)).strip()
+            trajectory = Trajectory(instance_id=task.instance_id, attempt=attempt, phase=PHASE,
+                                    status="sandbox_error", status_detail=detail,
+                                    extra={PHASE: {"kept": False, "reason": "error", "detail": detail}})  # fmt: skip
+        self.record(trajectory)
+        return trajectory
+
+    def play(self, task: TaskInstance, attempt: int, cap: float) -> Trajectory:
+        from protege.agent.agent import Agent
+        from protege.agent.sandbox import open_sandbox
+
+        agent_cfg = self.cfg.agent.model_copy(update={"cost_limit_usd": cap})
+        session = self.expert.session(agent_cfg.expert_quota, cap)
+        with open_sandbox(agent_cfg.sandbox, task, Path(self.cfg.tasks.repos_dir)) as sandbox:
+            policy = self.policy_for(task, attempt)
+            return Agent(agent_cfg, policy, sandbox, task, session, phase=PHASE, attempt=attempt).run()
+
+    def grade(self, task: TaskInstance, patch: str) -> Any:
+        from protege.grading import grade
+
+        return grade(task, patch, self.cfg, self.cfg.tasks.repos_dir, label=PHASE, run_id=PHASE,
+                     logs_dir=self.out_dir / "grading")  # fmt: skip
+
+    def record(self, trajectory: Trajectory) -> None:
+        key = (trajectory.instance_id, trajectory.attempt)
+        with self.lock:
+            append_trajectory(self.out_dir / TRAJECTORIES, trajectory)
+            self.recorded[key] = trajectory
+            self.done += 1
+        if self.store is not None:
+            with tempfile.TemporaryDirectory(prefix="protege-synth-") as tmp:
+                local = Path(tmp) / "episode.json"
+                local.write_text(trajectory.model_dump_json())
+                self.store.upload_file(local, episode_uri(self.prefix, key))
+
+    def line(self, trajectory: Trajectory) -> str:
+        with self.lock:
+            kept = sum(verdict(t)["kept"] for t in self.recorded.values())
+            elapsed = time.monotonic() - self.clock
+            eta = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
+            outcome = verdict(trajectory)
+            word = "kept" if outcome["kept"] else f"rejected ({outcome['reason']})"
+            return (f"[{self.done}/{self.total}] {trajectory.instance_id}#{trajectory.attempt}: {word} | "
+                    f"kept {kept} | ${self.spent():.4f} spent | ETA {eta:.0f}s")  # fmt: skip
+
+    def run(self, pairs: Sequence[tuple[TaskInstance, int]]) -> None:
+        """All pairs through the pool; an exception (e.g. from `progress`) stops scheduling, lets the
+        episodes in flight finish and be recorded, and propagates."""
+        pool = ThreadPoolExecutor(max_workers=self.cfg.synth.concurrency, thread_name_prefix=PHASE)
+        try:
+            futures = [pool.submit(self.episode, task, attempt) for task, attempt in pairs]
+            for future in as_completed(futures):
+                if (trajectory := future.result()) is not None:
+                    self.progress(self.line(trajectory))
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str, Any]:
+    """Backends and counts over every recorded episode (the dataset card's run half)."""
+    reasons = Counter(verdict(t)["reason"] for t in recorded.values() if not verdict(t)["kept"])
+    return {
+        "teacher_backend": cfg.synth.teacher,
+        "teacher_model": cfg.synth.teacher_model,
+        "policy_backends": sorted({t.policy_backend for t in recorded.values() if t.policy_backend}),
+        "expert_backend": cfg.expert.backend,
+        "expert_model": cfg.expert.model,
+        "expert_gold_patch": cfg.expert.gold_patch,
+        "tasks_tried": len({i for i, _ in recorded}),
+        "episodes": len(recorded),
+        "kept": sum(verdict(t)["kept"] for t in recorded.values()),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "episode_cost_usd": round(sum(cost(t) for t in recorded.values()), 6),
+    }
+
+
+def train_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
+    """The training split; the local sandbox's repositories are built first when they are the demo's."""
+    from protege.tasksets import select_tasks
+
+    tasks = select_tasks(cfg.tasks, store=store).train
+    if not tasks:
+        raise SynthError(f"{cfg.tasks.train}: no training tasks selected")
+    repos_dir = Path(cfg.tasks.repos_dir)
+    missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
+    if missing and cfg.agent.sandbox.backend == "local":
+        if not cfg.tasks.train.startswith("demo:"):
+            raise SynthError(
+                f"{cfg.tasks.train}: repositories missing under {repos_dir}: {', '.join(missing)}"
+            )
+        from protege.demo import build_demo_repos
+
+        build_demo_repos(repos_dir)
+    return tasks
+
+
+def run(
+    cfg: ProtegeConfig,
+    out_dir: str | Path,
+    tracker: Any = None,
+    store: Any = None,
+    *,
+    policy_for: PolicyFor | None = None,
+    progress: Progress = print,
+    max_episodes: int | None = None,
+) -> dict[str, Any]:
+    """Synthesise into `out_dir` (resuming what is there), filter, export the SFT dataset, log, upload.
+
+    `policy_for` replaces the configured teacher (tests); `max_episodes` stops after that many new
+    episodes (a deliberate interruption). Returns {"metrics", "summary", "dataset", "digest",
+    "out_dir", "uri", "ran_now", "skipped", "runtime_s", "mlflow_run_id"}.
+    """
+    from protege.agent.tools import TOOL_SCHEMAS
+    from protege.sft_data import export_dataset
+
+    clock = time.monotonic()
+    cfg = synth_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"s3://{cfg.store.bucket}/{cfg.run_name}/{PHASE}"
+    path = out_dir / TRAJECTORIES
+    if store is not None and not path.is_file():
+        restored = restore_from_store(store, prefix, path)
+        progress(f"synth: restored {restored} recorded episode(s) from {prefix}")
+    recorded = load_recorded(path)
+    tasks = train_tasks(cfg, store)
+    pairs = [(t, a) for t in tasks for a in range(cfg.synth.attempts) if (t.instance_id, a) not in recorded]
+    progress(f"synth: {len(pairs)} episode(s) to run, {len(recorded)} already recorded, teacher "
+             f"{cfg.synth.teacher}:{cfg.synth.teacher_model}, {cfg.synth.concurrency} in parallel")  # fmt: skip
+    runner = SynthRun(cfg, out_dir, policy_for or TEACHERS[cfg.synth.teacher](cfg), recorded, len(pairs),
+                      store, prefix, progress, max_episodes)  # fmt: skip
+    runner.run(pairs)
+    summary = summary_of(cfg, runner.recorded)
+    kept = [t for t in runner.recorded.values() if verdict(t)["kept"]]
+    export = export_dataset(kept, out_dir / DATASET_DIR, TOOL_SCHEMAS, summary)
+    card = export.card
+    metrics = {"episodes": summary["episodes"], "kept": summary["kept"], "tasks_tried": summary["tasks_tried"],
+               "expert_calls_per_trajectory": card["expert_calls_per_trajectory"]["mean"],
+               "cost_usd": summary["episode_cost_usd"],
+               **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()}}  # fmt: skip
+    result = {"metrics": metrics, "summary": summary, "dataset": str(export.path), "digest": export.digest,
+              "out_dir": str(out_dir), "uri": None, "ran_now": runner.done, "skipped": dict(runner.skipped),
+              "runtime_s": round(time.monotonic() - clock, 2), "mlflow_run_id": None}  # fmt: skip
+    (out_dir / SUMMARY).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if store is not None:
+        result["uri"] = f"{prefix}/{DATASET_DIR}"
+        store.upload_dir(out_dir / DATASET_DIR, result["uri"])
+        store.upload_file(path, f"{prefix}/{TRAJECTORIES}")
+    if tracker is not None:
+        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, export)
+    progress(f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
+             f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s")  # fmt: skip
+    return result
+
+
+def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
+    """Metrics, the dataset as a run input with its digest, and the card, on the phase's nested run."""
+    if tracker.parent_run_id is None:
+        tracker.start_pipeline(cfg.run_name, cfg)
+    params = {"teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}", "attempts": cfg.synth.attempts,
+              "expert": f"{cfg.expert.backend}:{cfg.expert.model}", "train_tasks": cfg.tasks.train}  # fmt: skip
+    with tracker.phase(PHASE, params=params, tags={"protege.dataset_sha256": export.digest}) as phase:
+        tracker.log_metrics(phase.run_id, result["metrics"])
+        tracker.log_dataset(phase.run_id, DATASET_NAME, result["uri"] or str(export.path),
+                            digest=export.digest[:MLFLOW_DIGEST_CHARS], context="synthesis",
+                            tags={"sha256": export.digest, "records": export.records})  # fmt: skip
+        tracker.log_artifacts(phase.run_id, export.card_path, "dataset")
+        tracker.log_artifacts(phase.run_id, export.readme_path, "dataset")
+        return phase.run_id
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: `protege synth`
+# --------------------------------------------------------------------------------------------------
+
+
+def _synth_cli(args: argparse.Namespace) -> int:
+    from protege.cli import load_cfg
+
+    overrides = list(args.overrides)
+    if args.tasks:
+        overrides.append(f"tasks.train={args.tasks}")
+    if args.ids:
+        overrides.append(f"tasks.train_ids=[{args.ids}]")
+    args.overrides = overrides
+    cfg = load_cfg(args)
+    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
+    tracker = store = None
+    if args.track:
+        from protege.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking)
+    if args.upload:
+        from protege.store import S3ArtifactStore
+
+        store = S3ArtifactStore.from_config(cfg.store)
+    result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
+    print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """`protege synth`."""
+    from protege.cli import _profile_args
+
+    synth = sub.add_parser("synth", help="synthesise expert-augmented trajectories and the SFT dataset")
+    synth.add_argument("--tasks", help="training task set (overrides tasks.train), e.g. demo:train or a file")
+    synth.add_argument("--ids", help="comma-separated instance ids to keep (overrides tasks.train_ids)")
+    synth.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/synth)")
+    synth.add_argument("--max-episodes", type=int, help="stop after this many new episodes (resume later)")
+    synth.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    synth.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    _profile_args(synth)
+    synth.set_defaults(func=_synth_cli)
