@@ -406,6 +406,28 @@ class RewardConfig(Strict):
     """Hidden judge: the expert model with rubric prompts, or the offline heuristic."""
     judge_neutral_score: float = Field(default=0.5, ge=0, le=1)
     """Score used when the judge's answer is malformed twice."""
+    gate_loop_zero_at: float = -3.0
+    """g_loop is 0 when R_loop is at or below this."""
+    gate_loop_half_at: float = -1.0
+    """... else g_loop is `gate_partial` when R_loop is at or below this, else 1."""
+    gate_follow_zero_at: float = -1.5
+    """g_follow is 0 when R_follow is at or below this."""
+    gate_follow_half_at: float = -0.5
+    """... else g_follow is `gate_partial` when R_follow is at or below this, else 1."""
+    gate_partial: float = Field(default=0.5, ge=0, le=1)
+    """Gate value between the two thresholds (paper's form: 0.5)."""
+    judge_max_output_tokens: int = Field(default=256, ge=16)
+    """Expert judge: maximum tokens of one JSON answer."""
+    judge_action_chars: int = Field(default=500, ge=50)
+    """Expert judge: each action of a follow-through segment is shown truncated to this many characters."""
+    judge_window: int = Field(default=5, ge=1)
+    """Heuristic judge: K, the non-expert actions before a call inspected for stalling."""
+    judge_stall_signals: int = Field(default=2, ge=1)
+    """Heuristic judge: u = min(1, (failed actions + repeated base commands in the window) / this)."""
+    judge_follow_hits: int = Field(default=2, ge=1)
+    """Heuristic judge: f = min(1, targets acted on / min(targets named, this))."""
+    judge_min_target_chars: int = Field(default=3, ge=1)
+    """Heuristic judge: shorter backticked spans in the guidance are not targets (too unspecific)."""
 
 
 # METHOD §5.1 table, stage II column: what differs from the stage I defaults of RewardConfig.
@@ -591,6 +613,46 @@ class RegisterConfig(Strict):
     """... and is not below the current champion's Pass@1 on the same eval set."""
 
 
+class PipelineConfig(Strict):
+    """The Kubeflow pipeline: images, per-step resources, secrets, retries and timeouts (issue 8).
+
+    GPU pool choice (accelerator type/count, node selector, tolerations) is a pipeline parameter, not
+    config, so one compiled pipeline serves every pool.
+    """
+
+    name: str = "protege"
+    """Name of the compiled pipeline (and of its KFP experiment when none is given)."""
+    agent_image: str = "ghcr.io/protege-ai/protege-agent:0.1.0"
+    """Image of the CPU steps (anthropic, swebench, docker/kubernetes clients, protege); pin a digest on clusters."""
+    trainer_image: str = "ghcr.io/protege-ai/protege-trainer:0.1.0"
+    """Image of sft/rl1/rl2 (CUDA, torch, trl, deepspeed, vllm, protege); pin a digest on clusters."""
+    cpu_step_cpu: str = "2"
+    """CPU request of a CPU step (verify, synth, eval, register)."""
+    cpu_step_memory: str = "8Gi"
+    """Memory request of a CPU step."""
+    gpu_step_cpu: str = "16"
+    """CPU request of a GPU step (sft, rl1, rl2)."""
+    gpu_step_memory: str = "200Gi"
+    """Memory request of a GPU step."""
+    anthropic_secret: str = "protege-anthropic"
+    """Kubernetes Secret with key `api_key` (-> ANTHROPIC_API_KEY)."""
+    s3_secret: str = "protege-s3"
+    """Kubernetes Secret with keys `access_key`, `secret_key` (-> AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+    mlflow_secret: str = "protege-mlflow"
+    """Kubernetes Secret with keys `username`, `password` (-> MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    retries: int = Field(default=2, ge=0)
+    """Retries of the steps that talk to sandboxes and the expert (verify, synth, rl1, rl2, eval)."""
+    retry_backoff: str = "120s"
+    """First backoff between those retries (doubled per retry)."""
+    timeouts_s: dict[str, int] = {
+        "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
+        "rl2": 72 * 3600, "eval": 24 * 3600, "register": 3600,
+    }  # fmt: skip
+    """Wall-clock limit per step in seconds; every step must be named."""
+    schedule_max_concurrency: int = Field(default=1, ge=1)
+    """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""
+
+
 # `register` is the phase's name everywhere (STYLE lesson 13); shadowing ABC.register on the model class is
 # harmless since nothing calls it there.
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -629,6 +691,8 @@ class ProtegeConfig(Strict):
     """Phase eval."""
     register: RegisterConfig = RegisterConfig()
     """Phase register."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """The Kubeflow pipeline (images, resources, secrets, retries, timeouts)."""
 
     def digest(self) -> str:
         """sha256 of the config without secrets; stable across processes."""

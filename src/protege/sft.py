@@ -1,0 +1,570 @@
+"""Phase sft (METHOD §4): supervised fine-tuning of the protégé on expert-augmented trajectories.
+
+    protege sft --profile local --dataset .protege/runs/protege/synth/sft      # CPU, tiny model, minutes
+    protege sft --profile cluster --dataset s3://protege/protege/synth/sft     # all visible GPUs, ZeRO-3
+    protege sft --profile cluster --dataset s3://... --emit-trainjob job.yaml  # multi-node: a TrainJob
+
+What it does, top to bottom:
+1. Loads the synth export (JSONL chat records: `messages` with per-message `provenance`, `tools`; local
+   path or s3://) and renders each record with TRL's Qwen2.5 *training* chat template (the template with
+   `{% generation %}` markers). Labels are -100 everywhere except the assistant turns whose provenance is
+   `policy`: the protégé's own text, tool calls and `<|im_end|>`. The template's newline glue around a
+   turn (`\\n` after `<|im_start|>assistant`, `\\n` after `<|im_end|>`) is context too: at inference the
+   prompt supplies the first and generation stops before the second. System prompt, task, tool
+   observations and expert guidance are never targets.
+2. A record longer than `sft.max_length` tokens is never cut mid-turn: it is dropped and reported (count
+   and ids, `sft.truncation=drop`) or fails the phase (`error`). The report is `sft_data.json`.
+3. Trains with trl's `SFTTrainer` on the pre-tokenized examples (full fine-tuning; `sft.lora=true` for a
+   peft LoRA adapter). bf16 and activation checkpointing on GPU only; padding-free batches when the
+   attention kernel is `flash_attention_2` on GPU (it handles flattened sequences; sdpa on CPU does not).
+4. Checkpoints every `sft.save_steps` and at the end into `<out>/checkpoints/checkpoint-N` (weights,
+   optimizer, scheduler, RNG, trainer state); each is uploaded to `<store>/<run_name>/sft/checkpoints/`
+   with a MANIFEST (sha256 per file) and logged as an MLflow external LoggedModel tagged with the
+   dataset digest. A rerun resumes from the latest checkpoint, local or stored, whichever is further.
+   The final model (weights + tokenizer, no optimizer) goes to `<store>/<run_name>/sft/model`.
+5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together).
+
+Multi-GPU: with more than one visible GPU and no distributed environment, `run` re-executes itself under
+`torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.sft_launch); the DeepSpeed configs
+`protege/deepspeed/zero3.json` (default on clusters) and `zero2.json` carry "auto" values that the HF
+Trainer fills from this config; they define no optimizer, so the Trainer's AdamW is used on every device.
+Multi-node: `--emit-trainjob FILE` writes a Kubeflow Trainer `TrainJob` (trainer.kubeflow.org/v1alpha1)
+running `torchrun -m protege.cli sft ...` on `sft.num_nodes` nodes × `sft.gpus_per_node` GPUs with the
+`sft.trainjob_runtime` runtime; apply it with `kubectl apply -f FILE`. `<out>` must then be a shared
+(ReadWriteMany) volume, since ZeRO-3 checkpoints hold every rank's optimizer shard.
+
+Simplified relative to the paper: one training template (Qwen2.5's) for every base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protege.config import ProtegeConfig
+
+log = logging.getLogger(__name__)
+
+PHASE = "sft"
+IGNORE_INDEX = -100
+DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+DATA_REPORT = "sft_data.json"
+TAG_DATASET_DIGEST = "protege.dataset_digest"
+TAG_DATASET_URI = "protege.dataset_uri"
+MLFLOW_DIGEST_CHARS = 32
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Keys of the Trainer's logs that go to the tracker; tokens_per_s is computed here.
+FORWARDED = ("loss", "learning_rate", "grad_norm", "num_input_tokens_seen", "train_loss", "train_runtime")
+
+
+class SFTError(ValueError):
+    """The SFT data or setup is unusable; the message names the record, message, file or field."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset: load the synth export, render, mask, enforce max_length
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTDataset:
+    records: list[dict[str, Any]]
+    digest: str
+    """sha256 of the export's sft.jsonl (the card's `sha256`)."""
+    source: str
+    """Where it came from (the URI or path given to `run`)."""
+
+
+def load_dataset(dataset: str, work_dir: Path, store: Any = None) -> SFTDataset:
+    """The records of the synth export (protege.sft_data): its `sft.jsonl`, or that file itself; local,
+    or fetched from s3:// into `work_dir`. The digest is the file's sha256, checked against the card's."""
+    from protege.sft_data import CARD_FILE, DATASET_FILE, DatasetError, read_dataset, sha256_file
+
+    if dataset.startswith("s3://"):
+        if store is None:
+            raise SFTError(f"dataset {dataset}: an s3:// dataset needs an artifact store")
+        path = store.fetch(dataset, work_dir)
+    else:
+        path = Path(dataset)
+        if not path.exists():
+            raise SFTError(f"dataset {dataset}: no such file or directory")
+    file = path / DATASET_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise SFTError(f"dataset {dataset}: no {DATASET_FILE} in {path}")
+    try:
+        records = read_dataset(file)
+    except DatasetError as err:
+        raise SFTError(str(err)) from None
+    digest = sha256_file(file)
+    card = file.parent / CARD_FILE
+    claimed = json.loads(card.read_text()).get("sha256") if card.is_file() else None
+    if claimed and claimed != digest:
+        raise SFTError(f"dataset {dataset}: {file.name} has sha256 {digest}, its {CARD_FILE} says {claimed}")
+    return SFTDataset(records, digest, dataset)
+
+
+def record_id(record: dict[str, Any]) -> str:
+    return str(record["id"])
+
+
+def _targets(record: dict[str, Any], rid: str) -> list[bool]:
+    """Per assistant message, in order: is it a training target (provenance `policy`)?"""
+    targets = []
+    for index, message in enumerate(record["messages"]):
+        provenance = message.get("provenance")
+        if provenance is None:
+            raise SFTError(
+                f"record {rid}, message {index}: no `provenance` (only `policy` turns are targets)"
+            )
+        if provenance == "policy" and message.get("role") != "assistant":
+            raise SFTError(
+                f"record {rid}, message {index}: provenance `policy` on role {message.get('role')!r}"
+            )
+        if message.get("role") == "assistant":
+            targets.append(provenance == "policy")
+    return targets
+
+
+def _runs(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) of every run of 1s."""
+    runs, start = [], None
+    for i, bit in enumerate([*mask, 0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def render_example(tokenizer: Any, template: str, record: dict[str, Any]) -> dict[str, list[int]]:
+    """{"input_ids", "labels"} of one record; labels are -100 except on the policy's own turns."""
+    rid = record_id(record)
+    targets = _targets(record, rid)
+    tools = record.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    out = tokenizer.apply_chat_template(
+        record["messages"], tools=tools or None, chat_template=template, tokenize=True,
+        return_dict=True, return_assistant_tokens_mask=True,
+    )  # fmt: skip
+    ids = list(out["input_ids"])
+    spans = _runs(out["assistant_masks"])
+    if len(spans) != len(targets):
+        raise SFTError(
+            f"record {rid}: the template marked {len(spans)} assistant spans for {len(targets)} turns"
+        )
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    labels = [IGNORE_INDEX] * len(ids)
+    for (start, end), target in zip(spans, targets, strict=True):
+        if not target:
+            continue
+        if [ids[start]] == newline:  # glue after `<|im_start|>assistant`: the prompt's, not generated
+            start += 1
+        if end - start > 1 and [ids[end - 1]] == newline and ids[end - 2] == tokenizer.eos_token_id:
+            end -= 1  # glue after `<|im_end|>`: generation stops before it
+        labels[start:end] = ids[start:end]
+    return {"input_ids": ids, "labels": labels}
+
+
+def build_examples(
+    tokenizer: Any, template: str, records: list[dict[str, Any]], max_length: int, truncation: str
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
+    """Render every record; drop (and report) those longer than `max_length` or without targets.
+    With `truncation == "error"` an over-long record raises `SFTError` naming every such record."""
+    kept, too_long, no_targets = [], {}, []
+    for record in records:
+        example = render_example(tokenizer, template, record)
+        if len(example["input_ids"]) > max_length:
+            too_long[record_id(record)] = len(example["input_ids"])
+        elif all(label == IGNORE_INDEX for label in example["labels"]):
+            no_targets.append(record_id(record))
+        else:
+            kept.append(example)
+    if too_long and truncation == "error":
+        listing = ", ".join(f"{rid} ({n} tokens)" for rid, n in too_long.items())
+        raise SFTError(f"{len(too_long)} record(s) longer than sft.max_length={max_length}: {listing}")
+    if not kept:
+        raise SFTError(f"no usable record: {len(too_long)} too long, {len(no_targets)} without policy turns")
+    report = {
+        "records": len(records), "kept": len(kept), "max_length": max_length,
+        "dropped_too_long": len(too_long), "too_long": too_long, "dropped_no_targets": no_targets,
+        "tokens": sum(len(e["input_ids"]) for e in kept),
+        "target_tokens": sum(sum(x != IGNORE_INDEX for x in e["labels"]) for e in kept),
+    }  # fmt: skip
+    if too_long:
+        log.warning(
+            "sft: dropped %d record(s) longer than %d tokens: %s", len(too_long), max_length, too_long
+        )
+    return kept, report
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: local and stored, resume from the latest
+# --------------------------------------------------------------------------------------------------
+
+
+def local_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
+    """Complete local checkpoints by step (the Trainer writes trainer_state.json after the rest)."""
+    found = {}
+    for path in Path(ckpt_dir).glob("checkpoint-*"):
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and (path / "trainer_state.json").is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def stored_checkpoints(store: Any, prefix: str) -> dict[int, str]:
+    """Complete (manifested) checkpoints under `<prefix>/checkpoints/` by step."""
+    from protege.store import MANIFEST_NAME
+
+    found = {}
+    for uri in store.list(f"{prefix}/{CHECKPOINTS}/"):
+        parent, _, name = uri.rpartition("/")
+        match = _CHECKPOINT_RE.match(parent.rpartition("/")[2])
+        if name == MANIFEST_NAME and match:
+            found[int(match.group(1))] = parent
+    return found
+
+
+def restore_latest(ckpt_dir: Path, store: Any = None, prefix: str = "") -> Path | None:
+    """The latest checkpoint to resume from, downloading the stored one when it is further along."""
+    local = local_checkpoints(ckpt_dir)
+    stored = stored_checkpoints(store, prefix) if store is not None else {}
+    step = max([*local, *stored], default=None)
+    if step is None:
+        return None
+    if step not in local:
+        target = Path(ckpt_dir) / f"checkpoint-{step}"
+        log.info("sft: resuming from the stored %s", stored[step])
+        store.download_dir(stored[step], target)
+        return target
+    return local[step]
+
+
+# --------------------------------------------------------------------------------------------------
+# Callbacks: metrics to the tracker, checkpoints to the store
+# --------------------------------------------------------------------------------------------------
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class Lineage:
+    """Where checkpoints go and what they are linked to; `store`/`tracker` may be None."""
+
+    def __init__(
+        self, cfg: ProtegeConfig, data: SFTDataset, store: Any, tracker: Any, run_id: str | None
+    ) -> None:
+        self.cfg, self.data, self.store, self.tracker, self.run_id = cfg, data, store, tracker, run_id
+        self.prefix = store.uri(f"{cfg.run_name}/{PHASE}") if store is not None else ""
+
+    def publish(self, local_dir: Path, name: str, step: int) -> dict[str, Any]:
+        """Upload `local_dir` to `<prefix>/<name>` and log it as a LoggedModel; returns what was done."""
+        uri, files, model_id = str(local_dir.resolve()), None, None
+        if self.store is not None:
+            uri = f"{self.prefix}/{name}"
+            files = len(self.store.upload_dir(local_dir, uri).files)
+        if self.tracker is not None and self.run_id:
+            tags = {TAG_DATASET_DIGEST: self.data.digest, TAG_DATASET_URI: self.data.source}
+            params = {"step": step, "base_model": self.cfg.model.base, "lora": self.cfg.sft.lora}
+            model_id = self.tracker.log_checkpoint(
+                self.run_id, f"{self.cfg.run_name}-{PHASE}", uri, params, tags
+            )
+        return {"step": step, "uri": uri, "files": files, "model_id": model_id}
+
+
+def make_callbacks(lineage: Lineage) -> tuple[Any, Any]:
+    """(metrics callback, checkpoint callback); their `.history` / `.published` hold what they saw."""
+    import time
+
+    base = _callback_base()
+
+    class MetricsCallback(base):
+        """Forwards loss, learning rate, grad norm and tokens/s to the phase run (rank 0 only)."""
+
+        def __init__(self) -> None:
+            self.history: list[dict[str, float]] = []
+            self._last: tuple[float, int] | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+            self._last = (time.monotonic(), state.num_input_tokens_seen)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero or not logs:
+                return
+            metrics = {k: float(logs[k]) for k in FORWARDED if logs.get(k) is not None}
+            now, seen = time.monotonic(), state.num_input_tokens_seen
+            if "loss" in metrics and self._last and now > self._last[0]:
+                metrics["tokens_per_s"] = (seen - self._last[1]) / (now - self._last[0])
+                self._last = (now, seen)
+            self.history.append({"step": state.global_step, **metrics})
+            if lineage.tracker is not None and lineage.run_id and metrics:
+                lineage.tracker.log_metrics(lineage.run_id, metrics, step=state.global_step)
+
+    class CheckpointCallback(base):
+        """Uploads each checkpoint the Trainer has just written and logs it as a LoggedModel."""
+
+        def __init__(self) -> None:
+            self.published: list[dict[str, Any]] = []
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                name = f"checkpoint-{state.global_step}"
+                path = Path(args.output_dir) / name
+                self.published.append(lineage.publish(path, f"{CHECKPOINTS}/{name}", state.global_step))
+
+    return MetricsCallback(), CheckpointCallback()
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def on_gpu(cfg: ProtegeConfig) -> bool:
+    import torch
+
+    return cfg.device != "cpu" and torch.cuda.is_available()
+
+
+def grad_accumulation(cfg: ProtegeConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step so that one step sees `sft.global_batch_size` sequences."""
+    per_step = cfg.sft.per_device_batch_size * world_size
+    if cfg.sft.global_batch_size % per_step:
+        raise SFTError(
+            f"sft.global_batch_size={cfg.sft.global_batch_size} is not a multiple of sft.per_device_batch_size="
+            f"{cfg.sft.per_device_batch_size} × {world_size} device(s)"
+        )
+    return cfg.sft.global_batch_size // per_step
+
+
+def training_args(cfg: ProtegeConfig, out_dir: Path, world_size: int, gpu: bool) -> Any:
+    """trl.SFTConfig for this phase (labels are pre-built, so TRL's own truncation and masking are off)."""
+    import torch
+    from trl import SFTConfig
+
+    s = cfg.sft
+    padding_free = gpu and cfg.model.attn_implementation == "flash_attention_2"
+    dtype = cfg.model.dtype if gpu else "float32"
+    return SFTConfig(
+        output_dir=str(out_dir / CHECKPOINTS),
+        per_device_train_batch_size=s.per_device_batch_size,
+        gradient_accumulation_steps=grad_accumulation(cfg, world_size),
+        learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=float(s.warmup_ratio),  # a float < 1 is a share of all steps
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        bf16=s.bf16 and gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=s.gradient_checkpointing and gpu,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit or None,
+        logging_steps=s.logging_steps,
+        seed=s.seed,
+        data_seed=s.seed,
+        use_cpu=not gpu,
+        report_to="none",  # metrics go through MetricsCallback to protege.tracking
+        deepspeed=str(DEEPSPEED_DIR / f"{s.deepspeed}.json") if s.deepspeed else None,
+        max_length=None,  # enforced by build_examples, which never cuts a turn
+        padding_free=padding_free,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        include_num_input_tokens_seen="non_padding",
+        model_init_kwargs={
+            "dtype": dtype,
+            "attn_implementation": cfg.model.attn_implementation if gpu else "sdpa",
+        },
+        disable_tqdm=True,
+    )
+
+
+def _peft_config(cfg: ProtegeConfig) -> Any:
+    if not cfg.sft.lora:
+        return None
+    from peft import LoraConfig
+
+    s = cfg.sft
+    return LoraConfig(
+        r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def _ensure_process_group_env(cfg: ProtegeConfig) -> None:
+    # DeepSpeed always initialises torch.distributed; a lone process (one GPU, or CPU) needs a rendezvous.
+    if cfg.sft.deepspeed and "WORLD_SIZE" not in os.environ:
+        from protege.services import free_port
+
+        defaults = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+        }
+        for key, value in {**defaults, "LOCAL_RANK": "0"}.items():
+            os.environ.setdefault(key, value)
+
+
+def train(
+    cfg: ProtegeConfig, dataset: str, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
+    extra_callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Train in this process (one rank of a distributed run, or the only process)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+    from trl.chat_template_utils import get_training_chat_template
+
+    from protege.model import resolve_model
+
+    _ensure_process_group_env(cfg)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args = training_args(cfg, out_dir, world_size, on_gpu(cfg))
+    with args.main_process_first(local=True):  # one download per node, the other ranks then hit the cache
+        model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
+        data = load_dataset(dataset, out_dir / "dataset", store)
+        resume = restore_latest(
+            out_dir / CHECKPOINTS, store, store.uri(f"{cfg.run_name}/{PHASE}") if store else ""
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+    examples, report = build_examples(
+        tokenizer, template, data.records, cfg.sft.max_length, cfg.sft.truncation
+    )
+    if args.process_index == 0:
+        (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
+    lineage = Lineage(cfg, data, store, tracker, run_id)
+    if tracker is not None and run_id:
+        # MLflow caps dataset digests at 36 characters; the full sha256 rides along as an input tag.
+        mlflow_digest = data.digest[:MLFLOW_DIGEST_CHARS]
+        tracker.log_dataset(
+            run_id, "sft-dataset", data.source, digest=mlflow_digest, tags={"sha256": data.digest}
+        )
+        tracker.log_metrics(
+            run_id, {"data/kept": report["kept"], "data/dropped_too_long": report["dropped_too_long"]}
+        )
+    metrics_cb, checkpoint_cb = make_callbacks(lineage)
+    trainer = SFTTrainer(
+        model=str(model_dir), args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        peft_config=_peft_config(cfg), callbacks=[metrics_cb, checkpoint_cb, *extra_callbacks],
+    )  # fmt: skip
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer (LoRA: the adapter), no optimizer
+    final = (
+        lineage.publish(out_dir / MODEL, MODEL, trainer.state.global_step) if args.process_index == 0 else {}
+    )
+    losses = [h["loss"] for h in metrics_cb.history if "loss" in h]
+    speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
+    return {
+        "model_dir": str(out_dir / MODEL), "model_uri": final.get("uri"), "model_id": final.get("model_id"),
+        "checkpoints": checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "global_step": trainer.state.global_step, "dataset_digest": data.digest, "data": report,
+        "history": metrics_cb.history, "mlflow_run_id": run_id,
+        "metrics": {
+            "train_loss": output.training_loss, "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step,
+            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        },
+    }  # fmt: skip
+
+
+@contextmanager
+def _phase_run(cfg: ProtegeConfig, tracker: Any):
+    """The nested `sft` MLflow run (opening the pipeline run if needed), or None without a tracker."""
+    if tracker is None:
+        yield None
+        return
+    if tracker.parent_run_id is None:
+        tracker.start_pipeline(cfg.run_name, cfg)
+    params = {"base_model": cfg.model.base, **{f"sft.{k}": v for k, v in cfg.sft.model_dump().items()}}
+    with tracker.phase(PHASE, params=params) as phase:
+        yield phase.run_id
+
+
+def run(
+    cfg: ProtegeConfig, dataset: str, out_dir: str | Path, tracker: Any = None, store: Any = None,
+    *, callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune `cfg.model.base` on the SFT export at `dataset` (path or s3://) into `out_dir`.
+
+    `tracker`: protege.tracking.Tracker (the nested `sft` run gets metrics, the dataset and one LoggedModel
+    per checkpoint); `store`: protege.store.S3ArtifactStore (checkpoints and the final model are uploaded,
+    an s3:// dataset or base model is fetched). `callbacks`: extra transformers TrainerCallbacks (tests).
+    Resumes from the latest local or stored checkpoint. With several visible GPUs and no distributed
+    environment it relaunches itself under torchrun (the returned dict is then rank 0's).
+    Returns {"model_dir", "model_uri", "model_id", "checkpoints", "resumed_from", "global_step",
+    "dataset_digest", "data", "history", "metrics", "mlflow_run_id"}.
+    """
+    from protege import sft_launch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpus = sft_launch.visible_gpus(cfg)
+    if sft_launch.should_relaunch(cfg, gpus):
+        return sft_launch.relaunch(cfg, dataset, out_dir, tracker, store, nproc=gpus)
+    with _phase_run(cfg, tracker if sft_launch.is_world_main() else None) as run_id:
+        return train(cfg, dataset, out_dir, store, tracker, run_id, callbacks)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: `protege sft`
+# --------------------------------------------------------------------------------------------------
+
+
+def _sft_cli(args: argparse.Namespace) -> int:
+    import yaml
+
+    from protege import sft_launch
+    from protege.cli import CLIError, load_cfg
+
+    cfg = load_cfg(args)
+    if args.emit_trainjob:
+        manifest = sft_launch.trainjob_manifest(cfg, args.dataset, args.profile, list(args.overrides))
+        Path(args.emit_trainjob).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        print(f"wrote TrainJob {manifest['metadata']['name']} to {args.emit_trainjob}")
+        return 0
+    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
+    tracker = store = None
+    if args.upload:
+        from protege.store import S3ArtifactStore
+
+        store = S3ArtifactStore.from_config(cfg.store)
+    if args.track and sft_launch.is_world_main():
+        from protege.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking)
+    try:
+        result = run(cfg, args.dataset, out, tracker, store)
+    except SFTError as err:
+        raise CLIError(str(err)) from None
+    if sft_launch.is_world_main():
+        keys = ("model_dir", "model_uri", "model_id", "global_step", "metrics")
+        print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """`protege sft`."""
+    from protege.cli import _profile_args
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning of the protégé on the synth export")
+    sft.add_argument("--dataset", required=True, help="the synth SFT export: a .jsonl, a directory, or s3://")
+    sft.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/sft)")
+    sft.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    sft.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    sft.add_argument("--emit-trainjob", metavar="FILE", help="write a Kubeflow TrainJob manifest and exit")
+    _profile_args(sft)
+    sft.set_defaults(func=_sft_cli)
