@@ -75,5 +75,13 @@ services-down:
 services-status:
 	$(BIN)/protege services status
 
+IMAGE_REPO ?= protege
+GIT_SHA = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+images: ## build the trainer and agent images (needs a Docker daemon), tagged with the git SHA
+	@if ! command -v docker >/dev/null; then echo "images: docker is not installed; cannot build"; exit 1; fi
+	@if ! docker info >/dev/null 2>&1; then echo "images: no Docker daemon reachable (docker info failed); cannot build"; exit 1; fi
+	DOCKER_BUILDKIT=1 docker build -f images/trainer.Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) -t $(IMAGE_REPO)/trainer:$(GIT_SHA) .
+	DOCKER_BUILDKIT=1 docker build -f images/agent.Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) -t $(IMAGE_REPO)/agent:$(GIT_SHA) .
+
 clean: services-down
 	rm -rf .protege

@@ -1,0 +1,166 @@
+"""Phase register: version the final checkpoint in the MLflow registry and gate the `champion` alias.
+
+The final checkpoint (already in the artifact store at an s3:// URI) becomes an EXTERNAL LoggedModel of the
+nested `register` run and a new version of `tracking.registered_model`, tagged with its lineage (KFP run,
+pipeline version, git commit, image digests, base model, dataset digests, expert model, reward-config
+hash, eval report URI, eval-set digest, Pass@1). The version gets the alias `champion` only when `decide`
+says so: Pass@1 clears `register.pass_at_1_floor` and, when `register.require_not_below_champion`, is not
+below the current champion's Pass@1 measured on the same eval set (same eval-set digest). A refused
+version stays registered, with the reason in the tag `protege.promotion`.
+
+Simplification: one metric (Pass@1) decides; its confidence interval is reported by eval, not used here.
+Runs inside the pipeline's `register` step (components/register); `protege lineage MODEL@champion` reads
+the result back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protege.config import ProtegeConfig
+
+PHASE = "register"
+CHAMPION = "champion"
+TAG_PASS_AT_1 = "protege.pass_at_1"
+TAG_EVAL_SET = "protege.eval_set_digest"
+TAG_EVAL_REPORT = "protege.eval_report_uri"
+TAG_PROMOTION = "protege.promotion"
+# lineage dict key -> model version tag; every key must be given (an empty string where not applicable,
+# e.g. image digests of a local run).
+LINEAGE_TAGS: dict[str, str] = {
+    "kfp_run_id": "protege.kfp_run_id",
+    "pipeline_version": "protege.pipeline_version",
+    "git_commit": "protege.git_commit",
+    "image_digests": "protege.image_digests",
+    "base_model": "protege.base_model",
+    "dataset_digests": "protege.dataset_digests",
+    "expert_model": "protege.expert_model",
+    "reward_config_hash": "protege.reward_config_hash",
+    "eval_set_digest": TAG_EVAL_SET,
+}
+# MLflow's answers when a registered model or an alias does not exist yet.
+_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+
+class RegisterError(ValueError):
+    """Bad input to register; the message names the missing or bad item."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the new version becomes `champion`, and why (the reason is recorded either way)."""
+
+    promote: bool
+    reason: str
+
+
+def decide(
+    pass_at_1: float,
+    floor: float,
+    champion_pass_at_1: float | None,
+    same_eval_set: bool,
+    require_not_below_champion: bool,
+) -> Decision:
+    """The champion gate (pure). `champion_pass_at_1` is None when there is no champion yet; the
+    champion is compared against only when it was evaluated on the same eval set (`same_eval_set`)."""
+    if pass_at_1 < floor:
+        return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the floor {floor:.4f}")
+    if champion_pass_at_1 is None:
+        return Decision(True, f"no champion yet; Pass@1 {pass_at_1:.4f} clears the floor {floor:.4f}")
+    if not same_eval_set:
+        return Decision(
+            True, f"champion was evaluated on another eval set; Pass@1 {pass_at_1:.4f} clears the floor"
+        )
+    if require_not_below_champion and pass_at_1 < champion_pass_at_1:
+        return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the champion's {champion_pass_at_1:.4f}")
+    return Decision(
+        True, f"Pass@1 {pass_at_1:.4f} >= champion's {champion_pass_at_1:.4f} on the same eval set"
+    )
+
+
+def lineage_tags(lineage: Mapping[str, Any]) -> dict[str, str]:
+    """The lineage dict as version tags; structured values (digest maps) as sorted JSON."""
+    missing = sorted(set(LINEAGE_TAGS) - set(lineage))
+    if missing:
+        raise RegisterError(f"lineage lacks {', '.join(missing)} (give '' where not applicable)")
+    unknown = sorted(set(lineage) - set(LINEAGE_TAGS))
+    if unknown:
+        raise RegisterError(f"unknown lineage key(s) {', '.join(unknown)}; known: {', '.join(LINEAGE_TAGS)}")
+    return {tag: _tag_value(lineage[key]) for key, tag in LINEAGE_TAGS.items()}
+
+
+def eval_figures(eval_report: Mapping[str, Any]) -> tuple[float, str]:
+    """(Pass@1, report URI) from the result of `protege.evaluate.run`."""
+    try:
+        pass_at_1 = float(eval_report["summary"]["pass_at_1"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise RegisterError(f"eval report has no numeric summary.pass_at_1 ({err!r})") from err
+    uri = eval_report.get("uri") or (eval_report.get("report") or {}).get("report_json")
+    if not uri:
+        raise RegisterError("eval report has neither `uri` nor `report.report_json`")
+    return pass_at_1, str(uri)
+
+
+def current_champion(tracker: Any, name: str) -> Any | None:
+    """The version holding the `champion` alias, or None when the model or the alias does not exist."""
+    from protege.tracking import TrackingError
+
+    try:
+        return tracker.model_version(CHAMPION, name)
+    except TrackingError as err:
+        if getattr(err.__cause__, "error_code", None) in _MISSING:
+            return None
+        raise
+
+
+def run(
+    cfg: ProtegeConfig,
+    *,
+    model_uri: str,
+    eval_report: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    tracker: Any,
+) -> dict[str, Any]:
+    """Register `model_uri` (s3://...) as a new version and apply the champion gate.
+
+    `tracker` is a protege.tracking.Tracker attached to the pipeline run (start_pipeline). Returns
+    {"name", "version", "model_id", "promoted", "reason", "pass_at_1", "champion_version", "mlflow_run_id"}.
+    """
+    pass_at_1, report_uri = eval_figures(eval_report)
+    tags = lineage_tags(lineage)
+    name = cfg.tracking.registered_model
+    champion = current_champion(tracker, name)
+    champion_score = (
+        float(champion.tags[TAG_PASS_AT_1]) if champion and TAG_PASS_AT_1 in champion.tags else None
+    )
+    same_set = champion is not None and champion.tags.get(TAG_EVAL_SET) == tags[TAG_EVAL_SET]
+    decision = decide(
+        pass_at_1,
+        cfg.register.pass_at_1_floor,
+        champion_score,
+        same_set,
+        cfg.register.require_not_below_champion,
+    )
+    verdict = f"{'promoted' if decision.promote else 'refused'}: {decision.reason}"
+    tags |= {TAG_PASS_AT_1: repr(pass_at_1), TAG_EVAL_REPORT: report_uri, TAG_PROMOTION: verdict}
+    with tracker.phase(PHASE, tags={TAG_PROMOTION: verdict}) as phase:
+        tracker.log_metrics(phase.run_id, {"pass_at_1": pass_at_1, "promoted": float(decision.promote)})
+        model_id = tracker.log_checkpoint(phase.run_id, name, model_uri, tags=tags)
+        version = tracker.register(model_id, name, tags=tags, aliases=[CHAMPION] if decision.promote else [])
+    return {
+        "name": name,
+        "version": int(version.version),
+        "model_id": model_id,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "pass_at_1": pass_at_1,
+        "champion_version": int(champion.version) if champion else None,
+        "mlflow_run_id": phase.run_id,
+    }
+
+
+def _tag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
