@@ -23,7 +23,12 @@ def test_cluster_profile_holds_method_values():
     assert (cfg.expert.context_messages, cfg.expert.max_output_tokens) == (5, 2048)
     assert (cfg.sft.max_length, cfg.sft.global_batch_size, cfg.sft.learning_rate) == (32768, 32, 1e-5)
     loop = cfg.rl.stage1.loop
-    assert (loop.first_run_threshold, loop.later_run_threshold, loop.penalty_per_step, loop.floor) == (15, 8, 0.5, -10)
+    assert (loop.first_run_threshold, loop.later_run_threshold, loop.penalty_per_step, loop.floor) == (
+        15,
+        8,
+        0.5,
+        -10,
+    )
 
 
 def test_curriculum_stages_differ_as_in_method_table():
@@ -45,7 +50,9 @@ def test_curriculum_stages_differ_as_in_method_table():
 
 
 def test_dotted_overrides_apply_last_and_parse_types():
-    cfg = load_config("local", overrides=["rl.group_size=4", "tasks.train_ids=[a, b]", "expert.cache_mode=replay"])
+    cfg = load_config(
+        "local", overrides=["rl.group_size=4", "tasks.train_ids=[a, b]", "expert.cache_mode=replay"]
+    )
     assert cfg.rl.group_size == 4
     assert cfg.tasks.train_ids == ["a", "b"]
     assert cfg.expert.cache_mode == "replay"

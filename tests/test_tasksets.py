@@ -42,7 +42,15 @@ def test_jsonl_json_parquet_and_saved_dataset_agree(tmp_path):
     as_json = tmp_path / "t.json"
     as_json.write_text(json.dumps(rows))
     as_parquet = tmp_path / "t.parquet"
-    flat = [{**r, "FAIL_TO_PASS": json.dumps(r["FAIL_TO_PASS"]) if isinstance(r["FAIL_TO_PASS"], list) else r["FAIL_TO_PASS"]} for r in rows]
+    flat = [
+        {
+            **r,
+            "FAIL_TO_PASS": json.dumps(r["FAIL_TO_PASS"])
+            if isinstance(r["FAIL_TO_PASS"], list)
+            else r["FAIL_TO_PASS"],
+        }
+        for r in rows
+    ]
     datasets.Dataset.from_list(flat).to_parquet(str(as_parquet))
     datasets.Dataset.from_list(flat).save_to_disk(str(tmp_path / "saved"))
 
@@ -67,7 +75,11 @@ def test_swebench_task_repo_directory(tmp_path):
     (task_dir / "eval.sh").write_text("#!/bin/bash\n")
     (task_dir / "problem_statement.md").write_text("it breaks")
     (task,) = load_task_set(str(tmp_path))
-    assert (task.instance_id, task.FAIL_TO_PASS, task.problem_statement) == ("acme__lib-1", ["t::a"], "it breaks")
+    assert (task.instance_id, task.FAIL_TO_PASS, task.problem_statement) == (
+        "acme__lib-1",
+        ["t::a"],
+        "it breaks",
+    )
 
 
 def test_malformed_jsonl_names_every_bad_instance_and_field(tmp_path, capsys):

@@ -15,10 +15,15 @@ class CLIError(Exception):
 
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="local", help="config profile: local or cluster (default: local)")
+    parser.add_argument(
+        "--profile", default="local", help="config profile: local or cluster (default: local)"
+    )
     parser.add_argument("--config", dest="config_file", help="YAML file merged over the profile")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied last, e.g. rl.group_size=4"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied last, e.g. rl.group_size=4",
     )
 
 
@@ -44,7 +49,9 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("config", help="show and check configuration").add_subparsers(dest="cmd", required=True)
+    group = sub.add_parser("config", help="show and check configuration").add_subparsers(
+        dest="cmd", required=True
+    )
     show = group.add_parser("show", help="print the resolved config of a profile (secrets masked)")
     _profile_args(show)
     show.set_defaults(func=_config_show)
@@ -88,7 +95,9 @@ def _tasks_verify(args: argparse.Namespace) -> int:
 
 
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("tasks", help="inspect and check task sets").add_subparsers(dest="cmd", required=True)
+    group = sub.add_parser("tasks", help="inspect and check task sets").add_subparsers(
+        dest="cmd", required=True
+    )
     forms = "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, s3://..., or demo:train|eval|all"
     validate = group.add_parser("validate", help="check every instance of a task set; name each bad one")
     validate.add_argument("path", help=forms)

@@ -6,4 +6,14 @@ modules keep heavy imports (torch, trl, mlflow, kfp) inside functions so `proteg
 
 from __future__ import annotations
 
-MODULES: list[str] = ["protege.model", "protege.services", "protege.agent.cli", "protege.evaluate", "protege.synth", "protege.sft", "protege.quickstart", "protege.lineage"]
+MODULES: list[str] = [
+    "protege.model",
+    "protege.evaluate",
+    "protege.services",
+    "protege.agent.cli",
+    "protege.sft",
+    "protege.synth",
+    "protege.kfp_cli",
+    "protege.quickstart",
+    "protege.lineage",
+]

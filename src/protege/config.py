@@ -302,7 +302,9 @@ class ExpertConfig(Strict):
     @model_validator(mode="after")
     def _oracle_needs_opt_in(self) -> ExpertConfig:
         if self.backend == "oracle" and not self.allow_oracle:
-            raise ValueError("backend 'oracle' is offline stand-in guidance; set expert.allow_oracle=true to use it")
+            raise ValueError(
+                "backend 'oracle' is offline stand-in guidance; set expert.allow_oracle=true to use it"
+            )
         return self
 
 
@@ -575,7 +577,9 @@ class RLConfig(Strict):
     @model_validator(mode="after")
     def _stages_fit(self) -> RLConfig:
         if self.stage_one_steps >= self.total_steps:
-            raise ValueError(f"stage_one_steps ({self.stage_one_steps}) must be below total_steps ({self.total_steps})")
+            raise ValueError(
+                f"stage_one_steps ({self.stage_one_steps}) must be below total_steps ({self.total_steps})"
+            )
         if self.epsilon_high < self.epsilon_low:
             raise ValueError("epsilon_high must be >= epsilon_low")
         return self

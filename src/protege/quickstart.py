@@ -82,7 +82,9 @@ def _sft(cfg: ProtegeConfig, dataset: str, out: Path, tracker: Any, store: Any, 
     history = result.get("history") or []
     losses = [h["loss"] for h in history if "loss" in h]
     loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, " if losses else ""
-    step.figures = f"{loss}{result['global_step']} steps, model {result.get('model_uri') or result['model_dir']}"
+    step.figures = (
+        f"{loss}{result['global_step']} steps, model {result.get('model_uri') or result['model_dir']}"
+    )
     return str(result["model_dir"])
 
 

@@ -62,7 +62,9 @@ class TaskInstance(BaseModel):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as err:
-                raise ValueError(f"must be a list of test names or a JSON list string, got {value[:60]!r}") from err
+                raise ValueError(
+                    f"must be a list of test names or a JSON list string, got {value[:60]!r}"
+                ) from err
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("must be a list of test-name strings")
         return value

@@ -79,7 +79,9 @@ def _json_rows(path: Path) -> Iterator[RawRow]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise TaskSetError(str(path), message=f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise TaskSetError(
+            str(path), message=f"{path}: not valid JSON ({err.msg} at line {err.lineno})"
+        ) from None
     if isinstance(data, dict):
         data = data.get("instances", data.get("data"))
     if not isinstance(data, list):
@@ -126,7 +128,9 @@ def _hub_rows(dataset_id: str, split: str) -> Iterator[RawRow]:
     try:
         loaded = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # datasets raises many types (offline, missing, auth)
-        raise TaskSetError(dataset_id, message=f"{dataset_id}: cannot load HF dataset split '{split}': {err}") from None
+        raise TaskSetError(
+            dataset_id, message=f"{dataset_id}: cannot load HF dataset split '{split}': {err}"
+        ) from None
     yield from _table_rows(loaded, f"{dataset_id}[{split}]")
 
 
@@ -137,12 +141,15 @@ def _local_rows(path: Path) -> Iterator[RawRow]:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return _saved_dataset_rows(path)
         raise TaskSetError(
-            str(path), message=f"{path}: directory is neither a swebench task repo (tasks/) nor a save_to_disk dataset"
+            str(path),
+            message=f"{path}: directory is neither a swebench task repo (tasks/) nor a save_to_disk dataset",
         )
     readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
     reader = readers.get(path.suffix)
     if reader is None:
-        raise TaskSetError(str(path), message=f"{path}: unknown task-set format (expected {', '.join(readers)})")
+        raise TaskSetError(
+            str(path), message=f"{path}: unknown task-set format (expected {', '.join(readers)})"
+        )
     return reader(path)
 
 
@@ -242,7 +249,9 @@ def _pick_ids(tasks: list[TaskInstance], ids: list[str], source: str) -> list[Ta
     by_id = {t.instance_id: t for t in tasks}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise TaskSetError(source, message=f"{source}: instance id(s) not in the task set: {', '.join(missing)}")
+        raise TaskSetError(
+            source, message=f"{source}: instance id(s) not in the task set: {', '.join(missing)}"
+        )
     return [by_id[i] for i in ids]
 
 
@@ -255,7 +264,9 @@ def split_tasks(tasks: list[TaskInstance], eval_fraction: float, seed: int) -> t
     ordered = sorted(tasks, key=lambda t: _split_key(t.instance_id, seed))
     n_eval = round(len(ordered) * eval_fraction)
     eval_ids = {t.instance_id for t in ordered[:n_eval]}
-    return [t for t in tasks if t.instance_id not in eval_ids], [t for t in tasks if t.instance_id in eval_ids]
+    return [t for t in tasks if t.instance_id not in eval_ids], [
+        t for t in tasks if t.instance_id in eval_ids
+    ]
 
 
 def select_tasks(cfg: TaskSetConfig, *, store: Any = None) -> TaskSelection:

@@ -1,0 +1,1 @@
+"""Thin KFP lightweight components, one per pipeline step (see README.md)."""

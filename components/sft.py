@@ -1,0 +1,21 @@
+"""sft: supervised fine-tuning on the synth dataset (protege.sft); opens the KFP run's MLflow parent run."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.images import TRAINER_IMAGE
+
+
+@dsl.component(base_image=TRAINER_IMAGE)
+def sft(
+    profile: str, overrides: str, base_model: str, dataset_uri: str, synth_run_id: str, kfp_run_id: str
+) -> NamedTuple("Outputs", [("model_uri", str), ("parent_run_id", str)]):
+    """The first never-cached step, so the MLflow parent run opened here belongs to this KFP run alone."""
+    from protege import kfp_steps, sft
+
+    cfg = kfp_steps.step_config(profile, overrides, model__base=base_model)
+    tracker = kfp_steps.open_pipeline_run(cfg, kfp_run_id, synth_run_id, dataset_uri)
+    store = kfp_steps.open_store(cfg)
+    result = sft.run(cfg, dataset_uri, kfp_steps.work_dir(cfg, "sft"), tracker, store)
+    return (result["model_uri"] or result["model_dir"], tracker.parent_run_id)

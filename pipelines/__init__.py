@@ -1,0 +1,1 @@
+"""The KFP pipeline (protege_pipeline.py) and its compiled YAML."""

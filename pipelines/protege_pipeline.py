@@ -1,0 +1,70 @@
+"""The SWE-Protégé pipeline: verify -> synth -> sft -> rl1 -> rl2 -> eval -> register (METHOD.md).
+
+This file only wires the steps; `protege.kfp_placement.place` gives each its resources, GPU pool,
+secrets, caching, retries and timeout. Compile with `protege compile` (writes protege_pipeline.yaml next
+to this file; CI fails when it is stale); run with `protege submit --host URL` or locally through
+`kfp.local.SubprocessRunner(use_venv=False)`, where the Kubernetes settings are ignored.
+"""
+
+from kfp import dsl
+
+from components.evaluate import eval as eval_step
+from components.register import register
+from components.rl import rl1, rl2
+from components.sft import sft
+from components.synth import synth
+from components.verify_tasks import verify_tasks
+from protege.config import PipelineConfig
+from protege.kfp_placement import GpuPool, place
+
+PIPELINE = PipelineConfig()
+
+
+@dsl.pipeline(name=PIPELINE.name, description="Train a small SWE agent that knows when to ask an expert.")
+def protege_pipeline(
+    profile: str = "cluster",
+    base_model: str = "",
+    train_tasks: str = "",
+    eval_tasks: str = "",
+    expert_model: str = "",
+    overrides: str = "[]",
+    gpu_type: str = "nvidia.com/gpu",
+    gpu_count: int = 8,
+    gpu_node_selector: dict = {},  # noqa: B006 - KFP reads parameter defaults from the signature
+    gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
+) -> None:
+    """Empty `base_model`/`*_tasks`/`expert_model` keep the profile's; `overrides` is a JSON list of
+    `dotted.key=value`; the `gpu_*` parameters choose the pool of the GPU steps (sft, rl1, rl2)."""
+    pool = GpuPool(gpu_type, gpu_count, gpu_node_selector, gpu_tolerations)
+    common = {"profile": profile, "overrides": overrides}
+
+    verified = verify_tasks(**common, train_tasks=train_tasks, eval_tasks=eval_tasks)
+    place(verified, "verify", PIPELINE, pool)
+
+    data = synth(**common, train_tasks=train_tasks, expert_model=expert_model,
+                 tasks_digest=verified.outputs["tasks_digest"])  # fmt: skip
+    place(data, "synth", PIPELINE, pool)
+
+    tuned = sft(**common, base_model=base_model, dataset_uri=data.outputs["dataset_uri"],
+                synth_run_id=data.outputs["mlflow_run_id"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+    place(tuned, "sft", PIPELINE, pool)
+    parent = tuned.outputs["parent_run_id"]
+
+    stage1 = rl1(**common, train_tasks=train_tasks, expert_model=expert_model,
+                 model_uri=tuned.outputs["model_uri"], parent_run_id=parent)  # fmt: skip
+    place(stage1, "rl1", PIPELINE, pool)
+
+    stage2 = rl2(**common, train_tasks=train_tasks, expert_model=expert_model,
+                 model_uri=stage1.output, parent_run_id=parent)  # fmt: skip
+    place(stage2, "rl2", PIPELINE, pool)
+
+    evaluated = eval_step(**common, eval_tasks=eval_tasks, expert_model=expert_model,
+                          model_uri=stage2.output, parent_run_id=parent)  # fmt: skip
+    place(evaluated, "eval", PIPELINE, pool)
+
+    registered = register(**common, base_model=base_model, expert_model=expert_model, model_uri=stage2.output,
+                          report_uri=evaluated.outputs["report_uri"], pass_at_1=evaluated.outputs["pass_at_1"],
+                          dataset_digest=data.outputs["dataset_digest"],
+                          eval_set_digest=verified.outputs["eval_set_digest"],
+                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, parent_run_id=parent)  # fmt: skip
+    place(registered, "register", PIPELINE, pool)

@@ -1,0 +1,220 @@
+"""`protege compile | submit | schedule`: the Kubeflow pipeline from the command line.
+
+- `protege compile [--check]` writes `pipelines/protege_pipeline.yaml` (committed); with `--check` it
+  writes nothing and exits 1 when the committed YAML differs from a fresh compile (CI's staleness gate).
+- `protege submit --host URL [params]` starts one run; `protege schedule --cron EXPR --host URL [params]`
+  creates a KFP recurring run (scheduled retraining). Both go through `kfp.Client` and compile afresh,
+  so what runs is what this checkout says.
+
+The pipeline lives in `pipelines/` and its components in `components/` at the repository root (they are
+not part of the installed package), so these commands need a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE_SOURCE = ROOT / "pipelines" / "protege_pipeline.py"
+PIPELINE_YAML = ROOT / "pipelines" / "protege_pipeline.yaml"
+KFP_CRON_FIELDS = 6  # KFP's cron has a leading seconds field
+UNIX_CRON_FIELDS = 5
+DEFAULT_COMMENT = re.compile(r"^(?P<head>#\s+\w+: \w+ )\[Default: (?P<value>[\[{].*)\]$")
+
+ClientFactory = Callable[[str | None], Any]
+
+
+class KFPError(ValueError):
+    """Bad input to compile/submit/schedule; the message names it."""
+
+
+def load_pipeline() -> Any:
+    """The `protege_pipeline` function from pipelines/protege_pipeline.py of this checkout."""
+    if not PIPELINE_SOURCE.is_file():
+        raise KFPError(f"{PIPELINE_SOURCE}: not found (compile/submit/schedule need a source checkout)")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # `components` and `pipelines` are top-level directories
+    import importlib
+
+    return importlib.import_module("pipelines.protege_pipeline").protege_pipeline
+
+
+def _sorted_repr(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_sorted_repr(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_sorted_repr(v) for v in value) + "]"
+    return repr(value)
+
+
+def _stable_defaults(line: str) -> str:
+    # KFP's header comment prints dict defaults in protobuf map order, which varies between processes.
+    match = DEFAULT_COMMENT.match(line)
+    if not match:
+        return line
+    return f"{match['head']}[Default: {_sorted_repr(ast.literal_eval(match['value']))}]"
+
+
+def compile_pipeline(path: Path) -> Path:
+    """Compile the pipeline to `path`; the output depends only on the sources (no timestamps, sorted keys)."""
+    from kfp import compiler
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(load_pipeline(), str(path))
+    text = path.read_text()
+    path.write_text("\n".join(_stable_defaults(line) for line in text.split("\n")))
+    return path
+
+
+def is_stale(committed: Path = PIPELINE_YAML) -> bool:
+    """True when `committed` is missing or differs from a fresh compile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_pipeline(Path(tmp) / committed.name).read_text()
+    return not committed.is_file() or committed.read_text() != fresh
+
+
+def kfp_cron(expr: str) -> str:
+    """A 5-field Unix cron gets KFP's leading seconds field ('0 3 * * *' -> '0 0 3 * * *')."""
+    fields = expr.split()
+    if len(fields) == UNIX_CRON_FIELDS:
+        return " ".join(["0", *fields])
+    if len(fields) == KFP_CRON_FIELDS:
+        return " ".join(fields)
+    raise KFPError(f"--cron '{expr}': expected 5 (Unix) or 6 (KFP, with seconds) fields, got {len(fields)}")
+
+
+def _json_arg(flag: str, text: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise KFPError(f"{flag}: not JSON: {err}") from None
+    if not isinstance(value, kind):
+        raise KFPError(f"{flag}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline parameters from the flags that were given (the others keep the pipeline's defaults)."""
+    params: dict[str, Any] = {"profile": args.profile}
+    for name in ("base_model", "train_tasks", "eval_tasks", "expert_model", "gpu_type", "gpu_count"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.override:
+        params["overrides"] = json.dumps(args.override)
+    if args.gpu_node_selector is not None:
+        params["gpu_node_selector"] = _json_arg("--gpu-node-selector", args.gpu_node_selector, dict)
+    if args.gpu_tolerations is not None:
+        params["gpu_tolerations"] = _json_arg("--gpu-tolerations", args.gpu_tolerations, list)
+    return params
+
+
+def make_client(host: str | None) -> Any:
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def submit(args: argparse.Namespace, client_factory: ClientFactory = make_client) -> Any:
+    """Compile afresh and start one run in `args.experiment`; returns the client's run result."""
+    params = pipeline_params(args)
+    client = client_factory(args.host)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / PIPELINE_YAML.name)
+        return client.create_run_from_pipeline_package(
+            str(package), arguments=params, run_name=args.run_name, experiment_name=args.experiment,
+            namespace=args.namespace,
+        )  # fmt: skip
+
+
+def schedule(args: argparse.Namespace, client_factory: ClientFactory = make_client) -> Any:
+    """Compile afresh and create a recurring run on `args.cron` in `args.experiment`."""
+    from protege.config import PipelineConfig
+
+    cron = kfp_cron(args.cron)
+    params = pipeline_params(args)
+    client = client_factory(args.host)
+    experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / PIPELINE_YAML.name)
+        return client.create_recurring_run(
+            experiment_id=experiment.experiment_id, job_name=args.name, cron_expression=cron,
+            params=params, pipeline_package_path=str(package), no_catchup=True,
+            max_concurrency=PipelineConfig().schedule_max_concurrency,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def _compile_cli(args: argparse.Namespace) -> int:
+    target = Path(args.output)
+    if args.check:
+        if is_stale(target):
+            print(f"{target} is stale: run `protege compile` and commit it", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    compile_pipeline(target)
+    print(f"wrote {target}")
+    return 0
+
+
+def _submit_cli(args: argparse.Namespace) -> int:
+    result = submit(args)
+    print(f"submitted run {getattr(result, 'run_id', result)} in experiment '{args.experiment}'")
+    return 0
+
+
+def _schedule_cli(args: argparse.Namespace) -> int:
+    result = schedule(args)
+    print(f"scheduled recurring run {getattr(result, 'recurring_run_id', result)} on '{kfp_cron(args.cron)}'")
+    return 0
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    from protege.config import PipelineConfig
+
+    parser.add_argument("--host", help="KFP API endpoint (default: kfp.Client's, e.g. in-cluster)")
+    parser.add_argument("--namespace", help="KFP namespace (multi-user installs only)")
+    parser.add_argument("--experiment", default=PipelineConfig().name, help="KFP experiment")
+    parser.add_argument(
+        "--profile", default="cluster", help="config profile the steps load (default: cluster)"
+    )
+    parser.add_argument("--base-model", dest="base_model", help="override model.base")
+    parser.add_argument("--train-tasks", dest="train_tasks", help="override tasks.train (e.g. s3://...)")
+    parser.add_argument("--eval-tasks", dest="eval_tasks", help="override tasks.eval")
+    parser.add_argument("--expert-model", dest="expert_model", help="override expert.model")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)"
+    )
+    parser.add_argument("--gpu-type", dest="gpu_type", help="accelerator resource, e.g. nvidia.com/gpu")
+    parser.add_argument("--gpu-count", dest="gpu_count", type=int, help="accelerators per GPU step")
+    parser.add_argument("--gpu-node-selector", dest="gpu_node_selector", help="JSON object of node labels")
+    parser.add_argument("--gpu-tolerations", dest="gpu_tolerations", help="JSON list of tolerations")
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """`protege compile`, `protege submit`, `protege schedule`."""
+    comp = sub.add_parser("compile", help="compile the KFP pipeline into pipelines/protege_pipeline.yaml")
+    comp.add_argument("--check", action="store_true", help="exit 1 when the committed YAML is stale")
+    comp.add_argument("--output", default=str(PIPELINE_YAML), help=argparse.SUPPRESS)
+    comp.set_defaults(func=_compile_cli)
+    run = sub.add_parser("submit", help="start one pipeline run on a KFP cluster")
+    _run_args(run)
+    run.add_argument("--run-name", dest="run_name", help="name of the KFP run")
+    run.set_defaults(func=_submit_cli)
+    sched = sub.add_parser("schedule", help="create a KFP recurring run (scheduled retraining)")
+    _run_args(sched)
+    sched.add_argument("--cron", required=True, help="cron expression, 5 fields (Unix) or 6 (KFP)")
+    sched.add_argument("--name", default="protege-retrain", help="name of the recurring run")
+    sched.set_defaults(func=_schedule_cli)

@@ -1,0 +1,164 @@
+"""What a KFP step does around its phase's `run`: config from pipeline parameters, store, tracker, outputs.
+
+The components in `components/` are thin (STYLE lesson 2): each imports this module and its phase and
+calls `run`. Everything here is plain Python, testable without KFP.
+
+Lineage across steps: large outputs stay in the artifact store; steps pass their `s3://` URIs and sha256
+digests as KFP output parameters. The MLflow parent run of a KFP run is opened by `sft`, the first step
+that is never cached (`verify` and `synth` are cached by their inputs, so a parent run opened there would
+be shared by every KFP run that reuses their cached outputs); its id travels to the later steps as an
+output parameter and re-enters MLflow through `$PROTEGE_PARENT_RUN_ID` (protege.tracking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from protege.config import ConfigError, ProtegeConfig, load_config
+
+TAG_KFP_RUN = "protege.kfp_run_id"
+TAG_PIPELINE_VERSION = "protege.pipeline_version"
+TAG_SYNTH_RUN = "protege.synth_run_id"
+TAG_DATASET_URI = "protege.dataset_uri"
+VERIFY_REPORT = "verify.json"
+GIT_COMMIT_ENV = "PROTEGE_GIT_COMMIT"  # set by images/*.Dockerfile from the build's git SHA
+
+
+class StepError(RuntimeError):
+    """A KFP step cannot go on; the message names the step and the bad input."""
+
+
+def parse_overrides(text: str) -> list[str]:
+    """The pipeline's `overrides` parameter: a JSON list of `dotted.key=value` strings ('' or '[]' = none)."""
+    if not text.strip():
+        return []
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"overrides: not a JSON list of 'key=value' strings: {err}") from None
+    if not isinstance(items, list):
+        raise ConfigError(f"overrides: expected a JSON list, got {type(items).__name__}")
+    for index, item in enumerate(items):
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"overrides[{index}]: expected 'dotted.key=value', got {item!r}")
+    return items
+
+
+def step_config(profile: str, overrides: str, **dotted: str) -> ProtegeConfig:
+    """Profile + the `overrides` JSON list + the step's named parameters (`tasks__train="s3://..."` sets
+    `tasks.train`; an empty value keeps the profile's). Named parameters apply last."""
+    extra = [f"{key.replace('__', '.')}={value}" for key, value in sorted(dotted.items()) if value]
+    return load_config(profile, None, parse_overrides(overrides) + extra)
+
+
+def work_dir(cfg: ProtegeConfig, phase: str) -> Path:
+    """The step's local working directory (resumable: phases continue what they find there)."""
+    path = Path(cfg.services.data_dir) / "runs" / cfg.run_name / phase
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def open_store(cfg: ProtegeConfig) -> Any:
+    """The artifact store; credentials come from env (Kubernetes Secrets on clusters, the shell locally)."""
+    from protege.store import S3ArtifactStore
+
+    return S3ArtifactStore.from_config(cfg.store)
+
+
+def attach_tracker(cfg: ProtegeConfig, parent_run_id: str) -> Any:
+    """A Tracker re-attached to the KFP run's MLflow parent run `parent_run_id`."""
+    from protege.tracking import PARENT_RUN_ENV, Tracker
+
+    if not parent_run_id:
+        raise StepError(
+            "parent_run_id is empty: this step runs after `sft`, which opens the MLflow parent run"
+        )
+    os.environ[PARENT_RUN_ENV] = parent_run_id
+    tracker = Tracker(cfg.tracking)
+    tracker.start_pipeline(cfg.run_name, parent_run_id=parent_run_id)
+    return tracker
+
+
+def open_pipeline_run(cfg: ProtegeConfig, kfp_run_id: str, synth_run_id: str, dataset_uri: str) -> Any:
+    """A Tracker with a new MLflow parent run for this KFP run, tagged with its KFP run id and synth inputs."""
+    from protege import __version__
+    from protege.tracking import PARENT_RUN_ENV, Tracker
+
+    os.environ.pop(PARENT_RUN_ENV, None)  # a stale id from the shell must not hijack this KFP run
+    tracker = Tracker(cfg.tracking)
+    tags = {TAG_KFP_RUN: kfp_run_id, TAG_PIPELINE_VERSION: __version__, TAG_SYNTH_RUN: synth_run_id,
+            TAG_DATASET_URI: dataset_uri}  # fmt: skip
+    tracker.start_pipeline(cfg.run_name, cfg, tags={k: v for k, v in tags.items() if v})
+    os.environ[PARENT_RUN_ENV] = str(tracker.parent_run_id)
+    return tracker
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
+    """Grade gold and empty patches of the selected train and eval tasks; fail naming every broken one.
+
+    Returns {"report_uri", "tasks_digest", "eval_set_digest"}: the verify report (uploaded when `store` is
+    given, else its local path), a sha256 over both splits' digests (it keys the cache of the steps
+    downstream) and the eval split's digest (the champion gate compares Pass@1 only on the same eval set).
+    """
+    from protege.tasksets import select_tasks, task_set_digest
+    from protege.verify import _ensure_repos, verify_task_set
+
+    out = work_dir(cfg, "verify")
+    repos_dir = Path(cfg.tasks.repos_dir)
+    selection = select_tasks(cfg.tasks, store=store)
+    reports: dict[str, Any] = {}
+    for split, source, tasks in (
+        ("train", cfg.tasks.train, selection.train),
+        ("eval", cfg.tasks.eval, selection.eval),
+    ):
+        if not tasks:
+            raise StepError(f"verify: {split} set {source} selects no tasks")
+        if cfg.agent.sandbox.backend == "local":
+            _ensure_repos(tasks, source, repos_dir)
+        report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
+        reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
+    broken = [f"{rep['source']}:{iid} ({', '.join(problems)})" for rep in reports.values()
+              for iid, problems in rep["broken"].items()]  # fmt: skip
+    if broken:
+        raise StepError("verify: broken task instances: " + "; ".join(broken))
+    path = out / VERIFY_REPORT
+    path.write_text(json.dumps(reports, indent=2, sort_keys=True) + "\n")
+    uri = str(path)
+    if store is not None:
+        uri = f"s3://{cfg.store.bucket}/{cfg.run_name}/verify/{VERIFY_REPORT}"
+        store.upload_file(path, uri)
+    digest = sha256_text(json.dumps({split: rep["digest"] for split, rep in reports.items()}, sort_keys=True))
+    return {"report_uri": uri, "tasks_digest": digest, "eval_set_digest": reports["eval"]["digest"]}
+
+
+def lineage(
+    cfg: ProtegeConfig, *, kfp_run_id: str, dataset_digest: str, eval_set_digest: str
+) -> dict[str, Any]:
+    """The inputs a registered version is traced back to (protege.register.LINEAGE_TAGS keys).
+
+    Image "digests" are the configured image references: pinned `@sha256:` references on clusters, so
+    the reference is the digest; a pod cannot read its own image digest without extra RBAC.
+    """
+    from protege import __version__
+    from protege.config import public_dict
+
+    rewards = {"stage1": public_dict(cfg.rl.stage1), "stage2": public_dict(cfg.rl.stage2)}
+    return {
+        "kfp_run_id": kfp_run_id,
+        "pipeline_version": __version__,
+        "git_commit": os.environ.get(GIT_COMMIT_ENV, ""),
+        "image_digests": {"agent": cfg.pipeline.agent_image, "trainer": cfg.pipeline.trainer_image},
+        "base_model": cfg.model.base,
+        "dataset_digests": {"synth": dataset_digest},
+        "expert_model": f"{cfg.expert.backend}:{cfg.expert.model}",
+        "reward_config_hash": sha256_text(json.dumps(rewards, sort_keys=True)),
+        "eval_set_digest": eval_set_digest,
+    }
