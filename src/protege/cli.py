@@ -33,6 +33,20 @@ def load_cfg(args: argparse.Namespace):
     return load_config(args.profile, args.config_file, args.overrides)
 
 
+def tracker_and_store(cfg, track: bool, upload: bool) -> tuple:
+    """The phase CLIs' I/O edges: an MLflow Tracker if `track`, an S3 store if `upload` (else None)."""
+    tracker = store = None
+    if track:
+        from protege.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking)
+    if upload:
+        from protege.store import S3ArtifactStore
+
+        store = S3ArtifactStore.from_config(cfg.store)
+    return tracker, store
+
+
 # --------------------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------------------

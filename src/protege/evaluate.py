@@ -436,22 +436,14 @@ def expert_overrides(spec: str) -> list[str]:
 
 
 def _eval_cli(args: argparse.Namespace) -> int:
-    from protege.cli import CLIError, load_cfg
+    from protege.cli import CLIError, load_cfg, tracker_and_store
 
     try:
         if args.expert:
             args.overrides = expert_overrides(args.expert) + list(args.overrides)
         cfg = load_cfg(args)
         out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-        tracker = store = None
-        if args.track:
-            from protege.tracking import Tracker
-
-            tracker = Tracker(cfg.tracking)
-        if args.upload:
-            from protege.store import S3ArtifactStore
-
-            store = S3ArtifactStore.from_config(cfg.store)
+        tracker, store = tracker_and_store(cfg, args.track, args.upload)
         result = run(cfg, args.model, out, tracker, store, script=args.script)
     except EvalError as err:
         raise CLIError(str(err)) from None

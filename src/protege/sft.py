@@ -528,7 +528,7 @@ def _sft_cli(args: argparse.Namespace) -> int:
     import yaml
 
     from protege import sft_launch
-    from protege.cli import CLIError, load_cfg
+    from protege.cli import CLIError, load_cfg, tracker_and_store
 
     cfg = load_cfg(args)
     if args.emit_trainjob:
@@ -537,15 +537,8 @@ def _sft_cli(args: argparse.Namespace) -> int:
         print(f"wrote TrainJob {manifest['metadata']['name']} to {args.emit_trainjob}")
         return 0
     out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-    tracker = store = None
-    if args.upload:
-        from protege.store import S3ArtifactStore
-
-        store = S3ArtifactStore.from_config(cfg.store)
-    if args.track and sft_launch.is_world_main():
-        from protege.tracking import Tracker
-
-        tracker = Tracker(cfg.tracking)
+    # Only rank 0 tracks: other ranks of a torchrun relaunch must not open MLflow runs.
+    tracker, store = tracker_and_store(cfg, args.track and sft_launch.is_world_main(), args.upload)
     try:
         result = run(cfg, args.dataset, out, tracker, store)
     except SFTError as err:

@@ -446,7 +446,7 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
 
 
 def _synth_cli(args: argparse.Namespace) -> int:
-    from protege.cli import load_cfg
+    from protege.cli import load_cfg, tracker_and_store
 
     overrides = list(args.overrides)
     if args.tasks:
@@ -456,15 +456,7 @@ def _synth_cli(args: argparse.Namespace) -> int:
     args.overrides = overrides
     cfg = load_cfg(args)
     out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-    tracker = store = None
-    if args.track:
-        from protege.tracking import Tracker
-
-        tracker = Tracker(cfg.tracking)
-    if args.upload:
-        from protege.store import S3ArtifactStore
-
-        store = S3ArtifactStore.from_config(cfg.store)
+    tracker, store = tracker_and_store(cfg, args.track, args.upload)
     result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
     print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
     return 0
