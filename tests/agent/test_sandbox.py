@@ -158,9 +158,14 @@ def test_history_holds_nothing_after_base_commit(shared: LocalSandbox, demo: Dem
 @BWRAP
 def test_gold_and_test_patch_text_is_nowhere_the_sandbox_can_read(shared: LocalSandbox, demo: Demo):
     visible = "/testbed /tmp $HOME"  # the writable places; the read-only binds are system and Python dirs
-    assert (
-        shared.run(f"grep -rlF 'return a - b' {visible}").output.strip() == "/testbed/calc.py"
-    )  # grep works
+    # grep works: it finds the repo's own line, and elsewhere only files of the read-only Python
+    # installation, which is bound at its host path and may itself live under /tmp or $HOME.
+    python_dirs = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
+    hits = shared.run(f"grep -rlsF 'return a - b' {visible}").output.split()
+    assert "/testbed/calc.py" in hits
+    assert [
+        h for h in hits if h != "/testbed/calc.py" and not any(Path(h).is_relative_to(p) for p in python_dirs)
+    ] == []
     for secret in (GOLD_LINE, TEST_LINE, LATER_LINE):
         # -s: files the capability-less root cannot read (e.g. /etc/polkit-1) are no leak either
         result = shared.run(f"grep -rlsF '{secret}' {visible} /etc")
@@ -169,7 +174,6 @@ def test_gold_and_test_patch_text_is_nowhere_the_sandbox_can_read(shared: LocalS
     for hidden in (demo.repos_dir, project_src, project_src.parent, Path(__file__).parent):
         assert shared.run(f"test -e {hidden}").exit_code == 1, hidden
     home = Path.home()  # visible only as far as the Python installation lives under it (pyenv)
-    python_dirs = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
     needed = {p.relative_to(home).parts[0] for p in python_dirs if p.is_relative_to(home)}
     assert set(shared.run(f"ls -A {home}").output.split()) <= needed
     for (
