@@ -92,7 +92,8 @@ class FakeCore:
 
 def pod_filesystem(root: Path) -> list[str]:
     """bwrap arguments for a container-like view: system and Python dirs read-only, the repo at /testbed."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent"]
+    # /tmp first: the Python binds below may live under /tmp (a checkout there) and must stay visible.
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--tmpfs", "/tmp"]
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"):
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
@@ -109,8 +110,6 @@ def pod_filesystem(root: Path) -> list[str]:
         "/dev",
         "--proc",
         "/proc",
-        "--tmpfs",
-        "/tmp",
         "--bind",
         str(root),
         "/testbed",
