@@ -59,24 +59,18 @@ class DatasetExport:
 
 
 def chat_messages(trajectory: Trajectory) -> list[dict[str, Any]]:
-    """The trajectory's messages in HF chat format, each with its provenance."""
-    out: list[dict[str, Any]] = []
-    for message in trajectory.messages:
-        item: dict[str, Any] = {
-            "role": message.role,
-            "content": message.content,
-            "provenance": message.provenance,
-        }
-        if message.tool_calls:
-            item["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in message.tool_calls
-            ]
-        if message.role == "tool":
-            item["tool_call_id"] = message.tool_call_id
-            item["name"] = message.name
-        out.append(item)
-    return out
+    """The trajectory's messages in HF chat format, each with its provenance.
+
+    The same conversion the in-process policy renders its prompts with, so training data and inference
+    prompts cannot drift apart; provenance is placed right after role/content.
+    """
+    from protege.agent.policies import to_chat_messages
+
+    chat = to_chat_messages(trajectory.messages, arguments_as_json=False)
+    return [
+        {"role": item["role"], "content": item["content"], "provenance": message.provenance, **item}
+        for item, message in zip(chat, trajectory.messages, strict=True)
+    ]
 
 
 def to_record(trajectory: Trajectory, tools: list[dict[str, Any]]) -> dict[str, Any]:
