@@ -164,3 +164,17 @@ def test_s3_uri_file_and_tree(tmp_path, store):
     datasets.Dataset.from_list([row("acme__lib-3")]).save_to_disk(str(tmp_path / "saved"))
     store.upload_dir(tmp_path / "saved", store.uri("sets/saved"))
     assert [t.instance_id for t in load_task_set(store.uri("sets/saved"), store=store)] == ["acme__lib-3"]
+
+
+def test_ensure_local_repos_builds_demo_repos_and_names_missing_ones(tmp_path):
+    from protege.tasksets import ensure_local_repos
+
+    demo = load_task_set("demo:eval")
+    ensure_local_repos(demo, "demo:eval", tmp_path / "repos")
+    assert all((tmp_path / "repos" / t.repo_dirname / ".git").is_dir() for t in demo)
+
+    tasks = [TaskInstance.model_validate(row("acme__lib-1"))]
+    with pytest.raises(ValueError, match=r"mine.jsonl: repositories missing under .*repos: acme__lib"):
+        ensure_local_repos(tasks, "mine.jsonl", tmp_path / "repos", error=ValueError)
+    (tmp_path / "repos" / "acme__lib").mkdir()
+    ensure_local_repos(tasks, "mine.jsonl", tmp_path / "repos", error=ValueError)

@@ -265,18 +265,11 @@ def eval_config(cfg: ProtegeConfig, model: str) -> ProtegeConfig:
 
 def eval_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
     """The evaluation split; the local sandbox's repositories are built first when they are the demo's."""
-    from protege.tasksets import select_tasks
+    from protege.tasksets import ensure_local_repos, select_tasks
 
     tasks = select_tasks(cfg.tasks, store=store).eval
     if cfg.agent.sandbox.backend == "local":
-        repos_dir = Path(cfg.tasks.repos_dir)
-        missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
-        if missing and cfg.tasks.eval.startswith("demo:"):
-            from protege.demo import build_demo_repos
-
-            build_demo_repos(repos_dir)
-        elif missing:
-            raise EvalError(f"{cfg.tasks.eval}: repositories missing under {repos_dir}: {', '.join(missing)}")
+        ensure_local_repos(tasks, cfg.tasks.eval, cfg.tasks.repos_dir, error=EvalError)
     return tasks
 
 

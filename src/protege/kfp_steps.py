@@ -108,8 +108,9 @@ def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
     given, else its local path), a sha256 over both splits' digests (it keys the cache of the steps
     downstream) and the eval split's digest (the champion gate compares Pass@1 only on the same eval set).
     """
-    from protege.tasksets import select_tasks, task_set_digest
-    from protege.verify import _ensure_repos, verify_task_set
+    from protege.cli import CLIError
+    from protege.tasksets import ensure_local_repos, select_tasks, task_set_digest
+    from protege.verify import verify_task_set
 
     out = work_dir(cfg, "verify")
     repos_dir = Path(cfg.tasks.repos_dir)
@@ -122,7 +123,7 @@ def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
         if not tasks:
             raise StepError(f"verify: {split} set {source} selects no tasks")
         if cfg.agent.sandbox.backend == "local":
-            _ensure_repos(tasks, source, repos_dir)
+            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
         reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
     broken = [f"{rep['source']}:{iid} ({', '.join(problems)})" for rep in reports.values()

@@ -347,21 +347,13 @@ def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str,
 
 def train_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
     """The training split; the local sandbox's repositories are built first when they are the demo's."""
-    from protege.tasksets import select_tasks
+    from protege.tasksets import ensure_local_repos, select_tasks
 
     tasks = select_tasks(cfg.tasks, store=store).train
     if not tasks:
         raise SynthError(f"{cfg.tasks.train}: no training tasks selected")
-    repos_dir = Path(cfg.tasks.repos_dir)
-    missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
-    if missing and cfg.agent.sandbox.backend == "local":
-        if not cfg.tasks.train.startswith("demo:"):
-            raise SynthError(
-                f"{cfg.tasks.train}: repositories missing under {repos_dir}: {', '.join(missing)}"
-            )
-        from protege.demo import build_demo_repos
-
-        build_demo_repos(repos_dir)
+    if cfg.agent.sandbox.backend == "local":
+        ensure_local_repos(tasks, cfg.tasks.train, cfg.tasks.repos_dir, error=SynthError)
     return tasks
 
 

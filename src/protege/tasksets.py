@@ -290,6 +290,22 @@ def select_tasks(cfg: TaskSetConfig, *, store: Any = None) -> TaskSelection:
     return TaskSelection(train=train, eval=evaluation, dropped=dropped)
 
 
+def ensure_local_repos(
+    tasks: list[TaskInstance], source: str, repos_dir: str | Path, error: type[Exception] = FileNotFoundError
+) -> None:
+    """The local sandbox needs each task's repository under `repos_dir`: the demo's are built on first use;
+    for any other source a missing one raises `error` naming the source, the directory and the repos."""
+    repos_dir = Path(repos_dir)
+    missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
+    if not missing:
+        return
+    if not source.startswith("demo:"):
+        raise error(f"{source}: repositories missing under {repos_dir}: {', '.join(missing)}")
+    from protege.demo import build_demo_repos
+
+    build_demo_repos(repos_dir)
+
+
 def task_set_digest(tasks: list[TaskInstance]) -> str:
     """sha256 over the instances (order-independent): the dataset digest used in lineage."""
     rows = sorted(json.dumps(t.to_swebench(), sort_keys=True) for t in tasks)

@@ -186,21 +186,6 @@ def verify_task_set(
 # --------------------------------------------------------------------------------------------------
 
 
-def _ensure_repos(tasks: Sequence[TaskInstance], source: str, repos_dir: Path) -> None:
-    """The local sandbox needs each task's repository; the demo ones are built on first use."""
-    missing = sorted({t.repo_dirname for t in tasks if not (repos_dir / t.repo_dirname).exists()})
-    if not missing:
-        return
-    if source.startswith("demo:"):
-        from protege.demo import build_demo_repos
-
-        build_demo_repos(repos_dir)
-        return
-    from protege.cli import CLIError
-
-    raise CLIError(f"{source}: repositories missing under {repos_dir}: {', '.join(missing)}")
-
-
 def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
     seen = []
 
@@ -218,8 +203,8 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
-    from protege.cli import load_cfg
-    from protege.tasksets import TaskSetError, load_task_set
+    from protege.cli import CLIError, load_cfg
+    from protege.tasksets import TaskSetError, ensure_local_repos, load_task_set
 
     cfg = load_cfg(args)
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
@@ -232,7 +217,7 @@ def run_cli(args: Any) -> int:
             print(str(err), file=sys.stderr)
             return 1
         if cfg.agent.sandbox.backend == "local":
-            _ensure_repos(tasks, source, repos_dir)
+            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         print(
             f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
             flush=True,
