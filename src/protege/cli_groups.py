@@ -12,8 +12,10 @@ MODULES: list[str] = [
     "protege.services",
     "protege.agent.cli",
     "protege.sft",
+    "protege.rl",
     "protege.synth",
     "protege.kfp_cli",
+    "protege.kfp_local",
     "protege.quickstart",
     "protege.lineage",
 ]

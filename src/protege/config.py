@@ -557,8 +557,34 @@ class RLConfig(Strict):
     """Generate with vLLM (GPU); transformers generation on CPU."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
     """vLLM colocated with training or a separate server."""
+    vllm_server_base_url: str = ""
+    """vllm_mode=server: URL of the `trl vllm-serve` server."""
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """vllm_mode=colocate: share of GPU memory vLLM may take beside training."""
+    loss_type: Literal["dapo", "grpo", "bnpo", "dr_grpo"] = "dapo"
+    """trl's GRPO loss normalisation (dapo: token-level, the clip-higher ε_high setting it comes with)."""
+    lr_scheduler: str = "constant"
+    """Learning-rate schedule (constant keeps stage II's rate equal to stage I's across the switch)."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradient clipping."""
+    bf16: bool = True
+    """bf16 mixed precision (GPU)."""
+    gradient_checkpointing: bool = True
+    """Activation checkpointing (GPU)."""
+    deepspeed: Literal["", "zero2", "zero3"] = "zero3"
+    """DeepSpeed config shipped in the package (multi-GPU); empty disables DeepSpeed."""
+    rollout_workers: int = Field(default=8, ge=1)
+    """Rollouts (episodes) in flight at once; generation is shared, sandboxes run in parallel."""
+    sandbox_start_interval_s: float = Field(default=0.2, ge=0)
+    """Sandbox starts are spaced at least this far apart (rate limit)."""
+    sandbox_start_retries: int = Field(default=3, ge=0)
+    """A failed sandbox start is retried this many times ..."""
+    sandbox_start_backoff_s: float = Field(default=2.0, ge=0)
+    """... after waiting this long, doubled at every retry."""
     save_steps: int = Field(default=20, ge=1)
-    """Checkpoint every N steps."""
+    """Checkpoint every N steps (and always at the end of a stage)."""
+    save_total_limit: int = Field(default=2, ge=0)
+    """Local checkpoints kept on disk (0 = all); every checkpoint stays in the artifact store."""
     seed: int = 0
     """Seed."""
     stage1: RewardConfig = RewardConfig()

@@ -1,0 +1,367 @@
+"""Phases rl1 and rl2 (METHOD §5): agentic GRPO with trl's GRPOTrainer, one code path, two reward configs.
+
+    protege rl --stage 1 --profile local --model .protege/runs/protege/sft/model
+    protege rl --stage 2 --profile local --model .protege/runs/protege/rl1/model
+
+What a step does (trl `rollout_func`, which receives every prompt already repeated G times):
+1. Each group of G prompts names one training task; a task dropped for flat rewards is replaced by an
+   active one (seeded, the same for the whole group).
+2. Every rollout is a full agent episode in a sandbox with bash, the editor, submit and ask_expert
+   (protege.rl_rollout): G × `rl.tasks_per_step` of them, `rl.rollout_workers` at a time, each under
+   `rl.rollout_timeout_s`. Its training sequence is the exact ids generated, with every observation and
+   every expert reply masked out of the loss (`env_mask`).
+3. Each submitted patch is re-graded in a fresh sandbox (R_correct); the hidden judge scores the expert calls;
+   protege.rewards computes every term of R_total for the stage. A failed rollout has no reward, so trl gives
+   it zero advantage and leaves it out of its group's baseline; its reason is written down.
+4. The batch mean of every term, expert calls and steps per trajectory, the loop rates and the failures are
+   logged to the MLflow `rl1`/`rl2` run at the step; every rollout goes to `rollouts.jsonl` (and the store).
+5. A task whose G rewards were all identical `rl.max_flat_visits` times is dropped (logged by name).
+
+The curriculum: rl1 trains `rl.stage_one_steps` steps from the SFT model with the stage I reward; rl2 resumes
+the trainer from rl1's last checkpoint (weights, optimizer, scheduler, RNG, step) and runs to
+`rl.total_steps` with the stage II reward. The KL reference is the SFT model in both stages. Checkpoints
+(with a `protege_rl.json` naming stage, step, reference and parent checkpoint) go to the store and are
+MLflow LoggedModels; a rerun resumes from the latest one, local or stored. The final model directory holds
+the weights, the tokenizer and `protege_rl.json` pointing at the last checkpoint (rl2 reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from protege.config import ProtegeConfig, RewardConfig, public_dict
+from protege.rl_rollout import RolloutContext, SandboxGate
+from protege.rl_step import FlatTasks, RolloutStep, trajectory_reward
+
+log = logging.getLogger(__name__)
+
+PHASES = {1: "rl1", 2: "rl2"}
+STATE_FILE = "protege_rl.json"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+ROLLOUTS = "rollouts.jsonl"
+TAG_STAGE = "protege.rl_stage"
+TAG_PARENT = "protege.parent_checkpoint"
+TAG_REFERENCE = "protege.reference_model"
+TAG_REWARD_HASH = "protege.reward_config_hash"
+
+
+class RLError(ValueError):
+    """A bad RL input (stage, model, task set); the message names it."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning a stage: where it starts, what it resumes, what its reference is
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StagePlan:
+    stage: int
+    phase: str
+    reward: RewardConfig
+    init_dir: Path
+    """The model the trainer is built from: the KL reference (weights are then replaced on resume)."""
+    reference_uri: str
+    resume_from: Path | None
+    parent_checkpoint_uri: str
+    """rl2 starting from rl1: rl1's last checkpoint (its first checkpoint descends from it)."""
+    max_steps: int
+    carried: dict[str, Any]
+    """protege_rl.json of the checkpoint resumed (flat-task bookkeeping of this stage), or {}."""
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def stage_reward(cfg: ProtegeConfig, stage: int) -> RewardConfig:
+    if stage not in PHASES:
+        raise RLError(f"rl stage must be 1 or 2, got {stage!r}")
+    return cfg.rl.stage1 if stage == 1 else cfg.rl.stage2
+
+
+def plan_stage(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: Path, store: Any) -> StagePlan:
+    """Stage 1 starts from `model_uri` (the SFT model). Stage 2 given rl1's final model resumes rl1's last
+    checkpoint with the SFT reference; given any other model it trains the stage II steps from it."""
+    from protege.model import resolve_model
+    from protege.sft import restore_latest
+
+    reward, phase = stage_reward(cfg, stage), PHASES[stage]
+    cache = Path(cfg.model.cache_dir)
+    model_dir = resolve_model(model_uri, cache, store, tiny=cfg.model.tiny)
+    prefix = store.uri(f"{cfg.run_name}/{phase}") if store is not None else ""
+    own = restore_latest(out_dir / CHECKPOINTS, store, prefix)
+    carried = read_state(own) if own else {}
+    started_from = read_state(model_dir)
+    if stage == 2 and started_from.get("stage") == 1:
+        reference = started_from["reference_model_uri"]
+        parent_uri = started_from["checkpoint_uri"]
+        parent_dir = resolve_model(parent_uri, cache, store)
+        return StagePlan(stage, phase, reward, resolve_model(reference, cache, store, tiny=cfg.model.tiny),
+                         reference, own or parent_dir, parent_uri, cfg.rl.total_steps, carried)  # fmt: skip
+    steps = cfg.rl.stage_one_steps if stage == 1 else cfg.rl.total_steps - cfg.rl.stage_one_steps
+    return StagePlan(stage, phase, reward, model_dir, model_uri, own, "", steps, carried)
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+
+
+def grpo_args(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, world_size: int, gpu: bool) -> Any:
+    """trl.GRPOConfig: one optimizer step = `rl.tasks_per_step` groups of G rollouts, generated in one batch."""
+    import torch
+    from trl import GRPOConfig
+
+    from protege.sft import DEEPSPEED_DIR
+
+    r = cfg.rl
+    if r.tasks_per_step % world_size:
+        raise RLError(
+            f"rl.tasks_per_step={r.tasks_per_step} is not a multiple of the {world_size} training processes"
+        )
+    return GRPOConfig(
+        output_dir=str(out_dir / CHECKPOINTS), max_steps=plan.max_steps, seed=r.seed, data_seed=r.seed,
+        per_device_train_batch_size=r.group_size, gradient_accumulation_steps=r.tasks_per_step // world_size,
+        num_generations=r.group_size, learning_rate=r.learning_rate, lr_scheduler_type=r.lr_scheduler,
+        max_grad_norm=r.max_grad_norm, beta=r.beta, epsilon=r.epsilon_low, epsilon_high=r.epsilon_high,
+        loss_type=r.loss_type, temperature=r.temperature, scale_rewards="group",
+        max_completion_length=cfg.agent.policy.max_new_tokens,  # per turn: the vLLM request limit
+        use_vllm=r.use_vllm and gpu, vllm_mode=r.vllm_mode, vllm_server_base_url=r.vllm_server_base_url or None,
+        vllm_gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+        bf16=r.bf16 and gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=r.gradient_checkpointing and gpu,
+        deepspeed=str(DEEPSPEED_DIR / f"{r.deepspeed}.json") if r.deepspeed and gpu else None,
+        save_strategy="steps", save_steps=r.save_steps, save_total_limit=r.save_total_limit or None,
+        logging_steps=1, use_cpu=not gpu, report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        mask_truncated_completions=False,  # an episode cut at a turn limit still earns its reward
+    )  # fmt: skip
+
+
+class Lineage:
+    """Publishes checkpoints and the final model: protege_rl.json into the directory, then the store and an
+    MLflow LoggedModel. `store`/`tracker` may be None (local paths are then the URIs)."""
+
+    def __init__(self, cfg: ProtegeConfig, plan: StagePlan, flat: FlatTasks, store: Any, tracker: Any,
+                 run_id: str | None) -> None:  # fmt: skip
+        self.cfg, self.plan, self.flat, self.store, self.tracker, self.run_id = (
+            cfg,
+            plan,
+            flat,
+            store,
+            tracker,
+            run_id,
+        )
+        self.prefix = store.uri(f"{cfg.run_name}/{plan.phase}") if store is not None else ""
+        self.published: list[dict[str, Any]] = []
+
+    def uri(self, local_dir: Path, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.store is not None else str(local_dir.resolve())
+
+    def state(self, step: int, **extra: Any) -> dict[str, Any]:
+        return {"stage": self.plan.stage, "phase": self.plan.phase, "step": step,
+                "reference_model_uri": self.plan.reference_uri,
+                "parent_checkpoint_uri": self.plan.parent_checkpoint_uri, **self.flat.state(), **extra}  # fmt: skip
+
+    def publish(self, local_dir: Path, name: str, step: int, **extra: Any) -> dict[str, Any]:
+        (local_dir / STATE_FILE).write_text(json.dumps(self.state(step, **extra), indent=2) + "\n")
+        uri, model_id = self.uri(local_dir, name), None
+        if self.store is not None:
+            self.store.upload_dir(local_dir, uri)
+        if self.tracker is not None and self.run_id:
+            reward_hash = _sha256(json.dumps(public_dict(self.plan.reward), sort_keys=True))
+            tags = {TAG_STAGE: str(self.plan.stage), TAG_REFERENCE: self.plan.reference_uri,
+                    TAG_REWARD_HASH: reward_hash}  # fmt: skip
+            if self.plan.parent_checkpoint_uri:
+                tags[TAG_PARENT] = self.plan.parent_checkpoint_uri
+            model_id = self.tracker.log_checkpoint(self.run_id, f"{self.cfg.run_name}-{self.plan.phase}", uri,
+                                                   {"step": step, "stage": self.plan.stage}, tags)  # fmt: skip
+        entry = {"step": step, "uri": uri, "model_id": model_id}
+        self.published.append(entry)
+        return entry
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_callbacks(lineage: Lineage) -> list[Any]:
+    """Trainer logs (loss, kl, clip ratios, ...) to the phase run as `train/*`; each checkpoint published."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (Trainer's signature)
+            numeric = {f"train/{k}": float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if state.is_world_process_zero and numeric and lineage.tracker is not None and lineage.run_id:
+                lineage.tracker.log_metrics(lineage.run_id, numeric, step=state.global_step)
+
+    class CheckpointCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                name = f"checkpoint-{state.global_step}"
+                lineage.publish(Path(args.output_dir) / name, f"{CHECKPOINTS}/{name}", state.global_step)
+
+    return [MetricsCallback(), CheckpointCallback()]
+
+
+def training_tasks(cfg: ProtegeConfig, store: Any) -> dict[str, Any]:
+    """The training split by instance id (the local sandbox's demo repositories are built when missing)."""
+    from protege.synth import SynthError, train_tasks
+
+    try:
+        tasks = train_tasks(cfg, store)
+    except SynthError as err:
+        raise RLError(str(err)) from None
+    if len(tasks) < cfg.rl.tasks_per_step:
+        raise RLError(f"{cfg.tasks.train}: {len(tasks)} training task(s), fewer than rl.tasks_per_step="
+                      f"{cfg.rl.tasks_per_step}")  # fmt: skip
+    return {task.instance_id: task for task in tasks}
+
+
+def _load_policy_model(cfg: ProtegeConfig, model_dir: Path, gpu: bool) -> tuple[Any, Any]:
+    from protege.model import load_model_and_tokenizer
+
+    dtype = cfg.model.dtype if gpu else "float32"
+    return load_model_and_tokenizer(model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation)
+
+
+def train(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
+          callbacks: Sequence[Any] = (), sandbox_opener: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Build the GRPOTrainer for `plan` and train (resuming when the plan says so)."""
+    import os
+
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from protege.agent.expert import ExpertService
+    from protege.agent.sandbox import open_sandbox
+    from protege.grading import grade
+    from protege.judge import make_judge
+    from protege.rl_rollout import HFGenerator, VLLMGenerator
+    from protege.sft import _ensure_process_group_env, on_gpu
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented way in; no banner
+    tasks = training_tasks(cfg, store)
+    gpu = on_gpu(cfg)
+    if gpu and cfg.rl.deepspeed:
+        _ensure_process_group_env(cfg)
+    args = grpo_args(cfg, plan, out_dir, int(os.environ.get("WORLD_SIZE", "1")), gpu)
+    model, tokenizer = _load_policy_model(cfg, plan.init_dir, gpu)
+    flat = FlatTasks(cfg.rl.max_flat_visits, cfg.rl.seed, plan.carried.get("flat_visits"),
+                     plan.carried.get("dropped_tasks", ()))  # fmt: skip
+    expert = ExpertService(
+        cfg.expert.model_copy(update={"gold_patch": False})
+    )  # RL never shows the gold patch
+    r = cfg.rl
+    gate = SandboxGate(sandbox_opener or open_sandbox, r.sandbox_start_interval_s, r.sandbox_start_retries,
+                       r.sandbox_start_backoff_s)  # fmt: skip
+    ctx = RolloutContext(cfg, plan.reward, None, tokenizer, f"{plan.phase}:{plan.reference_uri}",  # type: ignore[arg-type]
+                         expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade)  # fmt: skip
+    rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
+    lineage = Lineage(cfg, plan, flat, store, tracker, run_id)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[trajectory_reward], args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": iid} for iid in sorted(tasks)]),
+        rollout_func=rollout_step, callbacks=[*make_callbacks(lineage), *callbacks],
+    )  # fmt: skip
+    rollout_step.ctx.generator = (
+        VLLMGenerator(trainer) if trainer.use_vllm
+        else HFGenerator(trainer.accelerator.unwrap_model(trainer.model), tokenizer, r.temperature)
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+    step = trainer.state.global_step
+    trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer, no optimizer
+    last = lineage.published[-1]["uri"] if lineage.published else lineage.uri(
+        Path(plan.resume_from or ""), f"{CHECKPOINTS}/checkpoint-{step}")  # fmt: skip
+    final = lineage.publish(out_dir / MODEL, MODEL, step, checkpoint_uri=last)
+    return {
+        "stage": plan.stage, "model_dir": str(out_dir / MODEL), "model_uri": final["uri"],
+        "model_id": final["model_id"], "checkpoint_uri": last, "checkpoints": lineage.published[:-1],
+        "global_step": step, "reference_model_uri": plan.reference_uri,
+        "parent_checkpoint_uri": plan.parent_checkpoint_uri,
+        "resumed_from": str(plan.resume_from) if plan.resume_from else None,
+        "dropped_tasks": list(flat.dropped), "history": rollout_step.history, "mlflow_run_id": run_id,
+    }  # fmt: skip
+
+
+@contextmanager
+def _phase_run(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, tracker: Any):
+    """The nested `rl1`/`rl2` MLflow run (opening the pipeline run if needed), or None without a tracker."""
+    if tracker is None:
+        yield None
+        return
+    if tracker.parent_run_id is None:
+        tracker.start_pipeline(cfg.run_name, cfg)
+    flat_rl = {f"rl.{k}": v for k, v in public_dict(cfg.rl).items() if k not in ("stage1", "stage2")}
+    reward = {f"reward.{k}": v for k, v in public_dict(plan.reward).items()}
+    tags = {TAG_STAGE: str(plan.stage), TAG_REFERENCE: plan.reference_uri, "protege.start_model": model_uri}
+    if plan.parent_checkpoint_uri:
+        tags[TAG_PARENT] = plan.parent_checkpoint_uri
+    with tracker.phase(plan.phase, params={**flat_rl, **reward}, tags=tags) as phase:
+        yield phase.run_id
+
+
+def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tracker: Any = None,
+        store: Any = None, *, callbacks: Sequence[Any] = (), sandbox_opener: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Train RL stage `stage` (1 or 2) from `model_uri` (local dir or s3://) into `out_dir`.
+
+    `tracker`: protege.tracking.Tracker (nested `rl1`/`rl2` run: per-step reward terms and rollout figures,
+    trainer logs as `train/*`, one LoggedModel per checkpoint); `store`: protege.store.S3ArtifactStore
+    (checkpoints, the final model and each step's rollouts are uploaded). `callbacks`: extra transformers
+    TrainerCallbacks; `sandbox_opener`: replaces protege.agent.sandbox.open_sandbox (tests).
+    Returns {"stage", "model_dir", "model_uri", "model_id", "checkpoint_uri", "checkpoints", "global_step",
+    "reference_model_uri", "parent_checkpoint_uri", "resumed_from", "dropped_tasks", "history", "mlflow_run_id"}.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_stage(cfg, stage, model_uri, out_dir, store)
+    with _phase_run(cfg, plan, model_uri, tracker) as run_id:
+        return train(cfg, plan, out_dir, store, tracker, run_id, callbacks, sandbox_opener)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: `protege rl`
+# --------------------------------------------------------------------------------------------------
+
+
+def _rl_cli(args: argparse.Namespace) -> int:
+    from protege.cli import CLIError, load_cfg, tracker_and_store
+    from protege.model import ModelResolveError
+
+    cfg = load_cfg(args)
+    phase = PHASES.get(args.stage)
+    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / str(phase))
+    tracker, store = tracker_and_store(cfg, args.track, args.upload)
+    try:
+        result = run(cfg, args.stage, args.model, out, tracker, store)
+    except (RLError, ModelResolveError) as err:
+        raise CLIError(str(err)) from None
+    keys = ("model_uri", "checkpoint_uri", "global_step", "reference_model_uri", "parent_checkpoint_uri",
+            "dropped_tasks", "mlflow_run_id")  # fmt: skip
+    print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """`protege rl`."""
+    from protege.cli import _profile_args
+
+    rl = sub.add_parser("rl", help="agentic GRPO: stage 1 (loop reward) or stage 2 (+ follow-through)")
+    rl.add_argument("--stage", type=int, choices=sorted(PHASES), required=True, help="curriculum stage")
+    rl.add_argument("--model", required=True,
+                    help="stage 1: the SFT model; stage 2: rl1's final model (dir or s3://)")  # fmt: skip
+    rl.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/rl<stage>)")
+    rl.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    rl.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    _profile_args(rl)
+    rl.set_defaults(func=_rl_cli)

@@ -1,0 +1,178 @@
+"""One GRPO step of phases rl1/rl2: trl's `rollout_func` (protege.rl), flat-task dropping, per-step figures.
+
+`RolloutStep.__call__(prompts, trainer)` receives the step's prompts (instance ids, each already repeated
+G times by trl's sampler), plays the rollouts (protege.rl_rollout), logs the figures and every rollout, and
+returns the token batch with `env_mask` and the per-rollout R_total (None for a failed rollout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from protege.config import ProtegeConfig
+from protege.rl_rollout import Rollout, RolloutContext, TokenTrace, run_rollouts
+
+# --------------------------------------------------------------------------------------------------
+# Flat tasks
+# --------------------------------------------------------------------------------------------------
+
+
+class FlatTasks:
+    """Counts, per task, the visits where every scored reward of its group was the same; drops a task at
+    `max_visits` such visits. Dropped tasks are replaced by active ones, chosen reproducibly."""
+
+    def __init__(self, max_visits: int, seed: int, visits: dict[str, int] | None = None,
+                 dropped: Sequence[str] = ()) -> None:  # fmt: skip
+        self.max_visits, self.seed = max_visits, seed
+        self.visits: dict[str, int] = dict(visits or {})
+        self.dropped: list[str] = list(dropped)
+
+    def pick(self, instance_id: str, active_pool: list[str], step: int, group: int) -> str:
+        if instance_id not in self.dropped:
+            return instance_id
+        active = [i for i in active_pool if i not in self.dropped]
+        if not active:
+            return instance_id  # every task is flat: train on what trl sampled rather than stop
+        return random.Random(f"{self.seed}-{step}-{group}").choice(active)
+
+    def observe(self, instance_id: str, rewards: list[float]) -> bool:
+        """Record one visit's scored rewards; True when this visit drops the task."""
+        if len(rewards) < 2 or len(set(rewards)) > 1:
+            return False
+        self.visits[instance_id] = self.visits.get(instance_id, 0) + 1
+        if self.visits[instance_id] >= self.max_visits and instance_id not in self.dropped:
+            self.dropped.append(instance_id)
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"flat_visits": dict(self.visits), "dropped_tasks": list(self.dropped)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The rollout function trl calls
+# --------------------------------------------------------------------------------------------------
+
+
+def step_metrics(rollouts: list[Rollout], loop_lengths: list[int], seconds: float) -> dict[str, float]:
+    """Per-step figures: batch means of every reward term over scored rollouts, expert calls and steps per
+    trajectory, loop rates, failures and rollout throughput."""
+    from protege.agent.loops import longest_run
+    from protege.rewards import batch_means
+
+    scored = [r for r in rollouts if not r.failed]
+    metrics = {f"reward/{k}": v for k, v in batch_means([r.terms for r in scored if r.terms]).items()}
+    trajectories = [r.trajectory for r in scored]
+    for length in loop_lengths:
+        rate = sum(longest_run(a.base_command for a in t.actions) > length for t in trajectories)
+        metrics[f"rollout/loop_rate_gt{length}"] = rate / len(trajectories) if trajectories else 0.0
+    metrics.update({
+        "rollout/expert_calls_per_traj": sum(len(t.expert_calls) for t in trajectories) / max(len(scored), 1),
+        "rollout/steps_per_traj": sum(len(t.actions) for t in trajectories) / max(len(scored), 1),
+        "rollout/resolved": float(sum(bool(t.resolved) for t in trajectories)),
+        "rollout/failed": float(len(rollouts) - len(scored)),
+        "rollout/episodes_per_min": 60.0 * len(rollouts) / seconds if seconds > 0 else 0.0,
+        "rollout/seconds": seconds,
+        "rollout/sandbox_start_s": sum(r.sandbox_start_s for r in rollouts) / max(len(rollouts), 1),
+        "rollout/grade_s": sum(r.grade_s for r in scored) / max(len(scored), 1),
+        "rollout/policy_tokens": float(sum(sum(r.trace.env_mask) for r in scored)),
+        "rollout/env_tokens": float(sum(len(r.trace.env_mask) - sum(r.trace.env_mask) for r in scored)),
+    })  # fmt: skip
+    return metrics
+
+
+def _training_trace(rollout: Rollout, eos_id: int) -> TokenTrace:
+    trace = rollout.trace if rollout.trace.prompt_ids else TokenTrace([eos_id], [eos_id], [0], [0.0])
+    return trace.silenced() if rollout.failed or not trace.completion_ids else trace
+
+
+class RolloutStep:
+    """trl's rollout_func: plays the step's rollouts, scores them, logs them and returns the token batch."""
+
+    def __init__(self, cfg: ProtegeConfig, plan: Any, tasks: dict[str, Any], ctx: RolloutContext,
+                 flat: FlatTasks, out_dir: Path, tracker: Any, run_id: str | None, store: Any) -> None:  # fmt: skip
+        self.cfg, self.plan, self.tasks, self.ctx, self.flat = cfg, plan, tasks, ctx, flat
+        self.out_dir, self.tracker, self.run_id, self.store = out_dir, tracker, run_id, store
+        self.history: list[dict[str, Any]] = []
+        self.__name__ = "protege_rollouts"
+
+    def jobs(self, prompts: list[str], step: int) -> list[tuple[Any, int]]:
+        size = self.cfg.rl.group_size
+        jobs = []
+        for group, start in enumerate(range(0, len(prompts), size)):
+            instance_id = self.flat.pick(prompts[start], sorted(self.tasks), step, group)
+            jobs += [(self.tasks[instance_id], start + k) for k in range(len(prompts[start : start + size]))]
+        return jobs
+
+    def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
+        step = trainer.state.global_step + 1
+        started = time.monotonic()
+        ctx = dataclasses.replace(self.ctx, logs_dir=self.out_dir / "grading" / f"step-{step}")
+        rollouts = run_rollouts(ctx, self.jobs(prompts, step), self.cfg.rl.rollout_workers)
+        seconds = time.monotonic() - started
+        newly_dropped = self.observe_groups(rollouts)
+        metrics = step_metrics(rollouts, self.cfg.rl.stage1.loop.metric_lengths, seconds)
+        metrics.update({f"judge/{k}": v for k, v in self.ctx.judge.counters().items()})
+        metrics.update(
+            {"tasks/dropped": float(len(self.flat.dropped)), "tasks/newly_dropped": float(len(newly_dropped))}
+        )
+        self.record(rollouts, step, metrics, newly_dropped)
+        eos = self.ctx.tokenizer.eos_token_id
+        traces = [_training_trace(r, eos) for r in rollouts]
+        return {
+            "prompt_ids": [t.prompt_ids for t in traces],
+            "completion_ids": [t.completion_ids for t in traces],
+            "logprobs": [t.logprobs for t in traces],
+            "env_mask": [t.env_mask for t in traces],
+            "rl_reward": [None if r.failed or r.terms is None else r.terms["r_total"] for r in rollouts],
+        }
+
+    def observe_groups(self, rollouts: list[Rollout]) -> list[str]:
+        size, dropped = self.cfg.rl.group_size, []
+        for start in range(0, len(rollouts), size):
+            group = rollouts[start : start + size]
+            scored = [r.terms["r_total"] for r in group if not r.failed and r.terms]
+            if self.flat.observe(group[0].task.instance_id, scored):
+                dropped.append(group[0].task.instance_id)
+        return dropped
+
+    def record(
+        self, rollouts: list[Rollout], step: int, metrics: dict[str, float], dropped: list[str]
+    ) -> None:
+        from protege.trajectory import append_trajectory
+
+        path = self.out_dir / "rollouts" / f"step-{step:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a step replayed after a resume rewrites its file
+        for r in rollouts:
+            r.trajectory.extra["rl"] = {"stage": self.plan.stage, "step": step, "rollout": r.index,
+                                        "failure": r.failure, "policy_tokens": sum(r.trace.env_mask)}  # fmt: skip
+            append_trajectory(path, r.trajectory)
+        if self.store is not None:
+            self.store.upload_file(
+                path, self.store.uri(f"{self.cfg.run_name}/{self.plan.phase}/rollouts/{path.name}")
+            )
+        if self.tracker is not None and self.run_id:
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+            if dropped:
+                self.tracker.set_tags(self.run_id, {"protege.dropped_tasks": ",".join(self.flat.dropped)})
+        failures = [f"{r.task.instance_id}#{r.index}: {r.failure}" for r in rollouts if r.failed]
+        self.history.append({"step": step, **metrics, "failures": failures, "dropped": dropped})
+        print(f"[{self.plan.phase}] step {step}/{self.plan.max_steps}: {len(rollouts)} rollouts in "
+              f"{metrics['rollout/seconds']:.0f}s | reward {metrics.get('reward/r_total', float('nan')):.3f} | "
+              f"resolved {metrics['rollout/resolved']:.0f} | expert calls/traj "
+              f"{metrics['rollout/expert_calls_per_traj']:.2f} | failed {len(failures)}"
+              + (f" | dropped {', '.join(dropped)}" if dropped else ""), flush=True)  # fmt: skip
+        for line in failures:
+            print(f"[{self.plan.phase}]   failed rollout {line}", flush=True)
+
+
+def trajectory_reward(prompts: list[Any], completions: list[Any], rl_reward: list[float | None],
+                      **kwargs: Any) -> list[float | None]:  # fmt: skip
+    """trl reward function: R_total computed in the rollout (None for a failed rollout: zero advantage)."""
+    return list(rl_reward)
