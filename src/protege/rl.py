@@ -77,6 +77,17 @@ class StagePlan:
     carried: dict[str, Any]
     """protege_rl.json of the checkpoint resumed (flat-task bookkeeping of this stage), or {}."""
 
+    @property
+    def completed(self) -> bool:
+        """The checkpoint to resume already reached max_steps: the stage only publishes its final model (the
+        Trainer would otherwise run one more step before noticing)."""
+        return self.resume_from is not None and checkpoint_step(self.resume_from) >= self.max_steps
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The optimizer step a Trainer checkpoint was written at."""
+    return int(json.loads((Path(directory) / "trainer_state.json").read_text())["global_step"])
+
 
 def read_state(directory: Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
@@ -109,7 +120,8 @@ def plan_stage(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: Path, st
         return StagePlan(stage, phase, reward, resolve_model(reference, cache, store, tiny=cfg.model.tiny),
                          reference, own or parent_dir, parent_uri, cfg.rl.total_steps, carried)  # fmt: skip
     steps = cfg.rl.stage_one_steps if stage == 1 else cfg.rl.total_steps - cfg.rl.stage_one_steps
-    return StagePlan(stage, phase, reward, model_dir, model_uri, own, "", steps, carried)
+    reference = str(model_dir.resolve()) if Path(model_uri).expanduser().is_dir() else model_uri
+    return StagePlan(stage, phase, reward, model_dir, reference, own, "", steps, carried)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,9 +247,21 @@ def _load_policy_model(cfg: ProtegeConfig, model_dir: Path, gpu: bool) -> tuple[
     return load_model_and_tokenizer(model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation)
 
 
-def train(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
-          callbacks: Sequence[Any] = (), sandbox_opener: Any = None) -> dict[str, Any]:  # fmt: skip
-    """Build the GRPOTrainer for `plan` and train (resuming when the plan says so)."""
+@dataclasses.dataclass
+class Built:
+    """A ready GRPOTrainer and the objects it reports through."""
+
+    trainer: Any
+    rollout_step: RolloutStep
+    lineage: Lineage
+    flat: FlatTasks
+
+
+def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracker: Any,
+                  run_id: str | None, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
+                  generator: Any = None) -> Built:  # fmt: skip
+    """The GRPOTrainer for `plan` with protege's rollout_func. `generator` (a protege.rl_rollout.Generator)
+    replaces the trainer's own generation (vLLM on GPU, the training model otherwise): tests script turns."""
     import os
 
     from datasets import Dataset
@@ -265,7 +289,7 @@ def train(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracke
     r = cfg.rl
     gate = SandboxGate(sandbox_opener or open_sandbox, r.sandbox_start_interval_s, r.sandbox_start_retries,
                        r.sandbox_start_backoff_s)  # fmt: skip
-    ctx = RolloutContext(cfg, plan.reward, None, tokenizer, f"{plan.phase}:{plan.reference_uri}",  # type: ignore[arg-type]
+    ctx = RolloutContext(cfg, plan.reward, generator, tokenizer, f"{plan.phase}:{plan.reference_uri}",
                          expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade)  # fmt: skip
     rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
     lineage = Lineage(cfg, plan, flat, store, tracker, run_id)
@@ -274,12 +298,23 @@ def train(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracke
         train_dataset=Dataset.from_list([{"prompt": iid} for iid in sorted(tasks)]),
         rollout_func=rollout_step, callbacks=[*make_callbacks(lineage), *callbacks],
     )  # fmt: skip
-    rollout_step.ctx.generator = (
-        VLLMGenerator(trainer) if trainer.use_vllm
-        else HFGenerator(trainer.accelerator.unwrap_model(trainer.model), tokenizer, r.temperature)
-    )  # fmt: skip
-    trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
-    step = trainer.state.global_step
+    if generator is None:
+        rollout_step.ctx.generator = (
+            VLLMGenerator(trainer) if trainer.use_vllm
+            else HFGenerator(trainer.accelerator.unwrap_model(trainer.model), tokenizer, r.temperature)
+        )  # fmt: skip
+    return Built(trainer, rollout_step, lineage, flat)
+
+
+def train(built: Built, plan: StagePlan, out_dir: Path) -> dict[str, Any]:
+    """Train (resuming when the plan says so), save and publish the final model."""
+    trainer, lineage = built.trainer, built.lineage
+    if plan.completed:
+        trainer._load_from_checkpoint(str(plan.resume_from))  # the Trainer's own weight loader (sharded, DS)
+        step = checkpoint_step(plan.resume_from)  # type: ignore[arg-type]
+    else:
+        trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        step = trainer.state.global_step
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer, no optimizer
     last = lineage.published[-1]["uri"] if lineage.published else lineage.uri(
         Path(plan.resume_from or ""), f"{CHECKPOINTS}/checkpoint-{step}")  # fmt: skip
@@ -290,7 +325,8 @@ def train(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracke
         "global_step": step, "reference_model_uri": plan.reference_uri,
         "parent_checkpoint_uri": plan.parent_checkpoint_uri,
         "resumed_from": str(plan.resume_from) if plan.resume_from else None,
-        "dropped_tasks": list(flat.dropped), "history": rollout_step.history, "mlflow_run_id": run_id,
+        "dropped_tasks": list(built.flat.dropped), "history": built.rollout_step.history,
+        "mlflow_run_id": lineage.run_id,
     }  # fmt: skip
 
 
@@ -312,13 +348,15 @@ def _phase_run(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, tracker: Any
 
 
 def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tracker: Any = None,
-        store: Any = None, *, callbacks: Sequence[Any] = (), sandbox_opener: Any = None) -> dict[str, Any]:  # fmt: skip
+        store: Any = None, *, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
+        generator: Any = None) -> dict[str, Any]:  # fmt: skip
     """Train RL stage `stage` (1 or 2) from `model_uri` (local dir or s3://) into `out_dir`.
 
     `tracker`: protege.tracking.Tracker (nested `rl1`/`rl2` run: per-step reward terms and rollout figures,
     trainer logs as `train/*`, one LoggedModel per checkpoint); `store`: protege.store.S3ArtifactStore
     (checkpoints, the final model and each step's rollouts are uploaded). `callbacks`: extra transformers
-    TrainerCallbacks; `sandbox_opener`: replaces protege.agent.sandbox.open_sandbox (tests).
+    TrainerCallbacks; `sandbox_opener`: replaces protege.agent.sandbox.open_sandbox; `generator`: replaces
+    the trainer's generation (both for tests).
     Returns {"stage", "model_dir", "model_uri", "model_id", "checkpoint_uri", "checkpoints", "global_step",
     "reference_model_uri", "parent_checkpoint_uri", "resumed_from", "dropped_tasks", "history", "mlflow_run_id"}.
     """
@@ -326,7 +364,10 @@ def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tra
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_stage(cfg, stage, model_uri, out_dir, store)
     with _phase_run(cfg, plan, model_uri, tracker) as run_id:
-        return train(cfg, plan, out_dir, store, tracker, run_id, callbacks, sandbox_opener)
+        built = build_trainer(
+            cfg, plan, out_dir, store, tracker, run_id, callbacks, sandbox_opener, generator
+        )
+        return train(built, plan, out_dir)
 
 
 # --------------------------------------------------------------------------------------------------
