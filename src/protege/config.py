@@ -575,6 +575,8 @@ class RLConfig(Strict):
     """DeepSpeed config shipped in the package (multi-GPU); empty disables DeepSpeed."""
     rollout_workers: int = Field(default=8, ge=1)
     """Rollouts (episodes) in flight at once; generation is shared, sandboxes run in parallel."""
+    generation_batch_window_s: float = Field(default=0.05, ge=0)
+    """vLLM: turn requests arriving within this window of each other are generated as one batch."""
     sandbox_start_interval_s: float = Field(default=0.2, ge=0)
     """Sandbox starts are spaced at least this far apart (rate limit)."""
     sandbox_start_retries: int = Field(default=3, ge=0)

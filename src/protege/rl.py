@@ -150,6 +150,7 @@ def grpo_args(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, world_size: in
         max_completion_length=cfg.agent.policy.max_new_tokens,  # per turn: the vLLM request limit
         use_vllm=r.use_vllm and gpu, vllm_mode=r.vllm_mode, vllm_server_base_url=r.vllm_server_base_url or None,
         vllm_gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=False,  # rollouts call the engine per turn (protege.rl_generation): keep it awake
         bf16=r.bf16 and gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=r.gradient_checkpointing and gpu,
         deepspeed=str(DEEPSPEED_DIR / f"{r.deepspeed}.json") if r.deepspeed and gpu else None,
         save_strategy="steps", save_steps=r.save_steps, save_total_limit=r.save_total_limit or None,
@@ -271,7 +272,7 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
     from protege.agent.sandbox import open_sandbox
     from protege.grading import grade
     from protege.judge import make_judge
-    from protege.rl_rollout import HFGenerator, VLLMGenerator
+    from protege.rl_generation import make_generator
     from protege.sft import _ensure_process_group_env, on_gpu
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented way in; no banner
@@ -299,10 +300,8 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
         rollout_func=rollout_step, callbacks=[*make_callbacks(lineage), *callbacks],
     )  # fmt: skip
     if generator is None:
-        rollout_step.ctx.generator = (
-            VLLMGenerator(trainer) if trainer.use_vllm
-            else HFGenerator(trainer.accelerator.unwrap_model(trainer.model), tokenizer, r.temperature)
-        )  # fmt: skip
+        rollout_step.ctx.generator = make_generator(trainer, tokenizer, r.temperature, r.rollout_workers,
+                                                    r.generation_batch_window_s)  # fmt: skip
     return Built(trainer, rollout_step, lineage, flat)
 
 

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from protege.agent.policies import ContextOverflow, PolicyError, parse_completion, to_chat_messages
 from protege.agent.protocols import PolicyTurn, Sandbox, SandboxError
 from protege.config import ProtegeConfig, RewardConfig
+from protege.rl_generation import Generator
 from protege.tasks import TaskInstance
 from protege.trajectory import Message, Trajectory
 
@@ -72,64 +73,6 @@ class TokenTrace:
     def silenced(self) -> TokenTrace:
         """The same tokens with no loss weight (a failed rollout trains nothing)."""
         return TokenTrace(self.prompt_ids, self.completion_ids, [0] * len(self.env_mask), self.logprobs)
-
-
-# --------------------------------------------------------------------------------------------------
-# Generators: next-turn ids from a token sequence
-# --------------------------------------------------------------------------------------------------
-
-
-class Generator(Protocol):
-    """Samples one assistant turn continuing `prompt_ids`; returns (generated ids, their logprobs)."""
-
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]: ...
-
-
-class HFGenerator:
-    """Generation with the model being trained (CPU, or a single GPU without vLLM). One call at a time: the
-    model is shared by every rollout thread. Logprobs are log-softmax(logits / temperature) of each id."""
-
-    def __init__(self, model: Any, tokenizer: Any, temperature: float) -> None:
-        self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
-        self.lock = threading.Lock()
-
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
-        import torch
-
-        with self.lock, torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                input_ids = torch.tensor([prompt_ids], device=self.model.device)
-                out = self.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens, do_sample=True, temperature=self.temperature,
-                    top_k=0, top_p=1.0, return_dict_in_generate=True, output_logits=True,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                )  # fmt: skip
-            finally:
-                self.model.train(was_training)
-        generated = out.sequences[0, len(prompt_ids) :]
-        logits = torch.stack(out.logits, dim=1)[0].float() / self.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated[:, None]).squeeze(-1)
-        return generated.tolist(), logprobs.tolist()
-
-
-class VLLMGenerator:
-    """Generation through the trainer's vLLM engine (colocate or server mode, weights synced by trl before
-    each rollout batch). trl's `max_completion_length` is the per-turn token limit."""
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.lock = threading.Lock()
-
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
-        with self.lock:  # the LLM engine is not thread-safe; vLLM batches inside one request stream
-            _, completion_ids, logprobs, _ = self.trainer.vllm_generation.generate(
-                prompts=[prompt_ids], images=None, num_generations=1
-            )
-        ids = list(completion_ids[0])[:max_new_tokens]
-        return ids, [float(lp[0]) for lp in logprobs[0]][: len(ids)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ class RolloutStep:
         rollouts = run_rollouts(ctx, self.jobs(prompts, step), self.cfg.rl.rollout_workers)
         seconds = time.monotonic() - started
         newly_dropped = self.observe_groups(rollouts)
-        metrics = step_metrics(rollouts, self.cfg.rl.stage1.loop.metric_lengths, seconds)
+        metrics = step_metrics(rollouts, self.plan.reward.loop.metric_lengths, seconds)
         metrics.update({f"judge/{k}": v for k, v in self.ctx.judge.counters().items()})
         metrics.update(
             {"tasks/dropped": float(len(self.flat.dropped)), "tasks/newly_dropped": float(len(newly_dropped))}
