@@ -119,3 +119,33 @@ class _Doomed:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SOLO_SCRIPT = [
+    "Find the definitions.\n" + tool_call("bash", command="grep -rn 'def ' . | head -3"),
+    "Done.\n" + tool_call("submit"),
+]
+
+
+class AlternatingGenerator(ScriptedGenerator):
+    """Episodes alternate between SCRIPT (asks the expert) and SOLO_SCRIPT (does not), so a group of two gets two
+    different rewards and GRPO a non-zero advantage. Deterministic with one rollout worker."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer)
+        self.episodes = 0
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+        prompt = self.tokenizer.decode(prompt_ids)
+        turn = prompt.count(ASSISTANT) - 1
+        if turn == 0:
+            self.episodes += 1
+            solo = self.episodes % 2 == 0
+        else:
+            solo = EXPERT_QUESTION not in prompt
+        script = SOLO_SCRIPT if solo else SCRIPT
+        text = script[min(turn, len(script) - 1)]
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        with self.lock:
+            self.calls.append(Call(list(prompt_ids), ids))
+        return ids, [-1.0] * len(ids)

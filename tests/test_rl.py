@@ -14,7 +14,14 @@ import pytest
 
 from protege import rl
 from protege.rl_step import FlatTasks
-from tests.rl_helpers import SCRIPT, KillingOpener, ScriptedGenerator, build_tiny, rl_cfg
+from tests.rl_helpers import (
+    SCRIPT,
+    AlternatingGenerator,
+    KillingOpener,
+    ScriptedGenerator,
+    build_tiny,
+    rl_cfg,
+)
 
 ONE_STEP = ("rl.total_steps=2", "rl.stage_one_steps=1", "rl.tasks_per_step=2", "rl.group_size=2")
 
@@ -101,6 +108,47 @@ def test_step_with_a_killed_sandbox_completes_and_records_the_failure(repos, tin
         json.loads((Path(result["model_dir"]) / rl.STATE_FILE).read_text())["checkpoint_uri"]
         == result["checkpoint_uri"]
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume mid-stage
+# --------------------------------------------------------------------------------------------------
+
+
+def _stop_after(step: int):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                control.should_training_stop = True
+
+    return Stop()
+
+
+@pytest.mark.slow
+def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = rl_cfg(repos, tmp_path, *ONE_STEP, "rl.stage_one_steps=2", "rl.total_steps=3", "rl.rollout_workers=1",
+                 "rl.learning_rate=0.01")  # fmt: skip
+    whole = rl.run(cfg, 1, str(tiny_dir), tmp_path / "whole", generator=AlternatingGenerator(tokenizer))
+    rl.run(
+        cfg,
+        1,
+        str(tiny_dir),
+        tmp_path / "cut",
+        generator=AlternatingGenerator(tokenizer),
+        callbacks=[_stop_after(1)],
+    )
+    resumed = rl.run(cfg, 1, str(tiny_dir), tmp_path / "cut", generator=AlternatingGenerator(tokenizer))
+
+    assert resumed["resumed_from"].endswith("checkpoint-1") and [h["step"] for h in resumed["history"]] == [2]
+    start = load_file(str(tiny_dir / "model.safetensors"))
+    a = load_file(str(Path(whole["model_dir"]) / "model.safetensors"))
+    b = load_file(str(Path(resumed["model_dir"]) / "model.safetensors"))
+    assert any(not (a[k] == start[k]).all() for k in a), "the step must have changed the weights"
+    assert all((a[k] == b[k]).all() for k in a)
 
 
 # --------------------------------------------------------------------------------------------------
