@@ -152,6 +152,54 @@ def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenize
 
 
 # --------------------------------------------------------------------------------------------------
+# Several GPUs: a torchrun relaunch whose ranks train the parent's plan
+# --------------------------------------------------------------------------------------------------
+
+
+def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_generation(
+    repos, tiny_dir, tmp_path, monkeypatch
+):
+    from protege import sft_launch
+
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sft_launch, "visible_gpus", lambda cfg: 2)
+    commands = []
+    real_launch = sft_launch.launch
+
+    def one_rank_in_process(command, env, check):
+        # torchrun would start two ranks on two GPUs; run rank 0's entry point here, on CPU.
+        from protege.services import free_port
+
+        commands.append(command)
+        rank_env = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(free_port())}  # fmt: skip
+        for name, value in rank_env.items():
+            monkeypatch.setenv(name, value)
+        return type("Completed", (), {"returncode": sft_launch.main([command[-1]])})()
+
+    monkeypatch.setattr(
+        sft_launch, "launch", lambda *a, **k: real_launch(*a, **k, runner=one_rank_in_process)
+    )
+    cfg = rl_cfg(repos, tmp_path, *ONE_STEP, "agent.policy.max_new_tokens=24")
+    result = rl.run(cfg, 1, str(tiny_dir), tmp_path / "out")
+
+    [command] = commands
+    assert "--nproc_per_node=2" in command and command[-2:] == [
+        "protege.sft_launch",
+        str(tmp_path / "out" / "launch.json"),
+    ]
+    launch = json.loads((tmp_path / "out" / "launch.json").read_text())
+    assert (
+        launch["phase"] == "rl"
+        and launch["plan"]["max_steps"] == 1
+        and launch["plan"]["init_dir"] == str(tiny_dir)
+    )
+    assert result["global_step"] == 1 and result["reference_model_uri"] == str(tiny_dir.resolve())
+    assert len(result["history"]) == 1 and result["history"][0]["rollout/failed"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
 # Stage plan and flat tasks
 # --------------------------------------------------------------------------------------------------
 
@@ -180,6 +228,13 @@ def test_stage_plan_curriculum(repos, tiny_dir, tmp_path):
         str(checkpoint),
     )
     assert resumed.init_dir == tiny_dir and resumed.carried == {}
+
+
+def test_plan_survives_the_launch_file(repos, tiny_dir, tmp_path):
+    cfg = rl_cfg(repos, tmp_path)
+    plan = rl.plan_stage(cfg, 2, str(tiny_dir), tmp_path / "b", None)
+    again = rl.plan_from_json(cfg, json.loads(json.dumps(rl.plan_to_json(plan))))
+    assert again == plan and again.reward == cfg.rl.stage2
 
 
 def test_flat_tasks_are_dropped_after_max_visits_and_replaced_reproducibly():

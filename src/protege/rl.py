@@ -94,6 +94,18 @@ def read_state(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def plan_to_json(plan: StagePlan) -> dict[str, Any]:
+    """The plan as launch.json data (the reward config is the stage's, rebuilt from the config)."""
+    data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "reward"}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def plan_from_json(cfg: ProtegeConfig, data: dict[str, Any]) -> StagePlan:
+    resume = data["resume_from"]
+    fields = {**data, "init_dir": Path(data["init_dir"]), "resume_from": Path(resume) if resume else None}
+    return StagePlan(reward=stage_reward(cfg, data["stage"]), **fields)
+
+
 def stage_reward(cfg: ProtegeConfig, stage: int) -> RewardConfig:
     if stage not in PHASES:
         raise RLError(f"rl stage must be 1 or 2, got {stage!r}")
@@ -356,13 +368,30 @@ def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tra
     (checkpoints, the final model and each step's rollouts are uploaded). `callbacks`: extra transformers
     TrainerCallbacks; `sandbox_opener`: replaces protege.agent.sandbox.open_sandbox; `generator`: replaces
     the trainer's generation (both for tests).
+    With several visible GPUs and no distributed environment it relaunches itself under torchrun (one rank per
+    GPU, each playing its share of the step's rollouts; the returned dict is then rank 0's).
     Returns {"stage", "model_dir", "model_uri", "model_id", "checkpoint_uri", "checkpoints", "global_step",
     "reference_model_uri", "parent_checkpoint_uri", "resumed_from", "dropped_tasks", "history", "mlflow_run_id"}.
     """
+    from protege import sft_launch
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_stage(cfg, stage, model_uri, out_dir, store)
-    with _phase_run(cfg, plan, model_uri, tracker) as run_id:
+    plan = plan_stage(cfg, stage, model_uri, out_dir, store)  # once, here: ranks of a relaunch reuse it
+    gpus = sft_launch.visible_gpus(cfg)
+    if sft_launch.should_relaunch(cfg, gpus):
+        phase_args = {"phase": "rl", "model_uri": model_uri, "plan": plan_to_json(plan)}
+        return sft_launch.launch(cfg, phase_args, out_dir, tracker, store, nproc=gpus)
+    return run_planned(cfg, plan, model_uri, out_dir, tracker, store, callbacks, sandbox_opener, generator)
+
+
+def run_planned(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, out_dir: Path, tracker: Any = None,
+                store: Any = None, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
+                generator: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Train a planned stage in this process (a lone process, or one rank of a torchrun relaunch)."""
+    from protege.sft_launch import is_world_main
+
+    with _phase_run(cfg, plan, model_uri, tracker if is_world_main() else None) as run_id:
         built = build_trainer(
             cfg, plan, out_dir, store, tracker, run_id, callbacks, sandbox_opener, generator
         )

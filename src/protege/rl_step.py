@@ -101,27 +101,37 @@ class RolloutStep:
         self.history: list[dict[str, Any]] = []
         self.__name__ = "protege_rollouts"
 
-    def jobs(self, prompts: list[str], step: int) -> list[tuple[Any, int]]:
+    def jobs(self, prompts: list[str], step: int, offset: int) -> list[tuple[Any, int]]:
+        """(task, rollout index in the step's whole batch) per prompt; `offset`: this rank's first index."""
         size = self.cfg.rl.group_size
         jobs = []
-        for group, start in enumerate(range(0, len(prompts), size)):
+        for start in range(0, len(prompts), size):
+            group = (offset + start) // size
             instance_id = self.flat.pick(prompts[start], sorted(self.tasks), step, group)
-            jobs += [(self.tasks[instance_id], start + k) for k in range(len(prompts[start : start + size]))]
+            jobs += [
+                (self.tasks[instance_id], offset + start + k)
+                for k in range(len(prompts[start : start + size]))
+            ]
         return jobs
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
         step = trainer.state.global_step + 1
+        rank = trainer.accelerator.process_index
         started = time.monotonic()
         ctx = dataclasses.replace(self.ctx, logs_dir=self.out_dir / "grading" / f"step-{step}")
-        rollouts = run_rollouts(ctx, self.jobs(prompts, step), self.cfg.rl.rollout_workers)
+        rollouts = run_rollouts(
+            ctx, self.jobs(prompts, step, rank * len(prompts)), self.cfg.rl.rollout_workers
+        )
         seconds = time.monotonic() - started
-        newly_dropped = self.observe_groups(rollouts)
-        metrics = step_metrics(rollouts, self.plan.reward.loop.metric_lengths, seconds)
+        everyone = gather_rollouts(trainer, rollouts)  # every rank keeps the same flat-task books and figures
+        newly_dropped = self.observe_groups(everyone)
+        metrics = step_metrics(everyone, self.plan.reward.loop.metric_lengths, seconds)
         metrics.update({f"judge/{k}": v for k, v in self.ctx.judge.counters().items()})
         metrics.update(
             {"tasks/dropped": float(len(self.flat.dropped)), "tasks/newly_dropped": float(len(newly_dropped))}
         )
-        self.record(rollouts, step, metrics, newly_dropped)
+        self.write(rollouts, step, rank)
+        self.report(everyone, step, metrics, newly_dropped)
         eos = self.ctx.tokenizer.eos_token_id
         traces = [_training_trace(r, eos) for r in rollouts]
         return {
@@ -141,12 +151,12 @@ class RolloutStep:
                 dropped.append(group[0].task.instance_id)
         return dropped
 
-    def record(
-        self, rollouts: list[Rollout], step: int, metrics: dict[str, float], dropped: list[str]
-    ) -> None:
+    def write(self, rollouts: list[Rollout], step: int, rank: int) -> None:
+        """This rank's rollouts, whole, to `rollouts/step-N[.rankR].jsonl` (and the store)."""
         from protege.trajectory import append_trajectory
 
-        path = self.out_dir / "rollouts" / f"step-{step:05d}.jsonl"
+        suffix = f".rank{rank}" if rank else ""
+        path = self.out_dir / "rollouts" / f"step-{step:05d}{suffix}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a step replayed after a resume rewrites its file
         for r in rollouts:
@@ -157,6 +167,11 @@ class RolloutStep:
             self.store.upload_file(
                 path, self.store.uri(f"{self.cfg.run_name}/{self.plan.phase}/rollouts/{path.name}")
             )
+
+    def report(
+        self, rollouts: list[Rollout], step: int, metrics: dict[str, float], dropped: list[str]
+    ) -> None:
+        """The step's figures to the tracker (rank 0 has one), the history and the progress line."""
         if self.tracker is not None and self.run_id:
             self.tracker.log_metrics(self.run_id, metrics, step=step)
             if dropped:
@@ -170,6 +185,22 @@ class RolloutStep:
               + (f" | dropped {', '.join(dropped)}" if dropped else ""), flush=True)  # fmt: skip
         for line in failures:
             print(f"[{self.plan.phase}]   failed rollout {line}", flush=True)
+
+
+def _light(rollout: Rollout) -> Rollout:
+    """What other ranks need of a rollout for the figures and the flat-task books: no messages, no token ids."""
+    trace = TokenTrace(env_mask=rollout.trace.env_mask)
+    trajectory = rollout.trajectory.model_copy(update={"messages": []})
+    return dataclasses.replace(rollout, trace=trace, trajectory=trajectory)
+
+
+def gather_rollouts(trainer: Any, rollouts: list[Rollout]) -> list[Rollout]:
+    """Every rank's rollouts of the step, in rank order (groups never straddle ranks: each gets whole groups)."""
+    if trainer.accelerator.num_processes == 1:
+        return rollouts
+    from accelerate.utils import gather_object
+
+    return gather_object([_light(r) for r in rollouts])
 
 
 def trajectory_reward(prompts: list[Any], completions: list[Any], rl_reward: list[float | None],

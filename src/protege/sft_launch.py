@@ -1,4 +1,4 @@
-"""Launching phase sft on several GPUs (torchrun, one node) and several nodes (a Kubeflow TrainJob).
+"""Launching phase sft (and rl) on several GPUs (torchrun, one node); sft on several nodes (a Kubeflow TrainJob).
 
 One node: `protege.sft.run` calls `relaunch` when more than one GPU is visible and the process is not
 already a rank of a distributed run. The parent resolves the base model once (so N ranks do not download
@@ -9,7 +9,9 @@ it N times), writes the config and arguments to `<out>/launch.json`, runs
 
 and returns the result rank 0 wrote to `<out>/result.json`. Each rank calls `protege.sft.run`, which
 sees `LOCAL_RANK` and trains; only rank 0 tracks (re-attached to the parent's MLflow pipeline run via
-PROTEGE_PARENT_RUN_ID) and uploads.
+PROTEGE_PARENT_RUN_ID) and uploads. Phase rl launches the same way (`launch(..., {"phase": "rl", ...})`):
+the parent plans the stage once (downloads included) and every rank trains that plan
+(`protege.rl.run_planned`).
 
 Several nodes: `trainjob_manifest` builds a `TrainJob` (trainer.kubeflow.org/v1alpha1) whose trainer runs
 `torchrun -m protege.cli sft --profile P --dataset URI ...` on `sft.num_nodes` nodes; the runtime
@@ -84,15 +86,36 @@ def _child_env(cfg: ProtegeConfig, tracker: Any) -> dict[str, str]:
     return env
 
 
-def write_launch_file(cfg: ProtegeConfig, dataset: str, out_dir: Path, track: bool, upload: bool) -> Path:
-    """`<out>/launch.json`: the config (secrets dropped) and the arguments of `protege.sft.run`."""
+def write_launch_file(cfg: ProtegeConfig, phase_args: dict[str, Any], out_dir: Path, track: bool,
+                      upload: bool) -> Path:  # fmt: skip
+    """`<out>/launch.json`: the config (secrets dropped), the output dir and the phase's arguments."""
     config = cfg.model_dump(mode="json")
     for secret in ("access_key", "secret_key"):
         config["store"].pop(secret)
     path = out_dir / LAUNCH_FILE
-    args = {"config": config, "dataset": dataset, "out_dir": str(out_dir), "track": track, "upload": upload}
+    args = {"config": config, "out_dir": str(out_dir), "track": track, "upload": upload, **phase_args}
     path.write_text(json.dumps(args, indent=2))
     return path
+
+
+def launch(
+    cfg: ProtegeConfig,
+    phase_args: dict[str, Any],
+    out_dir: Path,
+    tracker: Any = None,
+    store: Any = None,
+    nproc: int | None = None,
+    runner: Callable[..., Any] = subprocess.run,
+) -> dict[str, Any]:
+    """Run `phase_args["phase"]` under torchrun with `nproc` ranks (default: every visible GPU of this node);
+    returns rank 0's result."""
+    launch_file = write_launch_file(cfg, phase_args, out_dir, tracker is not None, store is not None)
+    (out_dir / RESULT_FILE).unlink(missing_ok=True)
+    command = torchrun_command(nproc or visible_gpus(cfg), launch_file)
+    completed = runner(command, env=_child_env(cfg, tracker), check=False)
+    if completed.returncode != 0 or not (out_dir / RESULT_FILE).is_file():
+        raise LaunchError(f"`{' '.join(command)}` exited with {completed.returncode}; see its output above")
+    return json.loads((out_dir / RESULT_FILE).read_text())
 
 
 def relaunch(
@@ -104,28 +127,15 @@ def relaunch(
     nproc: int | None = None,
     runner: Callable[..., Any] = subprocess.run,
 ) -> dict[str, Any]:
-    """Run phase sft under torchrun with `nproc` ranks (default: every visible GPU of this node);
-    returns rank 0's result."""
+    """Run phase sft under torchrun (the base model is resolved once, here, not by every rank)."""
     from protege.model import resolve_model
 
     model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": str(model_dir)})})
-    launch_file = write_launch_file(cfg, dataset, out_dir, tracker is not None, store is not None)
-    (out_dir / RESULT_FILE).unlink(missing_ok=True)
-    command = torchrun_command(nproc or visible_gpus(cfg), launch_file)
-    completed = runner(command, env=_child_env(cfg, tracker), check=False)
-    if completed.returncode != 0 or not (out_dir / RESULT_FILE).is_file():
-        raise LaunchError(f"`{' '.join(command)}` exited with {completed.returncode}; see its output above")
-    return json.loads((out_dir / RESULT_FILE).read_text())
+    return launch(cfg, {"phase": "sft", "dataset": dataset}, out_dir, tracker, store, nproc, runner)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """One rank: `python -m protege.sft_launch <out>/launch.json` (started by torchrun)."""
-    from protege import sft
-
-    launch = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    cfg = ProtegeConfig.model_validate(launch["config"])
-    out_dir = Path(launch["out_dir"])
+def _open(cfg: ProtegeConfig, launch: dict[str, Any]) -> tuple[Any, Any]:
     store = tracker = None
     if launch["upload"]:
         from protege.store import S3ArtifactStore
@@ -136,7 +146,24 @@ def main(argv: list[str] | None = None) -> int:
 
         tracker = Tracker(cfg.tracking)
         tracker.start_pipeline(cfg.run_name)  # re-attaches to PROTEGE_PARENT_RUN_ID
-    result = sft.run(cfg, launch["dataset"], out_dir, tracker, store)
+    return tracker, store
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank: `python -m protege.sft_launch <out>/launch.json` (started by torchrun)."""
+    launch = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    cfg = ProtegeConfig.model_validate(launch["config"])
+    out_dir = Path(launch["out_dir"])
+    tracker, store = _open(cfg, launch)
+    if launch.get("phase", "sft") == "rl":
+        from protege import rl
+
+        plan = rl.plan_from_json(cfg, launch["plan"])
+        result = rl.run_planned(cfg, plan, launch["model_uri"], out_dir, tracker, store)
+    else:
+        from protege import sft
+
+        result = sft.run(cfg, launch["dataset"], out_dir, tracker, store)
     if is_world_main():
         (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
     return 0
