@@ -112,3 +112,10 @@ def test_cli_config_show(capsys):
     assert "group_size: 6" in out and "Qwen/Qwen2.5-Coder-7B-Instruct" in out and "step_limit: 75" in out
     assert main(["config", "show", "--profile", "local", "rl.nope=1"]) == 2
     assert "rl.nope: unknown field" in capsys.readouterr().err
+
+
+def test_vllm_server_mode_needs_its_url():
+    with pytest.raises(ConfigError, match="rl: .*vllm_mode 'server' needs vllm_server_base_url"):
+        load_config("cluster", overrides=["rl.vllm_mode=server"])
+    cfg = load_config("cluster", overrides=["rl.vllm_mode=server", "rl.vllm_server_base_url=http://vllm:8000"])
+    assert cfg.rl.vllm_server_base_url == "http://vllm:8000"

@@ -610,6 +610,8 @@ class RLConfig(Strict):
             )
         if self.epsilon_high < self.epsilon_low:
             raise ValueError("epsilon_high must be >= epsilon_low")
+        if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
+            raise ValueError("vllm_mode 'server' needs vllm_server_base_url (the `trl vllm-serve` URL)")
         return self
 
 
