@@ -48,9 +48,9 @@ test: setup ## run the test suite
 test-fast: setup ## tests without the slow (training) tier
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
-demo: setup ## start local services and run the whole pipeline on CPU
+demo: setup ## start local services and run the whole KFP pipeline locally (kfp.local) on CPU
 	$(BIN)/protege services up
-	$(BIN)/protege demo
+	$(BIN)/protege run --profile local
 
 bench: setup ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench

@@ -31,4 +31,5 @@ def register(
     )
     report = {"summary": {"pass_at_1": pass_at_1}, "uri": report_uri}
     result = register.run(cfg, model_uri=model_uri, eval_report=report, lineage=lineage, tracker=tracker)
+    tracker.end_pipeline("FINISHED")  # the last step closes the KFP run's MLflow parent run
     return (result["version"], result["promoted"], result["reason"])

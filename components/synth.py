@@ -11,11 +11,12 @@ from components.images import AGENT_IMAGE
 def synth(profile: str, overrides: str, train_tasks: str, expert_model: str, tasks_digest: str) -> NamedTuple(
     "Outputs", [("dataset_uri", str), ("dataset_digest", str), ("mlflow_run_id", str)]
 ):
-    """`tasks_digest` (verify's output) orders this step after verify and keys its cache."""
+    """`tasks_digest` (verify's output) orders this step after verify and keys its cache. Its MLflow run is
+    a step record of its own; `sft` copies it into the KFP run's parent run (kfp_steps.adopt_run)."""
     from protege import kfp_steps, synth
-    from protege.tracking import Tracker
 
     cfg = kfp_steps.step_config(profile, overrides, tasks__train=train_tasks, expert__model=expert_model)
     store = kfp_steps.open_store(cfg)
-    result = synth.run(cfg, kfp_steps.work_dir(cfg, "synth"), Tracker(cfg.tracking), store)
+    tracker = kfp_steps.step_tracker(cfg, "synth")
+    result = synth.run(cfg, kfp_steps.work_dir(cfg, "synth"), tracker, store)
     return (result["uri"], result["digest"], result["mlflow_run_id"] or "")

@@ -117,5 +117,7 @@ def test_cli_config_show(capsys):
 def test_vllm_server_mode_needs_its_url():
     with pytest.raises(ConfigError, match="rl: .*vllm_mode 'server' needs vllm_server_base_url"):
         load_config("cluster", overrides=["rl.vllm_mode=server"])
-    cfg = load_config("cluster", overrides=["rl.vllm_mode=server", "rl.vllm_server_base_url=http://vllm:8000"])
+    cfg = load_config(
+        "cluster", overrides=["rl.vllm_mode=server", "rl.vllm_server_base_url=http://vllm:8000"]
+    )
     assert cfg.rl.vllm_server_base_url == "http://vllm:8000"

@@ -80,6 +80,14 @@ def test_a_refused_version_is_traced_by_its_number_and_shows_the_reason() -> Non
     assert "protege lineage --profile local protege-agent/3" in text
 
 
+def test_a_resumed_training_step_with_nothing_left_to_train_still_names_its_model() -> None:
+    facts = _facts()
+    facts["sft"].metrics, facts["rl1"].metrics = {}, {}
+    rows = {row.step: row for row in summarize(CFG, _clock(dict.fromkeys(TASKS, "SUCCESS")), facts, 1.0).rows}
+    assert rows["sft"].figures == "model s3://b/r/sft/model (no training logged)"
+    assert rows["rl1"].figures == "model s3://b/r/rl1/model (no training logged)"
+
+
 def test_a_failed_step_stops_the_table_there_without_inventing_figures() -> None:
     statuses = {"verify-tasks": "SUCCESS", "synth": "SUCCESS", "sft": "SUCCESS", "rl1": "FAILURE"}
     facts = {task: fact for task, fact in _facts().items() if task in ("verify-tasks", "synth", "sft")}

@@ -377,6 +377,12 @@ def run(
     skipped = len(tasks) * cfg.eval.attempts - len(pairs)
     progress(f"eval: {len(pairs)} episode(s) to run, {skipped} already graded, {cfg.eval.workers} worker(s)")
     if pairs:
+        if policy_for is None and model.startswith("s3://"):
+            # A pipeline step's output model: fetched once through the store, the policy loads the copy.
+            from protege.model import resolve_model
+
+            local = resolve_model(model, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
+            policy_for = policy_source(eval_config(cfg, str(local)), script)
         work = make_work(
             cfg, policy_for or policy_source(cfg, script), out_dir, ungraded_trajectories(out_dir)
         )

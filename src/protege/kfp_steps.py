@@ -8,6 +8,11 @@ digests as KFP output parameters. The MLflow parent run of a KFP run is opened b
 that is never cached (`verify` and `synth` are cached by their inputs, so a parent run opened there would
 be shared by every KFP run that reuses their cached outputs); its id travels to the later steps as an
 output parameter and re-enters MLflow through `$PROTEGE_PARENT_RUN_ID` (protege.tracking).
+
+`synth` records its work in a top-level run of its own (`<run_name>.synth`, tagged as a step record);
+`sft` copies that nested run into the new parent run (`adopt_run`: same name, times, params, metrics,
+tags and dataset inputs, plus the source run's id), so every KFP run's parent holds a nested run per
+step even when KFP served `synth` from its cache, and the copy says where the work was recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ TAG_KFP_RUN = "protege.kfp_run_id"
 TAG_PIPELINE_VERSION = "protege.pipeline_version"
 TAG_SYNTH_RUN = "protege.synth_run_id"
 TAG_DATASET_URI = "protege.dataset_uri"
+TAG_STEP_RECORD = "protege.step_record"
+TAG_ADOPTED_FROM = "protege.adopted_from_run_id"
 VERIFY_REPORT = "verify.json"
 GIT_COMMIT_ENV = "PROTEGE_GIT_COMMIT"  # set by images/*.Dockerfile from the build's git SHA
 
@@ -94,7 +101,53 @@ def open_pipeline_run(cfg: ProtegeConfig, kfp_run_id: str, synth_run_id: str, da
             TAG_DATASET_URI: dataset_uri}  # fmt: skip
     tracker.start_pipeline(cfg.run_name, cfg, tags={k: v for k, v in tags.items() if v})
     os.environ[PARENT_RUN_ENV] = str(tracker.parent_run_id)
+    if synth_run_id:
+        adopt_run(tracker, synth_run_id)
     return tracker
+
+
+def step_tracker(cfg: ProtegeConfig, step: str) -> Any:
+    """A Tracker for a step that runs before the KFP run's parent run exists (synth): it records into a
+    top-level run `<run_name>.<step>` of its own, never into a stale `$PROTEGE_PARENT_RUN_ID`."""
+    from protege.tracking import PARENT_RUN_ENV, Tracker
+
+    os.environ.pop(PARENT_RUN_ENV, None)
+    tracker = Tracker(cfg.tracking)
+    tracker.start_pipeline(f"{cfg.run_name}.{step}", cfg, tags={TAG_STEP_RECORD: step})
+    return tracker
+
+
+def adopt_run(tracker: Any, source_run_id: str) -> str:
+    """Copy the nested run `source_run_id` (recorded by a step before this pipeline run existed, maybe in
+    an earlier KFP run whose output KFP reused from its cache) into `tracker`'s pipeline run: same name,
+    start/end time, status, params, metric histories, tags and dataset inputs, tagged with the source run
+    id (its artifacts stay there). Returns the copy's run id."""
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+    from protege.tracking import TAG_PIPELINE_RUN
+
+    client, parent = tracker.client, tracker.parent_run_id
+    source = tracker.get_run(source_run_id)
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    tags |= {"mlflow.parentRunId": parent, TAG_PIPELINE_RUN: parent, TAG_ADOPTED_FROM: source_run_id}
+    copy = tracker._call(
+        f"copy of run {source_run_id} into {parent}",
+        lambda: client.create_run(
+            tracker.experiment_id, start_time=source.info.start_time, tags=tags, run_name=source.info.run_name
+        ),
+    ).info.run_id
+    history = [m for key in source.data.metrics for m in client.get_metric_history(source_run_id, key)]
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step) for m in history]
+    params = [Param(key, value) for key, value in source.data.params.items()]
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(copy, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+    for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(copy, params=params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+    if source.inputs.dataset_inputs:
+        client.log_inputs(copy, datasets=list(source.inputs.dataset_inputs))
+    client.set_terminated(copy, status=source.info.status, end_time=source.info.end_time)
+    return copy
 
 
 def sha256_text(text: str) -> str:
