@@ -9,12 +9,20 @@ from components.images import AGENT_IMAGE
 
 @dsl.component(base_image=AGENT_IMAGE)
 def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13), the KFP task name too
-    profile: str, overrides: str, eval_tasks: str, expert_model: str, model_uri: str, parent_run_id: str
+    profile: str,
+    overrides: str,
+    eval_tasks: str,
+    expert_model: str,
+    model_uri: str,
+    parent_run_id: str,
+    kfp_run_id: str,
 ) -> NamedTuple("Outputs", [("report_uri", str), ("pass_at_1", float), ("mlflow_run_id", str)]):
     """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id."""
     from protege import evaluate, kfp_steps
 
-    cfg = kfp_steps.step_config(profile, overrides, tasks__eval=eval_tasks, expert__model=expert_model)
+    cfg = kfp_steps.step_config(
+        profile, overrides, kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
+    )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     store = kfp_steps.open_store(cfg)
     result = evaluate.run(cfg, model_uri, kfp_steps.work_dir(cfg, "eval"), tracker, store)

@@ -24,7 +24,9 @@ def register(
     """Outputs the registered version, whether it became `champion`, and why."""
     from protege import kfp_steps, register
 
-    cfg = kfp_steps.step_config(profile, overrides, model__base=base_model, expert__model=expert_model)
+    cfg = kfp_steps.step_config(
+        profile, overrides, kfp_run_id, model__base=base_model, expert__model=expert_model
+    )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     lineage = kfp_steps.lineage(
         cfg, kfp_run_id=kfp_run_id, dataset_digest=dataset_digest, eval_set_digest=eval_set_digest

@@ -10,12 +10,20 @@ from components.images import TRAINER_IMAGE
 
 @dsl.component(base_image=TRAINER_IMAGE)
 def rl1(
-    profile: str, overrides: str, train_tasks: str, expert_model: str, model_uri: str, parent_run_id: str
+    profile: str,
+    overrides: str,
+    train_tasks: str,
+    expert_model: str,
+    model_uri: str,
+    parent_run_id: str,
+    kfp_run_id: str,
 ) -> str:
     """RL stage I from the SFT model; returns the trained model's s3:// URI."""
     from protege import kfp_steps, rl
 
-    cfg = kfp_steps.step_config(profile, overrides, tasks__train=train_tasks, expert__model=expert_model)
+    cfg = kfp_steps.step_config(
+        profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model
+    )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     out = kfp_steps.work_dir(cfg, "rl1")
     return rl.run(cfg, 1, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))["model_uri"]
@@ -23,12 +31,20 @@ def rl1(
 
 @dsl.component(base_image=TRAINER_IMAGE)
 def rl2(
-    profile: str, overrides: str, train_tasks: str, expert_model: str, model_uri: str, parent_run_id: str
+    profile: str,
+    overrides: str,
+    train_tasks: str,
+    expert_model: str,
+    model_uri: str,
+    parent_run_id: str,
+    kfp_run_id: str,
 ) -> str:
     """RL stage II from the stage I model; returns the trained model's s3:// URI."""
     from protege import kfp_steps, rl
 
-    cfg = kfp_steps.step_config(profile, overrides, tasks__train=train_tasks, expert__model=expert_model)
+    cfg = kfp_steps.step_config(
+        profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model
+    )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     out = kfp_steps.work_dir(cfg, "rl2")
     return rl.run(cfg, 2, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))["model_uri"]

@@ -14,7 +14,7 @@ def sft(
     """The first never-cached step, so the MLflow parent run opened here belongs to this KFP run alone."""
     from protege import kfp_steps, sft
 
-    cfg = kfp_steps.step_config(profile, overrides, model__base=base_model)
+    cfg = kfp_steps.step_config(profile, overrides, kfp_run_id, model__base=base_model)
     tracker = kfp_steps.open_pipeline_run(cfg, kfp_run_id, synth_run_id, dataset_uri)
     store = kfp_steps.open_store(cfg)
     result = sft.run(cfg, dataset_uri, kfp_steps.work_dir(cfg, "sft"), tracker, store)

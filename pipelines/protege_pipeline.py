@@ -51,15 +51,18 @@ def protege_pipeline(
     parent = tuned.outputs["parent_run_id"]
 
     stage1 = rl1(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 model_uri=tuned.outputs["model_uri"], parent_run_id=parent)  # fmt: skip
+                 model_uri=tuned.outputs["model_uri"], parent_run_id=parent,
+                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
     place(stage1, "rl1", PIPELINE, pool)
 
     stage2 = rl2(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 model_uri=stage1.output, parent_run_id=parent)  # fmt: skip
+                 model_uri=stage1.output, parent_run_id=parent,
+                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
     place(stage2, "rl2", PIPELINE, pool)
 
     evaluated = eval_step(**common, eval_tasks=eval_tasks, expert_model=expert_model,
-                          model_uri=stage2.output, parent_run_id=parent)  # fmt: skip
+                          model_uri=stage2.output, parent_run_id=parent,
+                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
     place(evaluated, "eval", PIPELINE, pool)
 
     registered = register(**common, base_model=base_model, expert_model=expert_model, model_uri=stage2.output,

@@ -105,6 +105,18 @@ def test_caching_only_on_verify_and_synth(spec: dict[str, Any]) -> None:
     assert cached == {"verify-tasks", "synth"}
 
 
+def test_training_steps_are_scoped_to_the_kfp_run_and_cached_steps_are_not(spec: dict[str, Any]) -> None:
+    tasks = _tasks(spec)
+    scoped = {
+        name
+        for name in CHAIN
+        if "{{$.pipeline_job_uuid}}"
+        in str(tasks[name]["inputs"]["parameters"].get("kfp_run_id", {}).get("runtimeValue", {}))
+    }
+    # A per-run value in a cached step's inputs would make every run a cache miss.
+    assert scoped == {"sft", "rl1", "rl2", "eval", "register"}
+
+
 def test_retries_on_sandbox_and_expert_steps_and_a_timeout_on_every_step(spec: dict[str, Any]) -> None:
     cfg = PipelineConfig()
     tasks = _tasks(spec)
@@ -280,6 +292,13 @@ def test_step_config_applies_overrides_then_named_parameters() -> None:
     )
     assert cfg.rl.group_size == 4 and cfg.tasks.train == "s3://b/train.jsonl"
     assert cfg.model.base == "tiny"  # an empty parameter keeps the profile's value
+
+
+def test_step_config_scopes_the_run_name_to_the_kfp_run_on_clusters_only() -> None:
+    # A scheduled retraining must not resume the previous run's checkpoints under the same run name.
+    assert kfp_steps.step_config("cluster", "[]", "kfp-123").run_name == "protege-kfp-123"
+    assert kfp_steps.step_config("cluster", "[]").run_name == "protege"
+    assert kfp_steps.step_config("local", '["run_name=demo-1"]', "kfp-123").run_name == "demo-1"
 
 
 @pytest.mark.parametrize(

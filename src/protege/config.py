@@ -685,6 +685,11 @@ class PipelineConfig(Strict):
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)
     """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""
+    scope_to_kfp_run: bool = True
+    """sft, rl1, rl2, eval and register work under `<run_name>-<KFP run id>`, so a scheduled run trains afresh
+    instead of resuming an earlier run's checkpoints (a retried KFP run keeps its id, so it resumes). verify
+    and synth keep `<run_name>`: they are cached by their inputs. Off in the local profile, where `protege run`
+    names each run and `--run-name` resumes one."""
 
 
 # `register` is the phase's name everywhere (STYLE lesson 13); shadowing ABC.register on the model class is

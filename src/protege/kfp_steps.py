@@ -55,11 +55,15 @@ def parse_overrides(text: str) -> list[str]:
     return items
 
 
-def step_config(profile: str, overrides: str, **dotted: str) -> ProtegeConfig:
+def step_config(profile: str, overrides: str, kfp_run_id: str = "", **dotted: str) -> ProtegeConfig:
     """Profile + the `overrides` JSON list + the step's named parameters (`tasks__train="s3://..."` sets
-    `tasks.train`; an empty value keeps the profile's). Named parameters apply last."""
+    `tasks.train`; an empty value keeps the profile's). Named parameters apply last. With `kfp_run_id` and
+    `pipeline.scope_to_kfp_run`, the run name becomes `<run_name>-<kfp_run_id>` (see that field)."""
     extra = [f"{key.replace('__', '.')}={value}" for key, value in sorted(dotted.items()) if value]
-    return load_config(profile, None, parse_overrides(overrides) + extra)
+    cfg = load_config(profile, None, parse_overrides(overrides) + extra)
+    if kfp_run_id and cfg.pipeline.scope_to_kfp_run:
+        cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-{kfp_run_id}"})
+    return cfg
 
 
 def work_dir(cfg: ProtegeConfig, phase: str) -> Path:
