@@ -156,7 +156,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 
     from protege.lineage import chain
     from protege.register import TAG_EVAL_REPORT
-    from protege.tracking import Tracker
+    from protege.tracking import TAG_CHECKPOINT_URI, Tracker
 
     store = mlflow_server.store_config()
     for key, value in mlflow_server.env().items():
@@ -182,6 +182,24 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     phases = [run.info.run_name for run in tracker.nested_runs(parent.info.run_id)]
     assert sorted(phases) == sorted(["synth", "sft", "rl1", "rl2", "eval", "register"])
     assert all(run.info.status == "FINISHED" for run in tracker.nested_runs(parent.info.run_id))
+    # rl1 then rl2 from the SFT checkpoint: per-step figures, and rl2 starts from rl1's last checkpoint.
+    rl_runs = {
+        r.info.run_name: r
+        for r in tracker.nested_runs(parent.info.run_id)
+        if r.info.run_name in ("rl1", "rl2")
+    }
+    for name, steps in (("rl1", [1]), ("rl2", [2])):
+        for key in ("reward/r_total", "reward/r_loop", "reward/r_expert", "reward/r_follow", "reward/r_correct",
+                    "rollout/expert_calls_per_traj", "rollout/steps_per_traj", "rollout/loop_rate_gt10"):  # fmt: skip
+            history = tracker.client.get_metric_history(rl_runs[name].info.run_id, key)
+            assert [m.step for m in history] == steps, (name, key)
+    assert rl_runs["rl1"].data.tags["protege.reference_model"].startswith(f"s3://run-{tag}/r-{tag}/sft/model")
+    rl1_last = tracker.logged_models(rl_runs["rl1"].info.run_id)
+    rl2_first = min(tracker.logged_models(rl_runs["rl2"].info.run_id), key=lambda m: int(m.params["step"]))
+    assert (
+        rl2_first.tags["protege.parent_checkpoint"] == f"s3://run-{tag}/r-{tag}/rl1/checkpoints/checkpoint-1"
+    )
+    assert rl2_first.tags["protege.parent_checkpoint"] in {m.tags[TAG_CHECKPOINT_URI] for m in rl1_last}
 
     tags = version.tags
     assert tags["protege.kfp_run_id"] == parent.data.tags[kfp_steps.TAG_KFP_RUN] != ""
