@@ -216,3 +216,16 @@ def test_protege_run_records_every_step_registers_and_traces_back(
         assert f"  phase {phase} " in lines, phase
     assert f"protege.kfp_run_id = {tags['protege.kfp_run_id']}" in lines
     assert "dataset " in lines and "checkpoint " in lines
+
+
+def test_local_runs_clear_retries_only_while_they_run() -> None:
+    from protege.kfp_cli import load_pipeline
+
+    pipeline = load_pipeline()
+    tasks = pipeline.pipeline_spec.root.dag.tasks
+    before = {name for name, task in tasks.items() if task.HasField("retry_policy")}
+    assert before == {"verify-tasks", "synth", "rl1", "rl2", "eval"}
+    with kfp_local.without_retries(pipeline):
+        assert not any(task.HasField("retry_policy") for task in tasks.values())
+    assert {name for name, task in tasks.items() if task.HasField("retry_policy")} == before
+    assert tasks["rl1"].retry_policy.max_retry_count == 2  # restored whole, not just flagged

@@ -32,6 +32,8 @@ import re
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,13 +187,25 @@ def task_outputs(run_dir: Path | None, task: str) -> dict[str, Any]:
     return dict(json.loads(path.read_text()).get("parameterValues", {}))
 
 
-def without_retries(pipeline: Any) -> Any:
-    """The pipeline with its tasks' retry policies cleared, for this process only. kfp.local honours
-    them, and the cluster's backoff (minutes, for flaky sandboxes and expert APIs) would turn a local,
+@contextmanager
+def without_retries(pipeline: Any) -> Iterator[Any]:
+    """The pipeline with its tasks' retry policies cleared while the block runs, restored after (the
+    pipeline object is the imported module's: `protege compile` in the same process must see them). kfp.local
+    honours them, and the cluster's backoff (minutes, for flaky sandboxes and expert APIs) would turn a local,
     deterministic failure into minutes of waiting; a failed local run resumes with the same --run-name."""
-    for task in pipeline.pipeline_spec.root.dag.tasks.values():
+    tasks = pipeline.pipeline_spec.root.dag.tasks
+    saved = {
+        name: task.retry_policy.SerializeToString()
+        for name, task in tasks.items()
+        if task.HasField("retry_policy")
+    }
+    for task in tasks.values():
         task.ClearField("retry_policy")
-    return pipeline
+    try:
+        yield pipeline
+    finally:
+        for name, blob in saved.items():
+            tasks[name].retry_policy.ParseFromString(blob)
 
 
 def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
@@ -201,7 +215,7 @@ def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
 
     from protege.kfp_cli import load_pipeline
 
-    pipeline = without_retries(load_pipeline())
+    pipeline = load_pipeline()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
     local.init(
@@ -218,7 +232,8 @@ def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
         with warnings.catch_warnings():
             for pattern in _EXPECTED_WARNINGS:
                 warnings.filterwarnings("ignore", message=pattern)
-            pipeline(**arguments)
+            with without_retries(pipeline):
+                pipeline(**arguments)
     finally:
         root.removeFilter(clock)
     created = sorted(set(pipeline_root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
