@@ -95,9 +95,11 @@ class TimedGenerator:
     def __init__(self, inner: Any, clock: Clock) -> None:
         self.inner, self.clock = inner, clock
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: Any = None
+    ) -> tuple[list[int], list[float]]:
         started = time.monotonic()
-        ids, logprobs = self.inner.generate(prompt_ids, max_new_tokens)
+        ids, logprobs = self.inner.generate(prompt_ids, max_new_tokens, stop)
         self.clock.add("generate", started, time.monotonic())
         self.clock.count("generated_tokens", len(ids))
         return ids, logprobs
@@ -161,7 +163,9 @@ class ScriptedGenerator:
         )
         return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: Any = None
+    ) -> tuple[list[int], list[float]]:
         prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         turn = prompt.count("<|im_start|>assistant") - 1  # the generation prompt's header is one of them
         ids = self.tokenizer.encode(self.completion(turn), add_special_tokens=False)

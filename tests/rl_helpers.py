@@ -68,7 +68,9 @@ class ScriptedGenerator:
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: Any = None
+    ) -> tuple[list[int], list[float]]:
         turn = self.tokenizer.decode(prompt_ids).count(ASSISTANT) - 1
         text = self.script[min(turn, len(self.script) - 1)]
         ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
@@ -135,7 +137,9 @@ class AlternatingGenerator(ScriptedGenerator):
         super().__init__(tokenizer)
         self.episodes = 0
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: Any = None
+    ) -> tuple[list[int], list[float]]:
         prompt = self.tokenizer.decode(prompt_ids)
         turn = prompt.count(ASSISTANT) - 1
         if turn == 0:

@@ -216,6 +216,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
         assert f"  phase {phase} " in lines, phase
     assert f"protege.kfp_run_id = {tags['protege.kfp_run_id']}" in lines
     assert "dataset " in lines and "checkpoint " in lines
+    assert f"    protege.parent_checkpoint = s3://run-{tag}/r-{tag}/rl1/checkpoints/checkpoint-1" in lines
 
 
 def test_local_runs_clear_retries_only_while_they_run() -> None:

@@ -45,6 +45,14 @@ def test_hf_generator_logprobs_are_the_sampling_distribution_of_the_generated_id
     assert rescored.tolist() == pytest.approx(logprobs, abs=1e-4)
 
 
+def test_hf_generator_ends_a_turn_when_its_rollout_is_stopped(tiny):
+    model, tokenizer = tiny
+    stop = threading.Event()
+    stop.set()
+    ids, logprobs = HFGenerator(model, tokenizer, 1.0).generate(tokenizer.encode("hello"), 50, stop=stop)
+    assert len(ids) == len(logprobs) == 1  # stopped after the first token, not 50
+
+
 def test_concurrent_turns_are_batched_and_each_caller_gets_its_own():
     seen: list[list[list[int]]] = []
 

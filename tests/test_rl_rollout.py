@@ -104,16 +104,21 @@ def test_killed_sandbox_fails_only_its_rollout_with_the_reason(repos, tokenizer,
 
 def test_rollout_past_its_timeout_is_failed_and_the_batch_goes_on(repos, tokenizer, tasks, tmp_path):
     class Slow(ScriptedGenerator):
-        def generate(self, prompt_ids, max_new_tokens):
+        def generate(self, prompt_ids, max_new_tokens, stop=None):
             if len(self.calls) == 0:
-                time.sleep(4)
-            return super().generate(prompt_ids, max_new_tokens)
+                stopped.append(stop.wait(timeout=30))  # a long turn, ended by the watchdog's stop
+            return super().generate(prompt_ids, max_new_tokens, stop)
 
+    stopped: list[bool] = []
     cfg = rl_cfg(repos, tmp_path, "rl.rollout_timeout_s=1.5")
     task = tasks["protege-demo__moneyfmt-1"]
     [late] = run_rollouts(context(cfg, tokenizer, Slow(tokenizer), tmp_path), [(task, 0)], workers=1)
     assert late.failed and late.failure.startswith("timeout: rollout still running after 2 s")
     assert late.trajectory.status == "timeout"
+    deadline = time.monotonic() + 10
+    while not stopped and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stopped == [True]  # the turn in flight was told to stop, it did not run to its end
 
 
 def test_sandbox_starts_are_spaced_and_retried_with_backoff():

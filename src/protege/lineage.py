@@ -58,6 +58,10 @@ def chain(tracker: Any, ref: str) -> list[str]:
     return lines
 
 
+# Phase-run tags that link a phase to the models it started from (rl: start model, KL reference, parent checkpoint).
+PHASE_LINK_TAGS = ("protege.start_model", "protege.reference_model", "protege.parent_checkpoint")
+
+
 def _pipeline(tracker: Any, run_id: str) -> list[str]:
     parent = tracker.get_run(run_id)
     lines = [f"pipeline run {parent.info.run_name} {run_id} ({parent.info.status})"]
@@ -68,6 +72,7 @@ def _pipeline(tracker: Any, run_id: str) -> list[str]:
     ]
     for phase in tracker.nested_runs(run_id):
         lines.append(f"  phase {phase.info.run_name} {phase.info.run_id} ({phase.info.status})")
+        lines += [f"    {key} = {phase.data.tags[key]}" for key in PHASE_LINK_TAGS if key in phase.data.tags]
         for item in phase.inputs.dataset_inputs:
             context = next((t.value for t in item.tags if t.key == "mlflow.data.context"), "")
             data = item.dataset

@@ -27,9 +27,12 @@ Backend = Callable[[list[list[int]], list[int]], list[Turn]]
 
 
 class Generator(Protocol):
-    """Samples one assistant turn continuing `prompt_ids`; returns (generated ids, their logprobs)."""
+    """Samples one assistant turn continuing `prompt_ids`; returns (generated ids, their logprobs). `stop`, when
+    set while the turn is being generated, may end it early (the rollout it belongs to has timed out)."""
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Turn: ...
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: threading.Event | None = None
+    ) -> Turn: ...
 
 
 class HFGenerator:
@@ -40,8 +43,16 @@ class HFGenerator:
         self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
         self.lock = threading.Lock()
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Turn:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: threading.Event | None = None
+    ) -> Turn:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Stopped(StoppingCriteria):
+            # A timed-out rollout's turn ends at the next token instead of holding the shared model.
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop is not None and stop.is_set(), dtype=torch.bool)
 
         with self.lock, torch.no_grad():
             was_training = self.model.training
@@ -53,6 +64,7 @@ class HFGenerator:
                     max_new_tokens=max_new_tokens, do_sample=True, temperature=self.temperature,
                     top_k=0, top_p=1.0, repetition_penalty=1.0, return_dict_in_generate=True, output_logits=True,
                     pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                    stopping_criteria=StoppingCriteriaList([Stopped()]),
                 )  # fmt: skip
             finally:
                 self.model.train(was_training)
@@ -81,7 +93,10 @@ class BatchingGenerator:
         self.batch_sizes: list[int] = []
         threading.Thread(target=self._serve, name="rl-generation", daemon=True).start()
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Turn:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, stop: threading.Event | None = None
+    ) -> Turn:
+        """`stop` is not used: one turn of a batch is short, and vLLM finishes the batch together."""
         request = _Request(list(prompt_ids), max_new_tokens)
         self.requests.put(request)
         request.done.wait()

@@ -92,6 +92,7 @@ class TracePolicy:
         self.generator, self.tokenizer = generator, tokenizer
         self.max_new_tokens, self.context_window, self.model = max_new_tokens, context_window, model_id
         self.trace = TokenTrace()
+        self.stop = threading.Event()  # set by the rollout watchdog at the timeout
         self._turn_end = len(tokenizer.eos_token)
         self._rendered = 0  # messages already in the sequence
         self._call_ids = itertools.count()
@@ -126,9 +127,11 @@ class TracePolicy:
         if room <= 0:
             raise ContextOverflow(f"rollout sequence of {len(sequence)} tokens fills the context window")
         try:
-            ids, logprobs = self.generator.generate(sequence, min(self.max_new_tokens, room))
+            ids, logprobs = self.generator.generate(sequence, min(self.max_new_tokens, room), stop=self.stop)
         except Exception as err:  # noqa: BLE001 - any generator failure ends the episode as policy_error
             raise PolicyError(f"generation failed: {type(err).__name__}: {err}") from err
+        if self.stop.is_set():
+            raise PolicyError("rollout stopped at its timeout")
         self.trace.add_policy(ids, logprobs)
         self._rendered += 1  # the assistant message the agent is about to add is these ids
         body = ids[:-1] if ids and ids[-1] == self.tokenizer.eos_token_id else ids
@@ -229,6 +232,7 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
     )
     policy = TracePolicy(ctx.generator, ctx.tokenizer, agent_cfg.policy.max_new_tokens,
                          agent_cfg.policy.context_window, ctx.model_id)  # fmt: skip
+    holder["policy"] = policy
     started = time.monotonic()
     try:
         sandbox: Sandbox = ctx.gate.open(agent_cfg.sandbox, task, Path(cfg.tasks.repos_dir))
@@ -267,6 +271,8 @@ def _settled(future: Any, task: TaskInstance, index: int) -> Rollout:
 
 
 def _timed_out(holder: dict[str, Any], task: TaskInstance, index: int, limit_s: float) -> Rollout:
+    if "policy" in holder:
+        holder["policy"].stop.set()  # a turn being generated ends at its next token
     sandbox = holder.get("sandbox")
     if sandbox is not None:
         sandbox.close()  # unblocks the episode thread: its next command fails and it ends
