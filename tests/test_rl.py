@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protege import rl
+from protege import rl, rl_plan
 from protege.rl_step import FlatTasks
 from tests.rl_helpers import (
     SCRIPT,
@@ -233,7 +233,7 @@ def test_stage_plan_curriculum(repos, tiny_dir, tmp_path):
 def test_plan_survives_the_launch_file(repos, tiny_dir, tmp_path):
     cfg = rl_cfg(repos, tmp_path)
     plan = rl.plan_stage(cfg, 2, str(tiny_dir), tmp_path / "b", None)
-    again = rl.plan_from_json(cfg, json.loads(json.dumps(rl.plan_to_json(plan))))
+    again = rl_plan.plan_from_json(cfg, json.loads(json.dumps(rl_plan.plan_to_json(plan))))
     assert again == plan and again.reward == cfg.rl.stage2
 
 

@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(launch["out_dir"])
     tracker, store = _open(cfg, launch)
     if launch.get("phase", "sft") == "rl":
-        from protege import rl
+        from protege import rl, rl_plan
 
-        plan = rl.plan_from_json(cfg, launch["plan"])
+        plan = rl_plan.plan_from_json(cfg, launch["plan"])
         result = rl.run_planned(cfg, plan, launch["model_uri"], out_dir, tracker, store)
     else:
         from protege import sft
