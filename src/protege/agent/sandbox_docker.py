@@ -7,7 +7,8 @@ image's repository of everything past base_commit (remotes, later refs, reflogs,
 objects); the container is removed on close, on garbage collection and at interpreter exit.
 
 Also here, because the kubernetes backend shares them: `ContainerShell` (run/read/write/diff over any
-exec function), the start-concurrency gate and the creation backoff.
+exec function), `ContainerSandbox` (the Sandbox methods on top of it, and close), the start-concurrency
+gate and the creation backoff.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from protege.agent.protocols import CommandResult, SandboxError
 from protege.agent.sandbox import DIFF_SCRIPT, READ_SCRIPT, OutputCap, raise_for_read
@@ -211,7 +212,43 @@ def _docker_transient(err: Exception) -> bool:
     return isinstance(err, docker.errors.APIError) and transient_status(err.status_code)
 
 
-class DockerSandbox:
+class ContainerSandbox:
+    """The Sandbox operations the container backends share: every one goes through `_shell` (a ContainerShell
+    over the backend's exec). A backend sets `_shell` and `base_commit` when it starts, and `_release` (a
+    weakref.finalize that removes the container or pod) as soon as there is something to remove."""
+
+    _shell: ContainerShell
+    base_commit: str
+    _release: Callable[[], object]
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run a bash command in workdir; output capped, the process group killed at the timeout."""
+        return self._shell.run(command, timeout)
+
+    def read_file(self, path: str) -> str:
+        """Whole file (relative to workdir); FileNotFoundError/IsADirectoryError/OSError naming the path."""
+        return self._shell.read_file(path)
+
+    def write_file(self, path: str, content: str) -> None:
+        """Create or replace a file, parents created; OSError naming the path."""
+        self._shell.write_file(path, content)
+
+    def diff(self) -> str:
+        """`git diff` against base_commit, new files included, text only."""
+        return self._shell.diff(self.base_commit)
+
+    def close(self) -> None:
+        """Remove the container or pod (idempotent)."""
+        self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DockerSandbox(ContainerSandbox):
     """One container per episode from the instance image; removed on close."""
 
     def __init__(self, cfg: SandboxConfig, task: TaskInstance, client: Any = None) -> None:
@@ -236,7 +273,7 @@ class DockerSandbox:
                 )
         except docker.errors.DockerException as err:
             raise SandboxError(f"{what}: could not start a container from {image}: {err}") from err
-        self._remove = weakref.finalize(self, _remove_container, self._container)
+        self._release = weakref.finalize(self, _remove_container, self._container)
         self._shell = ContainerShell(cfg, self._exec, what)
         try:
             self.base_commit = self._shell.clean_history(task.base_commit)
@@ -255,29 +292,3 @@ class DockerSandbox:
             raise SandboxError(f"docker sandbox for {self.task.instance_id}: exec failed: {err}") from err
         output, truncated = cap.text()
         return CommandResult(output, exit_code, truncated, False, time.monotonic() - start)
-
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        """Run a bash command in workdir; output capped, the process group killed at the timeout."""
-        return self._shell.run(command, timeout)
-
-    def read_file(self, path: str) -> str:
-        """Whole file (relative to workdir); FileNotFoundError/IsADirectoryError/OSError naming the path."""
-        return self._shell.read_file(path)
-
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a file, parents created; OSError naming the path."""
-        self._shell.write_file(path, content)
-
-    def diff(self) -> str:
-        """`git diff` against base_commit, new files included, text only."""
-        return self._shell.diff(self.base_commit)
-
-    def close(self) -> None:
-        """Remove the container (idempotent)."""
-        self._remove()
-
-    def __enter__(self) -> DockerSandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -27,6 +27,7 @@ from protege.agent.sandbox import OutputCap
 from protege.agent.sandbox_docker import (
     INSTANCE_ANNOTATION,
     SANDBOX_LABEL_VALUE,
+    ContainerSandbox,
     ContainerShell,
     image_for,
     sandbox_name,
@@ -112,7 +113,7 @@ def _default_clients() -> tuple[Any, Any]:
     return client.CoreV1Api(), stream
 
 
-class KubernetesSandbox:
+class KubernetesSandbox(ContainerSandbox):
     """One pod per episode; `core` is a CoreV1Api and `stream` is `kubernetes.stream.stream` unless given."""
 
     def __init__(self, cfg: SandboxConfig, task: TaskInstance, core: Any = None, stream: Any = None) -> None:
@@ -124,7 +125,7 @@ class KubernetesSandbox:
         self._core, self._stream = core, stream
         self.name, self.namespace = sandbox_name(task), cfg.namespace
         manifest = pod_manifest(cfg, task, image, self.name)
-        self._delete = weakref.finalize(self, _delete_pod, core, self.name, self.namespace)
+        self._release = weakref.finalize(self, _delete_pod, core, self.name, self.namespace)
         try:
             with start_slot(cfg.max_concurrent_starts):
                 with_backoff(
@@ -205,29 +206,3 @@ class KubernetesSandbox:
             ws.close()
         output, truncated = cap.text()
         return CommandResult(output, exit_code, truncated, False, time.monotonic() - start)
-
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        """Run a bash command in workdir; output capped, the process group killed at the timeout."""
-        return self._shell.run(command, timeout)
-
-    def read_file(self, path: str) -> str:
-        """Whole file (relative to workdir); FileNotFoundError/IsADirectoryError/OSError naming the path."""
-        return self._shell.read_file(path)
-
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a file, parents created; OSError naming the path."""
-        self._shell.write_file(path, content)
-
-    def diff(self) -> str:
-        """`git diff` against base_commit, new files included, text only."""
-        return self._shell.diff(self.base_commit)
-
-    def close(self) -> None:
-        """Delete the pod (idempotent)."""
-        self._delete()
-
-    def __enter__(self) -> KubernetesSandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
