@@ -194,7 +194,7 @@ def measure_rollouts(built: Any, generator: Any, workers: int, logs_dir: Path) -
     started = time.monotonic()
     rollouts = run_rollouts(ctx, step.jobs(prompts, 1, 0), workers)  # step 1, one rank
     seconds = time.monotonic() - started
-    metrics = step_metrics(rollouts, step.plan.reward.loop.metric_lengths, seconds)
+    metrics = step_metrics(rollouts, step.plan.reward.loop, seconds)
     episodes = len(rollouts)
     return {
         "workers": workers, "episodes": episodes, "seconds": round(seconds, 2),

@@ -49,6 +49,8 @@ class HFGenerator:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        from protege.agent.policies import generated_logprobs
+
         class Stopped(StoppingCriteria):
             # A timed-out rollout's turn ends at the next token instead of holding the shared model.
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -68,10 +70,7 @@ class HFGenerator:
                 )  # fmt: skip
             finally:
                 self.model.train(was_training)
-        generated = out.sequences[0, len(prompt_ids) :]
-        logits = torch.stack(out.logits, dim=1)[0].float() / self.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated[:, None]).squeeze(-1)
-        return generated.tolist(), logprobs.tolist()
+        return generated_logprobs(out, len(prompt_ids), self.temperature)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protege.config import ProtegeConfig
+from protege.config import LoopConfig, ProtegeConfig
 from protege.rl_rollout import Rollout, RolloutContext, TokenTrace, run_rollouts
 
 # --------------------------------------------------------------------------------------------------
@@ -59,18 +59,16 @@ class FlatTasks:
 # --------------------------------------------------------------------------------------------------
 
 
-def step_metrics(rollouts: list[Rollout], loop_lengths: list[int], seconds: float) -> dict[str, float]:
+def step_metrics(rollouts: list[Rollout], loop: LoopConfig, seconds: float) -> dict[str, float]:
     """Per-step figures: batch means of every reward term over scored rollouts, expert calls and steps per
-    trajectory, loop rates, failures and rollout throughput."""
-    from protege.agent.loops import longest_run
+    trajectory, loop rates (`loop.metric_lengths`), failures and rollout throughput."""
+    from protege.agent.loops import loop_rates
     from protege.rewards import batch_means
 
     scored = [r for r in rollouts if not r.failed]
     metrics = {f"reward/{k}": v for k, v in batch_means([r.terms for r in scored if r.terms]).items()}
     trajectories = [r.trajectory for r in scored]
-    for length in loop_lengths:
-        rate = sum(longest_run(a.base_command for a in t.actions) > length for t in trajectories)
-        metrics[f"rollout/loop_rate_gt{length}"] = rate / len(trajectories) if trajectories else 0.0
+    metrics.update({f"rollout/loop_rate_gt{n}": rate for n, rate in loop_rates(trajectories, loop).items()})
     metrics.update({
         "rollout/expert_calls_per_traj": sum(len(t.expert_calls) for t in trajectories) / max(len(scored), 1),
         "rollout/steps_per_traj": sum(len(t.actions) for t in trajectories) / max(len(scored), 1),
@@ -125,7 +123,7 @@ class RolloutStep:
         seconds = time.monotonic() - started
         everyone = gather_rollouts(trainer, rollouts)  # every rank keeps the same flat-task books and figures
         newly_dropped = self.observe_groups(everyone)
-        metrics = step_metrics(everyone, self.plan.reward.loop.metric_lengths, seconds)
+        metrics = step_metrics(everyone, self.plan.reward.loop, seconds)
         metrics.update({f"judge/{k}": v for k, v in self.ctx.judge.counters().items()})
         metrics.update(
             {"tasks/dropped": float(len(self.flat.dropped)), "tasks/newly_dropped": float(len(newly_dropped))}

@@ -145,6 +145,17 @@ class ScriptedPolicy:
 # --------------------------------------------------------------------------------------------------
 
 
+def generated_logprobs(out: Any, prompt_len: int, temperature: float) -> tuple[list[int], list[float]]:
+    """From a one-sequence `generate(..., return_dict_in_generate=True, output_logits=True)` result: the ids
+    generated after the prompt and log-softmax(logits / temperature) of each (the sampling distribution)."""
+    import torch
+
+    generated = out.sequences[0, prompt_len:]
+    logits = torch.stack(out.logits, dim=1)[0].float() / temperature
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated[:, None]).squeeze(-1)
+    return generated.tolist(), logprobs.tolist()
+
+
 class TransformersPolicy:
     """An HF causal LM in this process. The turn's `token_ids` are exactly the generated ids (the end-of-turn
     token included when generated), `text` is their decode without that final end token, `logprobs` are
@@ -192,10 +203,7 @@ class TransformersPolicy:
                 eos_token_id=self.tokenizer.eos_token_id,
                 **options,
             )
-        generated = out.sequences[0, len(prompt) :]
-        logits = torch.stack(out.logits, dim=1)[0].float() / (self.cfg.temperature or 1.0)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated[:, None]).squeeze(-1)
-        ids = generated.tolist()
+        ids, logprobs = generated_logprobs(out, len(prompt), self.cfg.temperature or 1.0)
         body = ids[:-1] if ids and ids[-1] == self.tokenizer.eos_token_id else ids
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         return parse_completion(
@@ -203,7 +211,7 @@ class TransformersPolicy:
             self._ids,
             token_ids=ids,
             prompt_ids=prompt,
-            logprobs=logprobs.tolist(),
+            logprobs=logprobs,
             input_tokens=len(prompt),
             output_tokens=len(ids),
         )
