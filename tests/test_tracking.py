@@ -111,6 +111,14 @@ def test_phase_in_another_process_reattaches_to_parent(tracker: Tracker, monkeyp
     assert tracker.get_run(parent).info.status == "FINISHED"
 
 
+def test_ensure_pipeline_opens_a_run_only_when_the_tracker_has_none(tracker: Tracker, monkeypatch):
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    first = tracker.ensure_pipeline("alone")
+    assert tracker.get_run(first).info.run_name == "alone"
+    assert tracker.ensure_pipeline("again") == first  # already in one: no second run
+    assert [r.info.run_name for r in tracker.client.search_runs([tracker.experiment_id])] == ["alone"]
+
+
 def test_long_params_are_truncated_and_batched(tracker: Tracker):
     run_id = tracker.start_pipeline("params-run")
     params = {f"p{i:03d}": i for i in range(250)} | {"long": "x" * 2000}

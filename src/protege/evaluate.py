@@ -408,8 +408,7 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out
     """Metrics and the report files on the phase's nested run (opening the pipeline run if needed)."""
     from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD
 
-    if tracker.parent_run_id is None:
-        tracker.start_pipeline(cfg.run_name, cfg)
+    tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"model": cfg.model.base, "eval_tasks": cfg.tasks.eval, "attempts": cfg.eval.attempts}
     with tracker.phase(
         PHASE, params=params, tags={"protege.results_uri": result["uri"] or str(out_dir)}

@@ -17,13 +17,13 @@ step even when KFP served `synth` from its cache, and the copy says where the wo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from protege.config import ConfigError, ProtegeConfig, load_config
+from protege.store import sha256_text
 
 TAG_KFP_RUN = "protege.kfp_run_id"
 TAG_PIPELINE_VERSION = "protege.pipeline_version"
@@ -152,10 +152,6 @@ def adopt_run(tracker: Any, source_run_id: str) -> str:
         client.log_inputs(copy, datasets=list(source.inputs.dataset_inputs))
     client.set_terminated(copy, status=source.info.status, end_time=source.info.end_time)
     return copy
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:

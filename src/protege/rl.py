@@ -49,6 +49,7 @@ from protege.rl_plan import (
 )
 from protege.rl_rollout import RolloutContext, SandboxGate
 from protege.rl_step import FlatTasks, RolloutStep, trajectory_reward
+from protege.store import sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Lineage:
         if self.store is not None:
             self.store.upload_dir(local_dir, uri)
         if self.tracker is not None and self.run_id:
-            reward_hash = _sha256(json.dumps(public_dict(self.plan.reward), sort_keys=True))
+            reward_hash = sha256_text(json.dumps(public_dict(self.plan.reward), sort_keys=True))
             tags = {TAG_STAGE: str(self.plan.stage), TAG_REFERENCE: self.plan.reference_uri,
                     TAG_REWARD_HASH: reward_hash}  # fmt: skip
             if self.plan.parent_checkpoint_uri:
@@ -138,15 +139,11 @@ class Lineage:
         return entry
 
 
-def _sha256(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def make_callbacks(lineage: Lineage) -> list[Any]:
     """Trainer logs (loss, kl, clip ratios, ...) to the phase run as `train/*`; each checkpoint published."""
     from transformers import TrainerCallback
+
+    from protege.sft import checkpoint_callback
 
     class MetricsCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (Trainer's signature)
@@ -154,13 +151,7 @@ def make_callbacks(lineage: Lineage) -> list[Any]:
             if state.is_world_process_zero and numeric and lineage.tracker is not None and lineage.run_id:
                 lineage.tracker.log_metrics(lineage.run_id, numeric, step=state.global_step)
 
-    class CheckpointCallback(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            if state.is_world_process_zero:
-                name = f"checkpoint-{state.global_step}"
-                lineage.publish(Path(args.output_dir) / name, f"{CHECKPOINTS}/{name}", state.global_step)
-
-    return [MetricsCallback(), CheckpointCallback()]
+    return [MetricsCallback(), checkpoint_callback(lineage)]
 
 
 def training_tasks(cfg: ProtegeConfig, store: Any) -> dict[str, Any]:
@@ -271,8 +262,7 @@ def _phase_run(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, tracker: Any
     if tracker is None:
         yield None
         return
-    if tracker.parent_run_id is None:
-        tracker.start_pipeline(cfg.run_name, cfg)
+    tracker.ensure_pipeline(cfg.run_name, cfg)
     flat_rl = {f"rl.{k}": v for k, v in public_dict(cfg.rl).items() if k not in ("stage1", "stage2")}
     reward = {f"reward.{k}": v for k, v in public_dict(plan.reward).items()}
     tags = {TAG_STAGE: str(plan.stage), TAG_REFERENCE: plan.reference_uri, "protege.start_model": model_uri}

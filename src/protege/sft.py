@@ -314,19 +314,25 @@ def make_callbacks(lineage: Lineage) -> tuple[Any, Any]:
             if lineage.tracker is not None and lineage.run_id and metrics:
                 lineage.tracker.log_metrics(lineage.run_id, metrics, step=state.global_step)
 
-    class CheckpointCallback(base):
-        """Uploads each checkpoint the Trainer has just written and logs it as a LoggedModel."""
+    return MetricsCallback(), checkpoint_callback(lineage)
 
+
+def checkpoint_callback(lineage: Any) -> Any:
+    """A TrainerCallback that hands each checkpoint the Trainer has just written (rank 0) to
+    `lineage.publish(local_dir, "checkpoints/checkpoint-N", step)`: upload and LoggedModel. Its `.published`
+    holds what publish returned. Serves sft's Lineage and rl's."""
+
+    class CheckpointCallback(_callback_base()):
         def __init__(self) -> None:
             self.published: list[dict[str, Any]] = []
 
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
             if state.is_world_process_zero:
                 name = f"checkpoint-{state.global_step}"
                 path = Path(args.output_dir) / name
                 self.published.append(lineage.publish(path, f"{CHECKPOINTS}/{name}", state.global_step))
 
-    return MetricsCallback(), CheckpointCallback()
+    return CheckpointCallback()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,8 +493,7 @@ def _phase_run(cfg: ProtegeConfig, tracker: Any):
     if tracker is None:
         yield None
         return
-    if tracker.parent_run_id is None:
-        tracker.start_pipeline(cfg.run_name, cfg)
+    tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"base_model": cfg.model.base, **{f"sft.{k}": v for k, v in cfg.sft.model_dump().items()}}
     with tracker.phase(PHASE, params=params) as phase:
         yield phase.run_id

@@ -24,7 +24,6 @@ trajectory; tokens; cost; the digest) and `README.md` (the same card, for people
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections import Counter
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protege.store import sha256_file
 from protege.trajectory import Trajectory
 
 DATASET_FILE = "sft.jsonl"
@@ -98,14 +98,6 @@ def to_record(trajectory: Trajectory, tools: list[dict[str, Any]]) -> dict[str, 
 def target_mask(record: dict[str, Any]) -> list[bool]:
     """Per message: is it a training target (only the protégé's own turns are)."""
     return [m.get("provenance") == TARGET_PROVENANCE for m in record["messages"]]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _distribution(values: list[float]) -> dict[str, float]:

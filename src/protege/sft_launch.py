@@ -80,8 +80,7 @@ def _child_env(cfg: ProtegeConfig, tracker: Any) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": cfg.store.secret_key.get_secret_value(),
     }
     if tracker is not None:
-        if tracker.parent_run_id is None:
-            tracker.start_pipeline(cfg.run_name, cfg)
+        tracker.ensure_pipeline(cfg.run_name, cfg)
         env.update(tracker.parent_env())
     return env
 

@@ -126,6 +126,11 @@ def _check_relative(path: str, where: str) -> None:
         raise StoreError(f"{where}: manifest path {path!r} is not a relative path inside the directory")
 
 
+def sha256_text(text: str) -> str:
+    """sha256 of a string's UTF-8 bytes (digests of JSON records, config hashes)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

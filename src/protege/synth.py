@@ -418,8 +418,7 @@ def run(
 
 def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
     """Metrics, the dataset as a run input with its digest, and the card, on the phase's nested run."""
-    if tracker.parent_run_id is None:
-        tracker.start_pipeline(cfg.run_name, cfg)
+    tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}", "attempts": cfg.synth.attempts,
               "expert": f"{cfg.expert.backend}:{cfg.expert.model}", "train_tasks": cfg.tasks.train}  # fmt: skip
     with tracker.phase(PHASE, params=params, tags={"protege.dataset_sha256": export.digest}) as phase:

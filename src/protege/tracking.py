@@ -115,6 +115,13 @@ class Tracker:
             self.log_config(self.parent_run_id, config)
         return self.parent_run_id
 
+    def ensure_pipeline(self, run_name: str, config: BaseModel | None = None) -> str:
+        """The pipeline run this tracker is in, started (or re-attached, see start_pipeline) when it is in
+        none yet: a phase run on its own (`protege sft ...`) opens its pipeline run itself."""
+        if self.parent_run_id is None:
+            self.start_pipeline(run_name, config)
+        return str(self.parent_run_id)
+
     def parent_env(self) -> dict[str, str]:
         """Env for a child process (a KFP step) so its Tracker re-attaches to this pipeline run."""
         return {PARENT_RUN_ENV: self._require_parent()}
