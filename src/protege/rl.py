@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,10 +50,7 @@ from protege.rl_rollout import RolloutContext, SandboxGate
 from protege.rl_step import FlatTasks, RolloutStep, trajectory_reward
 from protege.store import sha256_text
 
-log = logging.getLogger(__name__)
-
 MODEL = "model"
-ROLLOUTS = "rollouts.jsonl"
 TAG_STAGE = "protege.rl_stage"
 TAG_PARENT = "protege.parent_checkpoint"
 TAG_REFERENCE = "protege.reference_model"

@@ -97,7 +97,6 @@ class RolloutStep:
         self.cfg, self.plan, self.tasks, self.ctx, self.flat = cfg, plan, tasks, ctx, flat
         self.out_dir, self.tracker, self.run_id, self.store = out_dir, tracker, run_id, store
         self.history: list[dict[str, Any]] = []
-        self.__name__ = "protege_rollouts"
 
     def jobs(self, prompts: list[str], step: int, offset: int) -> list[tuple[Any, int]]:
         """(task, rollout index in the step's whole batch) per prompt; `offset`: this rank's first index."""
