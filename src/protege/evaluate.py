@@ -273,13 +273,14 @@ def eval_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
     return tasks
 
 
-def policy_source(cfg: ProtegeConfig, script: str | None = None) -> PolicyFor:
+def policy_source(cfg: ProtegeConfig, script: str | None = None, store: Any = None) -> PolicyFor:
     """Scripted policies are per episode (they hold their position); any other policy is built once and
-    shared (an in-process model is loaded once). `script`: `gold`, `empty` or a script file."""
+    shared (an in-process model is loaded once, an `s3://` model fetched once through `store`).
+    `script`: `gold`, `empty` or a script file."""
     from protege.agent.policies import ScriptedPolicy, make_policy
 
     if cfg.agent.policy.backend != "scripted":
-        shared = make_policy(cfg)
+        shared = make_policy(cfg, store=store)
         return lambda task, attempt: shared
     if script in BUILTIN_SCRIPTS:
         return lambda task, attempt: ScriptedPolicy(BUILTIN_SCRIPTS[script](task), model=f"script:{script}")
@@ -377,14 +378,8 @@ def run(
     skipped = len(tasks) * cfg.eval.attempts - len(pairs)
     progress(f"eval: {len(pairs)} episode(s) to run, {skipped} already graded, {cfg.eval.workers} worker(s)")
     if pairs:
-        if policy_for is None and model.startswith("s3://"):
-            # A pipeline step's output model: fetched once through the store, the policy loads the copy.
-            from protege.model import resolve_model
-
-            local = resolve_model(model, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
-            policy_for = policy_source(eval_config(cfg, str(local)), script)
         work = make_work(
-            cfg, policy_for or policy_source(cfg, script), out_dir, ungraded_trajectories(out_dir)
+            cfg, policy_for or policy_source(cfg, script, store), out_dir, ungraded_trajectories(out_dir)
         )
         writer = ResultsWriter(out_dir, info["model_name"])
         run_pairs(pairs, work, writer, cfg.eval.workers, cfg.eval.instance_timeout_s, progress)

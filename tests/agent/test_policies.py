@@ -262,14 +262,32 @@ TINY = TinyModelConfig(
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from protege.model import build_tiny_model, load_model_and_tokenizer
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from protege.model import build_tiny_model
 
     corpus = tmp_path_factory.mktemp("corpus")
     shutil.copy(qwen_format.__file__, corpus / "qwen_format.py")  # the tokenizer only needs some text
-    path = build_tiny_model(TINY, tmp_path_factory.mktemp("tiny") / "model", [corpus])
-    model, tokenizer = load_model_and_tokenizer(path, "float32", "cpu")
+    return build_tiny_model(TINY, tmp_path_factory.mktemp("tiny") / "model", [corpus])
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path):
+    from protege.model import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(tiny_dir, "float32", "cpu")
     return model.eval(), tokenizer
+
+
+def test_make_policy_fetches_an_s3_model_through_the_store(tiny_dir: Path, store, tmp_path: Path) -> None:
+    from protege.model import ModelResolveError
+
+    uri = store.uri("policies/model")
+    store.upload_dir(tiny_dir, uri)
+    cfg = load_config("local", overrides=[f"model.base={uri}", f"model.cache_dir={tmp_path}"])
+    with pytest.raises(ModelResolveError, match="needs an artifact store"):
+        make_policy(cfg)
+    policy = make_policy(cfg, store=store)
+    assert isinstance(policy, TransformersPolicy) and policy.model == uri  # trajectories record the URI
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
