@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,24 +70,16 @@ class RunError(ValueError):
 
 def service_problems(cfg: ProtegeConfig) -> list[str]:
     """What is wrong with the artifact store and the MLflow server the steps will use ([] = both answer)."""
-    from protege.store import make_client
+    from protege.services import mlflow_problem, s3_problem
 
     timeout = cfg.services.health_timeout_s
-    quick = cfg.store.model_copy(
-        update={"max_retries": 0, "connect_timeout_s": timeout, "read_timeout_s": timeout}
-    )
     problems = []
-    try:
-        make_client(quick).list_buckets()
-    except Exception as err:  # noqa: BLE001 - any failure means "not usable"; say which and why
-        problems.append(f"artifact store {cfg.store.endpoint}: {type(err).__name__}: {str(err)[:200]}")
-    if cfg.tracking.uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{cfg.tracking.uri.rstrip('/')}/health", timeout=timeout) as reply:
-                if reply.status != 200:
-                    problems.append(f"MLflow {cfg.tracking.uri}: /health answered {reply.status}")
-        except OSError as err:
-            problems.append(f"MLflow {cfg.tracking.uri}: /health failed: {err}")
+    if problem := s3_problem(cfg.store, timeout):
+        problems.append(f"artifact store {cfg.store.endpoint}: {problem}")
+    if cfg.tracking.uri.startswith(("http://", "https://")) and (
+        problem := mlflow_problem(cfg.tracking.uri, timeout)
+    ):
+        problems.append(f"MLflow {cfg.tracking.uri}: {problem}")
     return problems
 
 

@@ -77,6 +77,29 @@ class _Service:
     """None when healthy, else why not."""
 
 
+def s3_problem(store: StoreConfig, timeout_s: float) -> str | None:
+    """Why the S3 endpoint of `store` is not usable (one quick bucket listing), or None when it answers."""
+    from protege.store import make_client
+
+    quick = store.model_copy(
+        update={"max_retries": 0, "connect_timeout_s": timeout_s, "read_timeout_s": timeout_s}
+    )
+    try:
+        make_client(quick).list_buckets()
+    except Exception as err:  # noqa: BLE001 - any failure means "not usable"; say why
+        return f"bucket listing failed: {type(err).__name__}: {str(err)[:200]}"
+    return None
+
+
+def mlflow_problem(url: str, timeout_s: float) -> str | None:
+    """Why the MLflow server at `url` is not usable (its /health), or None when it answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as reply:
+            return None if reply.status == 200 else f"/health answered {reply.status}"
+    except OSError as err:
+        return f"/health failed: {err}"
+
+
 class LocalServices:
     """Start, check and stop s3rver + MLflow for one data_dir. Usable as a context manager."""
 
@@ -192,29 +215,10 @@ class LocalServices:
         return _Service("mlflow", argv, env, self.mlflow_url, self.cfg.mlflow_port, self._mlflow_health)
 
     def _s3_health(self) -> str | None:
-        from protege.store import make_client
-
-        quick = self.store_config().model_copy(
-            update={
-                "max_retries": 0,
-                "connect_timeout_s": self.cfg.health_timeout_s,
-                "read_timeout_s": self.cfg.health_timeout_s,
-            }
-        )
-        try:
-            make_client(quick).list_buckets()
-        except Exception as err:  # noqa: BLE001 - any failure means "not healthy yet"; say why
-            return f"bucket listing failed: {type(err).__name__}: {str(err)[:200]}"
-        return None
+        return s3_problem(self.store_config(), self.cfg.health_timeout_s)
 
     def _mlflow_health(self) -> str | None:
-        try:
-            with urllib.request.urlopen(
-                f"{self.mlflow_url}/health", timeout=self.cfg.health_timeout_s
-            ) as reply:
-                return None if reply.status == 200 else f"/health answered {reply.status}"
-        except OSError as err:
-            return f"/health failed: {err}"
+        return mlflow_problem(self.mlflow_url, self.cfg.health_timeout_s)
 
     # ---- start / stop -----------------------------------------------------------------------------
 
