@@ -97,6 +97,18 @@ def test_task_clock_times_each_task_from_kfp_local_log_records() -> None:
     assert clock.step("eval") == ("not run", None)
 
 
+def test_a_failed_run_closes_its_parent_run_as_failed(mlflow_server, monkeypatch) -> None:
+    from protege.tracking import PARENT_RUN_ENV, Tracker
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    cfg = load_config("local", overrides=[f"tracking.uri={mlflow_server.mlflow_url}",
+                                          f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}"])  # fmt: skip
+    parent = Tracker(cfg.tracking).start_pipeline("failing")
+    kfp_local.fail_parent_run(cfg, "")  # no parent yet (sft never ran): nothing to close
+    kfp_local.fail_parent_run(cfg, parent)
+    assert Tracker(cfg.tracking).get_run(parent).info.status == "FAILED"
+
+
 # --------------------------------------------------------------------------------------------------
 # synth's nested run is adopted into the pipeline run that sft opens
 # --------------------------------------------------------------------------------------------------

@@ -236,11 +236,9 @@ def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
 def fail_parent_run(cfg: ProtegeConfig, parent_run_id: str) -> None:
     """Close the MLflow parent run as FAILED after a failed run (on success `register` closes it)."""
     if parent_run_id:
-        from protege.tracking import Tracker
+        from protege.kfp_steps import attach_tracker
 
-        tracker = Tracker(cfg.tracking)
-        tracker.start_pipeline(cfg.run_name, parent_run_id=parent_run_id)
-        tracker.end_pipeline("FAILED")
+        attach_tracker(cfg, parent_run_id).end_pipeline("FAILED")
 
 
 def collect(cfg: ProtegeConfig, run: LocalRun) -> Summary:
