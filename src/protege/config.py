@@ -16,10 +16,19 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PROFILES_DIR = Path(__file__).parent / "configs"
 
@@ -28,10 +37,33 @@ class ConfigError(ValueError):
     """A configuration file, profile or override is invalid; the message says where and why."""
 
 
-class Strict(BaseModel):
-    """Base for every config model: unknown keys fail, field docstrings become descriptions."""
+# Longest duration a `*_s` field may hold: a year. Larger values are typos, and beyond about 9.2e9 s the
+# standard library's waits (threading, select) raise OverflowError mid-run instead of at load time.
+MAX_SECONDS = 366 * 24 * 3600
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys fail, field docstrings become descriptions, inf and
+    nan are refused in every number (a timeout of `.inf` would make every wait fail), and every
+    duration (a field named `*_s`, or a dict of them) is at most MAX_SECONDS."""
+
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _durations_are_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if not (info.field_name or "").endswith("_s"):
+            return value
+        values = value.values() if isinstance(value, dict) else [value]
+        for number in values:
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                if number < 0:
+                    raise ValueError(f"a duration cannot be negative (got {number})")
+                if number > MAX_SECONDS:
+                    raise ValueError(f"a duration of more than a year ({MAX_SECONDS} s) is not plausible")
+        return value
 
 
 def _env(name: str, default: str = "") -> Any:
@@ -155,7 +187,7 @@ class TaskSetConfig(Strict):
     """If non-empty, keep only these evaluation instance ids."""
     eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     """If > 0 and train == eval, split that one set deterministically with this fraction held out."""
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0)
     """Seed of the deterministic train/eval split."""
     max_train: int = Field(default=0, ge=0)
     """Cap on training tasks after filtering (0 = all). Paper RL subset: 100."""
@@ -182,7 +214,7 @@ class TinyModelConfig(Strict):
     """Key/value heads (grouped-query attention)."""
     max_position_embeddings: int = Field(default=8192, ge=128)
     """Longest sequence the tiny model accepts."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     """Seed of the random initialisation."""
 
 
@@ -365,7 +397,7 @@ class LoopConfig(Strict):
     """λ: penalty per step beyond the threshold."""
     floor: float = Field(default=-10.0, le=0)
     """Lowest value R_loop takes."""
-    metric_lengths: list[int] = [10, 20, 40]
+    metric_lengths: list[Annotated[int, Field(ge=1)]] = [10, 20, 40]
     """Loop-rate metric: share of trajectories whose longest run exceeds each L."""
 
 
@@ -374,47 +406,47 @@ class RewardConfig(Strict):
 
     loop: LoopConfig = LoopConfig()
     """Loop penalty constants."""
-    w_sim: float = 0.5
+    w_sim: float = Field(default=0.5, ge=0)
     """Weight of R_sim."""
     sim_threshold: float = Field(default=0.5, ge=0, le=1)
     """R_sim is 0 at or above this patch similarity, else -1."""
-    w_expert: float = 0.1
+    w_expert: float = Field(default=0.1, ge=0)
     """Weight of R_expert."""
     tau_warrant: float = Field(default=0.5, ge=0, le=1)
     """φ threshold on the warrant score u."""
-    p_low: float = -1.0
+    p_low: float = Field(default=-1.0, le=0)
     """φ value below τ_warrant."""
-    lambda_b2b: float = -0.25
+    lambda_b2b: float = Field(default=-0.25, le=0)
     """Penalty per back-to-back expert call."""
-    b2b_floor: float = -1.0
+    b2b_floor: float = Field(default=-1.0, le=0)
     """Lowest R_b2b."""
     quota_penalty_enabled: bool = False
     """Add R_quota (the tool already enforces the quota)."""
-    quota_penalty: float = -1.0
+    quota_penalty: float = Field(default=-1.0, le=0)
     """R_quota when the quota is exceeded (if enabled)."""
-    w_follow: float = 0.5
+    w_follow: float = Field(default=0.5, ge=0)
     """Weight of R_follow."""
     tau_follow: float = Field(default=0.5, ge=0, le=1)
     """ψ threshold on the follow-through score f."""
-    p_follow_low: float = -1.0
+    p_follow_low: float = Field(default=-1.0, le=0)
     """ψ value below τ_follow."""
     gate_loop: bool = True
     """Apply g_loop."""
     gate_follow: bool = False
     """Apply g_follow (off ≡ 1 in stage I)."""
-    no_call_penalty: float = 0.0
+    no_call_penalty: float = Field(default=0.0, le=0)
     """Added to R_total when the trajectory made no expert call (stage II: -10)."""
     judge: Literal["expert", "heuristic"] = "expert"
     """Hidden judge: the expert model with rubric prompts, or the offline heuristic."""
     judge_neutral_score: float = Field(default=0.5, ge=0, le=1)
     """Score used when the judge's answer is malformed twice."""
-    gate_loop_zero_at: float = -3.0
+    gate_loop_zero_at: float = Field(default=-3.0, le=0)
     """g_loop is 0 when R_loop is at or below this."""
-    gate_loop_half_at: float = -1.0
+    gate_loop_half_at: float = Field(default=-1.0, le=0)
     """... else g_loop is `gate_partial` when R_loop is at or below this, else 1."""
-    gate_follow_zero_at: float = -1.5
+    gate_follow_zero_at: float = Field(default=-1.5, le=0)
     """g_follow is 0 when R_follow is at or below this."""
-    gate_follow_half_at: float = -0.5
+    gate_follow_half_at: float = Field(default=-0.5, le=0)
     """... else g_follow is `gate_partial` when R_follow is at or below this, else 1."""
     gate_partial: float = Field(default=0.5, ge=0, le=1)
     """Gate value between the two thresholds (paper's form: 0.5)."""
@@ -430,6 +462,14 @@ class RewardConfig(Strict):
     """Heuristic judge: f = min(1, targets acted on / min(targets named, this))."""
     judge_min_target_chars: int = Field(default=3, ge=1)
     """Heuristic judge: shorter backticked spans in the guidance are not targets (too unspecific)."""
+
+    @model_validator(mode="after")
+    def _gate_thresholds_are_ordered(self) -> RewardConfig:
+        for name in ("loop", "follow"):
+            zero, half = getattr(self, f"gate_{name}_zero_at"), getattr(self, f"gate_{name}_half_at")
+            if zero > half:
+                raise ValueError(f"gate_{name}_zero_at ({zero}) must be <= gate_{name}_half_at ({half})")
+        return self
 
 
 # METHOD §5.1 table, stage II column: what differs from the stage I defaults of RewardConfig.
@@ -514,7 +554,7 @@ class SFTConfig(Strict):
     """Local checkpoints kept on disk (0 = all); every checkpoint stays in the artifact store."""
     logging_steps: int = Field(default=1, ge=1)
     """Log loss, learning rate, grad norm and tokens/s every N optimizer steps."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     """Training seed."""
     num_nodes: int = Field(default=1, ge=1)
     """Multi-node runs (`protege sft --emit-trainjob`): nodes of the Kubeflow Trainer TrainJob."""
@@ -587,7 +627,7 @@ class RLConfig(Strict):
     """Checkpoint every N steps (and always at the end of a stage)."""
     save_total_limit: int = Field(default=2, ge=0)
     """Local checkpoints kept on disk (0 = all); every checkpoint stays in the artifact store."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     """Seed."""
     stage1: RewardConfig = RewardConfig()
     """Stage I reward (loop)."""
@@ -678,7 +718,7 @@ class PipelineConfig(Strict):
     """Retries of the steps that talk to sandboxes and the expert (verify, synth, rl1, rl2, eval)."""
     retry_backoff: str = "120s"
     """First backoff between those retries (doubled per retry)."""
-    timeouts_s: dict[str, int] = {
+    timeouts_s: dict[str, Annotated[int, Field(gt=0)]] = {
         "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
         "rl2": 72 * 3600, "eval": 24 * 3600, "register": 3600,
     }  # fmt: skip
@@ -753,14 +793,25 @@ def profile_path(profile: str) -> Path:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_text(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+        ) from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: `line L, column C: problem`."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -784,39 +835,83 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': bad value: {err}") from err
+        raise ConfigError(f"override '{text}': bad value: {yaml_error_text(err)}") from None
     for part in reversed(parts):
         value = {part: value}
     return value
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration ({err.error_count()} error(s))"]
+# YAML 1.1 reads these words as booleans, so `cache_mode: off` arrives as False.
+_YAML_BOOLEAN_WORDS = {False: ("off", "no", "false", "n"), True: ("on", "yes", "true", "y")}
+
+
+def _yaml_boolean_hint(item: dict[str, Any]) -> str:
+    value = item.get("input")
+    if not isinstance(value, bool) or item["type"] not in ("literal_error", "string_type", "enum"):
+        return ""
+    expected = str(item.get("ctx", {}).get("expected", ""))
+    word = next((w for w in _YAML_BOOLEAN_WORDS[value] if f"'{w}'" in expected), "")
+    quote = f'quote it ("{word}")' if word else "quote the word"
+    return f"; YAML reads off/no/yes/on as booleans: {quote}"
+
+
+def _shown_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(err: ValidationError, origin: Any = None, what: str = "config") -> str:
+    """One line per error: `config: field a.b: message (got VALUE)`, then ` in SOURCE` when `origin(loc)`
+    names where the value came from, and a hint when YAML turned a word into a boolean."""
+    lines = []
     for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in item["loc"])
+        field = ".".join(loc) or "(top level)"
         reason = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {field}: {reason}")
+        line = f"{what}: field {field}: {reason.removeprefix('Value error, ')}"
+        if "input" in item and not isinstance(item["input"], dict) and item["type"] != "missing":
+            line += f" (got {_shown_value(item['input'])}{_yaml_boolean_hint(item)})"
+        where = origin(loc) if origin else ""
+        lines.append(line + (f" in {where}" if where else ""))
     return "\n".join(lines)
+
+
+def _has_path(data: Any, loc: tuple[str, ...]) -> bool:
+    for key in loc:
+        if isinstance(data, list) and key.isdigit() and int(key) < len(data):
+            data = data[int(key)]
+        elif isinstance(data, dict) and key in data:
+            data = data[key]
+        else:
+            return False
+    return True
 
 
 def load_config(
     profile: str = "local", config_file: str | Path | None = None, overrides: list[str] | None = None
 ) -> ProtegeConfig:
-    """Profile YAML, then an optional user YAML on top, then dotted overrides."""
-    data = _read_yaml(profile_path(profile))
-    sources = [str(profile_path(profile))]
+    """Profile YAML, then an optional user YAML on top, then dotted overrides. A bad value raises
+    ConfigError naming the field, the value and the layer it came from (override, file or profile)."""
+    layers = [(str(profile_path(profile)), _read_yaml(profile_path(profile)))]
     if config_file:
-        data = _deep_merge(data, _read_yaml(Path(config_file)))
-        sources.append(str(config_file))
-    for text in overrides or []:
-        data = _deep_merge(data, parse_override(text))
-    if overrides:
-        sources.append("overrides " + " ".join(overrides))
+        layers.append((str(config_file), _read_yaml(Path(config_file))))
+    layers += [(f"override '{text}'", parse_override(text)) for text in overrides or []]
+    data: dict[str, Any] = {}
+    for _, layer in layers:
+        data = _deep_merge(data, layer)
     data.setdefault("profile", profile)
+
+    def origin(loc: tuple[str, ...]) -> str:
+        # The last layer that sets the field (or, for a whole-section check, anything inside it).
+        for name, layer in reversed(layers):
+            if _has_path(layer, loc):
+                return name
+        return " + ".join(name for name, _ in layers)
+
     try:
         return ProtegeConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(" + ".join(sources), err)) from None
+        raise ConfigError(format_validation_error(err, origin)) from None
 
 
 def public_dict(cfg: BaseModel) -> dict[str, Any]:
