@@ -1,17 +1,75 @@
 """`protege` command line. Each command group is one `_add_<group>` function; handlers import lazily so
-`protege --help` stays fast (torch/trl/mlflow load only for the commands that need them)."""
+`protege --help` stays fast (torch/trl/mlflow load only for the commands that need them).
+
+Every error reaches the user as one line naming the bad item (file, instance, field, value) and an exit
+code (EXIT_CODES); a traceback only with `--debug`. Options may stand anywhere among the positionals
+(`protege tasks verify demo:all --workers 1 eval.workers=2`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
 from protege.config import ConfigError
 
+EXIT_CODES = """exit codes:
+  0    success
+  1    the command ran and found problems (tasks validate/verify, services status, compile --check)
+  2    bad input: an argument, config field, task file or model path (the message names it)
+  3    a service or phase failed while running (S3, MLflow, sandbox, training; the message says which)
+  4    an unexpected internal error: rerun with --debug for the traceback
+  130  interrupted (Ctrl-C)
+"""
+BAD_INPUT, FAILED, INTERNAL, INTERRUPTED = 2, 3, 4, 130
+# OSErrors that mean "the path you gave is wrong", as opposed to the machine or network failing.
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with options allowed anywhere among the positionals (intermixed parsing) in every leaf
+    command, and usage errors on one line (`error: protege tasks verify: ... (see ... --help)`)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A parser holding subcommands cannot intermix (argparse refuses); its leaves can. The
+        # intermixed parse calls parse_known_args itself, hence the flag.
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+        if extras:  # named here, where the user can look the command's options up
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(BAD_INPUT)
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum (`--workers 0` or `--max-episodes -3` is a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +140,7 @@ def _tasks_validate(args: argparse.Namespace) -> int:
     try:
         tasks = load_task_set(args.path)
     except TaskSetError as err:
-        print(str(err), file=sys.stderr)
+        _print_error(str(err))
         return 1
     repos = len({t.repo for t in tasks})
     print(f"{args.path}: {len(tasks)} valid task instance(s) from {repos} repo(s)")
@@ -123,7 +181,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
         "verify", help="grade every instance's gold patch (must resolve) and an empty patch (must not)"
     )
     verify.add_argument("path", nargs="?", help=forms + " (default: the profile's train and eval sets)")
-    verify.add_argument("--workers", type=int, help="gradings in parallel (default: eval.workers)")
+    verify.add_argument("--workers", type=count(1), help="gradings in parallel (default: eval.workers)")
     _profile_args(verify)
     verify.set_defaults(func=_tasks_verify)
 
@@ -148,9 +206,14 @@ def _register_optional_groups() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="protege",
         description="SWE-Protégé: train a small model into a SWE agent that knows when to ask an expert.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error (accepted anywhere)"
     )
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     _register_optional_groups()
@@ -159,17 +222,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(err: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code the CLI gives for an error a command raised."""
+    from pydantic import ValidationError
+
+    if isinstance(err, CLIError | ConfigError):
+        return str(err), BAD_INPUT
+    if isinstance(err, ValidationError):
+        from protege.config import format_validation_error
+
+        what = "config" if err.title.endswith("Config") else err.title
+        return format_validation_error(err, what=what), BAD_INPUT
+    if isinstance(err, UnicodeDecodeError):
+        where = f"byte {err.object[err.start : err.start + 1]!r} at offset {err.start}"
+        return (
+            f"input is not {err.encoding} text ({where}); a binary file where text was expected?",
+            BAD_INPUT,
+        )
+    if isinstance(err, json.JSONDecodeError):
+        return f"not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}", BAD_INPUT
+    if type(err).__module__.startswith("yaml"):
+        from protege.config import yaml_error_text
+
+        return f"not valid YAML: {yaml_error_text(err)}", BAD_INPUT  # type: ignore[arg-type]
+    if isinstance(err, OSError):
+        text = f"{err.filename}: {err.strerror}" if err.filename else str(err) or type(err).__name__
+        return text, BAD_INPUT if isinstance(err, _PATH_ERRORS) else FAILED
+    if type(err).__module__.startswith("protege.") and str(err):
+        # The phases' own error types: their messages are written for the user.
+        return str(err), BAD_INPUT if isinstance(err, ValueError) else FAILED
+    return (
+        f"{type(err).__name__}: {str(err).strip() or '(no message)'} (rerun with --debug for the traceback)",
+        INTERNAL,
+    )
+
+
+def _print_error(text: str) -> None:
+    # Several independent errors (e.g. two bad config fields) give one line each.
+    for line in text.splitlines() or [text]:
+        print(f"error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; return its exit code (EXIT_CODES). Errors are printed, not raised, unless
+    `--debug` is given anywhere on the command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    debug = "--debug" in head
+    if debug:
+        argv.remove("--debug")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed on one line
+        return stop.code if isinstance(stop.code, int) else BAD_INPUT
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the CLI's top: every error becomes one line and a code
+        if debug:
+            raise
+        text, code = describe_error(err)
+        _print_error(text)
+        return code
 
 
 if __name__ == "__main__":

@@ -58,11 +58,9 @@ class Strict(BaseModel):
             return value
         values = value.values() if isinstance(value, dict) else [value]
         for number in values:
-            if isinstance(number, int | float) and not isinstance(number, bool):
-                if number < 0:
-                    raise ValueError(f"a duration cannot be negative (got {number})")
-                if number > MAX_SECONDS:
-                    raise ValueError(f"a duration of more than a year ({MAX_SECONDS} s) is not plausible")
+            # Signs are each field's own bound (gt=0 or ge=0); this adds the upper one.
+            if isinstance(number, int | float) and not isinstance(number, bool) and number > MAX_SECONDS:
+                raise ValueError(f"a duration of more than a year ({MAX_SECONDS} s) is not plausible")
         return value
 
 

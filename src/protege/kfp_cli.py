@@ -182,6 +182,7 @@ def _schedule_cli(args: argparse.Namespace) -> int:
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
+    from protege.cli import count
     from protege.config import PipelineConfig
 
     parser.add_argument("--host", help="KFP API endpoint (default: kfp.Client's, e.g. in-cluster)")
@@ -198,7 +199,7 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
         "--override", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)"
     )
     parser.add_argument("--gpu-type", dest="gpu_type", help="accelerator resource, e.g. nvidia.com/gpu")
-    parser.add_argument("--gpu-count", dest="gpu_count", type=int, help="accelerators per GPU step")
+    parser.add_argument("--gpu-count", dest="gpu_count", type=count(1), help="accelerators per GPU step")
     parser.add_argument("--gpu-node-selector", dest="gpu_node_selector", help="JSON object of node labels")
     parser.add_argument("--gpu-tolerations", dest="gpu_tolerations", help="JSON list of tolerations")
 

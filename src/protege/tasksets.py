@@ -49,6 +49,10 @@ class TaskSetError(ValueError):
     def __init__(self, source: str, problems: list[RowProblem] | None = None, message: str = ""):
         self.source = source
         self.problems = problems or []
+        if len(self.problems) == 1 and not message:
+            # One bad row: one line that names its file and line, instance, field and reason.
+            super().__init__(str(self.problems[0]))
+            return
         lines = [message or f"{source}: {len(self.problems)} invalid row(s)"]
         lines += [f"  {p}" for p in self.problems[:MAX_REPORTED_ERRORS]]
         if len(self.problems) > MAX_REPORTED_ERRORS:
@@ -63,9 +67,23 @@ class TaskSetError(ValueError):
 RawRow = tuple[str, "dict[str, Any] | str"]
 
 
+def _not_text(path: Path, err: UnicodeDecodeError) -> TaskSetError:
+    byte = err.object[err.start : err.start + 1].hex()
+    return TaskSetError(
+        str(path), message=f"{path}: not UTF-8 text (byte 0x{byte} at offset {err.start}); a binary file?"
+    )
+
+
 def _jsonl_rows(path: Path) -> Iterator[RawRow]:
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+        lines = enumerate(handle, 1)
+        while True:
+            try:
+                number, line = next(lines, (0, ""))
+            except UnicodeDecodeError as err:
+                raise _not_text(path, err) from None
+            if not number:
+                return
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -78,6 +96,8 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
 def _json_rows(path: Path) -> Iterator[RawRow]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise _not_text(path, err) from None
     except json.JSONDecodeError as err:
         raise TaskSetError(
             str(path), message=f"{path}: not valid JSON ({err.msg} at line {err.lineno})"
@@ -98,13 +118,22 @@ def _table_rows(rows: Iterable[dict[str, Any]], label: str) -> Iterator[RawRow]:
 def _parquet_rows(path: Path) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
-    yield from _table_rows(pq.read_table(path).to_pylist(), str(path))
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise TaskSetError(str(path), message=f"{path}: not a readable parquet file ({err})") from None
+    yield from _table_rows(table.to_pylist(), str(path))
 
 
 def _saved_dataset_rows(path: Path) -> Iterator[RawRow]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as err:
+        raise TaskSetError(
+            str(path), message=f"{path}: not a readable save_to_disk dataset ({err})"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         for split, part in loaded.items():
             yield from _table_rows(part, f"{path}[{split}]")
