@@ -461,7 +461,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--tasks", help="training task set (overrides tasks.train), e.g. demo:train or a file")
     synth.add_argument("--ids", help="comma-separated instance ids to keep (overrides tasks.train_ids)")
     synth.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/synth)")
-    synth.add_argument("--max-episodes", type=count(1), help="stop after this many new episodes (resume later)")
+    synth.add_argument("--max-episodes", type=count(1), help="stop after N new episodes (resume later)")
     synth.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
     synth.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
     _profile_args(synth)
