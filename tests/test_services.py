@@ -137,3 +137,32 @@ def test_missing_s3rver_and_mlflow_without_s3_are_clear_errors(tmp_path: Path):
         s3_only(tmp_path, s3rver_module=str(tmp_path / "nowhere")).start_s3()
     with pytest.raises(ServiceError, match="s3 service is not running"):
         s3_only(tmp_path).start_mlflow()
+
+
+@pytest.mark.slow
+def test_services_start_with_a_minimal_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Host secrets a local server has no use for; the MLflow client password is for a remote server.
+    secrets = {
+        "ANTHROPIC_API_KEY": "sk-ant-host-secret",
+        "OPENAI_API_KEY": "sk-host-secret",
+        "GITHUB_TOKEN": "ghp-host-secret",
+        "MLFLOW_TRACKING_PASSWORD": "host-secret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "31")  # a setting, not a secret: passes through
+    services = s3_only(tmp_path)
+    with services:
+        environ = {}
+        for name in ("s3", "mlflow"):
+            raw = Path(f"/proc/{services._live_pid(name, clean=False)}/environ").read_bytes()
+            environ[name] = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    for name, env in environ.items():
+        assert not set(secrets) & set(env), name
+        assert not any(value in env.values() for value in secrets.values()), name
+        assert env["PATH"] == os.environ["PATH"], name
+    assert (environ["s3"]["S3RVER_ACCESS_KEY"], environ["s3"]["S3RVER_SECRET_KEY"]) == ("k1", "s1")
+    assert environ["mlflow"]["AWS_SECRET_ACCESS_KEY"] == "s1"  # its own credentials for the store
+    assert environ["mlflow"]["MLFLOW_S3_ENDPOINT_URL"] == services.s3_url
+    assert environ["mlflow"]["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "31"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in environ["s3"]

@@ -7,6 +7,9 @@
 - **mlflow**: `mlflow server` with a sqlite backend `<data_dir>/mlflow.db`, artifacts proxied to
   `s3://<mlflow_artifacts_bucket>/artifacts` on that s3rver (the bucket is created first).
 
+Both start with a minimal environment (`service_env`): PATH, HOME, locale and their own settings and
+credentials, never the caller's API keys or other secrets.
+
 Each service runs in its own session (process group) with `<data_dir>/run/<name>.pid` and
 `<data_dir>/logs/<name>.log`. `up` is idempotent: a live, healthy service is left alone; a stale pid
 file is removed. `down` stops by pid only (SIGTERM to the process group, SIGKILL after
@@ -50,6 +53,23 @@ new S3rver({ directory, address, port: Number(port), silent: false, vhostBuckets
   .then(({ address, port }) => console.log(`s3rver listening on ${address}:${port}`))
   .catch(err => { console.error(err); process.exit(1); });
 """
+
+
+# What a service process inherits from the caller's environment: the basics a process needs, never the
+# caller's API keys or other secrets (a local server has no use for ANTHROPIC_API_KEY).
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+_SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "AUTH")
+
+
+def service_env(own: dict[str, str], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """A minimal environment for a service process: _INHERITED_ENV from ours, our variables starting
+    with one of `prefixes` unless their names look like secrets (MLFLOW_TRACKING_PASSWORD stays out),
+    then `own` (the service's own settings and credentials) on top."""
+    env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
+    for name, value in os.environ.items():
+        if name.startswith(prefixes) and not any(marker in name for marker in _SECRET_MARKERS):
+            env[name] = value
+    return env | own
 
 
 class ServiceError(RuntimeError):
@@ -195,9 +215,12 @@ class LocalServices:
     # ---- service definitions ----------------------------------------------------------------------
 
     def _s3(self) -> _Service:
-        env = dict(os.environ)
-        env["S3RVER_ACCESS_KEY"] = self._store.access_key.get_secret_value()
-        env["S3RVER_SECRET_KEY"] = self._store.secret_key.get_secret_value()
+        env = service_env(
+            {
+                "S3RVER_ACCESS_KEY": self._store.access_key.get_secret_value(),
+                "S3RVER_SECRET_KEY": self._store.secret_key.get_secret_value(),
+            }
+        )
         argv = [
             self.cfg.node_bin, "-e", S3RVER_LAUNCHER, str(_s3rver_module(self.cfg.s3rver_module)),
             str(self.data_dir / "s3"), LOOPBACK, str(self.cfg.s3_port),
@@ -205,7 +228,7 @@ class LocalServices:
         return _Service("s3", argv, env, self.s3_url, self.cfg.s3_port, self._s3_health)
 
     def _mlflow(self) -> _Service:
-        env = dict(os.environ) | self.env() | {"DO_NOT_TRACK": "true"}
+        env = service_env(self.env() | {"DO_NOT_TRACK": "true"}, prefixes=("MLFLOW_",))
         argv = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{self.data_dir / 'mlflow.db'}",
