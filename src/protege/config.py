@@ -782,11 +782,10 @@ class ProtegeConfig(Strict):
 
 
 def profile_path(profile: str) -> Path:
-    path = PROFILES_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown profile '{profile}' (known: {known})")
-    return path
+    known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    if profile not in known:  # a name, never a path (`../x` would reach outside the profiles)
+        raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(known)})")
+    return PROFILES_DIR / f"{profile}.yaml"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -455,7 +455,7 @@ def _report_cli(args: argparse.Namespace) -> int:
     try:
         paths = write_report(Path(args.path))
     except (ReportError, OSError) as err:
-        raise CLIError(str(err)) from None
+        raise CLIError(f"{args.path}: {err}") from None
     summary = json.loads(paths["report_json"].read_text())["summary"]
     print(f"Pass@1 {summary['pass_at_1']:.4f} [{summary['pass_at_1_ci_low']:.4f}, {summary['pass_at_1_ci_high']:.4f}]"
           f" over {summary['episodes']} episode(s)")  # fmt: skip

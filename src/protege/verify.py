@@ -12,7 +12,6 @@ reported by id with the reason, so a broken environment never reaches synthesis 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,18 +203,14 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
     from protege.cli import CLIError, load_cfg
-    from protege.tasksets import TaskSetError, ensure_local_repos, load_task_set
+    from protege.tasksets import ensure_local_repos, load_task_set
 
     cfg = load_cfg(args)
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
     for source in sources:
-        try:
-            tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)
-        except TaskSetError as err:
-            print(str(err), file=sys.stderr)
-            return 1
+        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
         if cfg.agent.sandbox.backend == "local":
             ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         print(
