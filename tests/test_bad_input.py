@@ -220,7 +220,6 @@ def build_cases() -> list[Case]:
                 "--model",
                 "s3://{bucket}/no/such/model",
                 "--no-track",
-                "--no-upload",
                 "--out",
                 f"{d}/eval-out3",
                 "{s3}",

@@ -329,10 +329,15 @@ def _resolve_s3(uri: str, cache_dir: Path, store: ArtifactStore | None) -> Path:
     staging = final.with_name(f".{final.name}.{os.getpid()}.download")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    from protege.store import IncompleteUploadError
+
     try:
         store.download_dir(uri, staging)
         if not (staging / "config.json").is_file():
             raise ModelResolveError(f"{uri} does not hold a model: no config.json under that prefix")
+    except IncompleteUploadError as err:  # a wrong path, said as one (a store outage stays a StoreError)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelResolveError(f"no model at {uri}: {err}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

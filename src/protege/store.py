@@ -47,6 +47,10 @@ class StoreError(RuntimeError):
     """An artifact-store operation failed; the message names the endpoint, bucket and object."""
 
 
+class IncompleteUploadError(StoreError):
+    """A prefix holds no complete directory upload (no MANIFEST.json): nothing there, or a cut-off upload."""
+
+
 # --------------------------------------------------------------------------------------------------
 # s3:// URIs and the manifest
 # --------------------------------------------------------------------------------------------------
@@ -262,10 +266,10 @@ class S3ArtifactStore:
         return manifest
 
     def read_manifest(self, uri: str) -> Manifest:
-        """The manifest of a complete upload; `StoreError("incomplete upload")` when there is none."""
+        """The manifest of a complete upload; `IncompleteUploadError` when there is none."""
         loc = S3Uri.parse(uri).join(MANIFEST_NAME)
         if self._stat(loc) is None:
-            raise StoreError(
+            raise IncompleteUploadError(
                 f"{self.endpoint_url}: incomplete upload: {S3Uri.parse(uri)} has no {MANIFEST_NAME} "
                 "(the upload never finished, or this is not a directory upload)"
             )
