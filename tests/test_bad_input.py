@@ -76,6 +76,7 @@ BAD_FILES: dict[str, str | bytes] = {
     "tasks.txt": "hello\n",
     "corrupt.parquet": b"PAR1 this is not parquet",
     "short.jsonl": jsonl(row(base_commit="abc")),
+    "script.json": "[{bad\n",
     # model directories
     "notamodel/weights.bin": b"\x00",
     # an empty results dir for `report`
@@ -201,6 +202,26 @@ def build_cases() -> list[Case]:
             "arg-option-after-override",
             (*show, "rl.group_size=1", "--profile", "cluster"),
             ("rl.group_size", "got 1"),
+        ),
+        Case(
+            "arg-node-selector-json",
+            ("submit", "--gpu-node-selector", "{bad", "--host", "http://127.0.0.1:9"),
+            ("--gpu-node-selector", "not JSON"),
+        ),
+        Case("arg-expert-spec", ("eval", "--model", "tiny", "--expert", ":x"), ("--expert", "':x'")),
+        Case(
+            "file-policy-script-json",
+            (
+                "agent",
+                "run",
+                "--task",
+                "protege-demo__csvcols-1",
+                "--policy",
+                "scripted",
+                "--script",
+                f"{d}/script.json",
+            ),
+            (f"{d}/script.json",),
         ),
         # ---- model paths --------------------------------------------------------------------------
         Case(
@@ -343,6 +364,46 @@ def test_subprocess_one_line_no_traceback(argv, named, bad_files: Path) -> None:
 def test_debug_anywhere_brings_the_traceback_back(bad_files: Path) -> None:
     done = protege("tasks", "list", str(bad_files / "binary.jsonl"), "--debug", cwd=bad_files)
     assert done.returncode != 0 and "Traceback" in done.stderr and "TaskSetError" in done.stderr
+
+
+def test_a_decode_error_names_the_file_it_came_from(bad_files: Path) -> None:
+    # Errors from readers that do not name their file (UnicodeDecodeError carries only the bytes).
+    from protege.cli import describe_error
+
+    def read(path: Path) -> str:
+        with path.open(encoding="utf-8") as handle:
+            return handle.read()
+
+    for reader in (read, lambda path: path.read_text(encoding="utf-8")):
+        with pytest.raises(UnicodeDecodeError) as caught:
+            reader(bad_files / "binary.jsonl")
+        text, code = describe_error(caught.value)
+        assert text.startswith(f"{bad_files / 'binary.jsonl'}: not utf-8 text (byte 0x89 at offset 0)")
+        assert code == BAD_INPUT
+    with pytest.raises(json.JSONDecodeError) as caught:
+        json.loads((bad_files / "script.json").read_text())
+    assert describe_error(caught.value) == (
+        "input: not valid JSON at line 1, column 3: Expecting property name enclosed in double quotes",
+        BAD_INPUT,
+    )
+
+
+@pytest.mark.slow
+def test_sft_on_a_binary_dataset_names_the_file(bad_files: Path) -> None:
+    data = bad_files / "sft-data"
+    done = protege(
+        "sft",
+        "--dataset",
+        str(bad_files / "binary.jsonl"),
+        "--no-track",
+        "--no-upload",
+        f"services.data_dir={data}",
+        f"model.cache_dir={data / 'models'}",
+        cwd=bad_files,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == BAD_INPUT and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith(f"error: {bad_files / 'binary.jsonl'}: not utf-8 text")
 
 
 def test_an_unexpected_error_is_one_line_with_its_type_and_the_debug_hint(monkeypatch, capsys) -> None:

@@ -234,13 +234,12 @@ def describe_error(err: BaseException) -> tuple[str, int]:
         what = "config" if err.title.endswith("Config") else err.title
         return format_validation_error(err, what=what), BAD_INPUT
     if isinstance(err, UnicodeDecodeError):
-        where = f"byte {err.object[err.start : err.start + 1]!r} at offset {err.start}"
-        return (
-            f"input is not {err.encoding} text ({where}); a binary file where text was expected?",
-            BAD_INPUT,
-        )
+        where = f"byte 0x{err.object[err.start : err.start + 1].hex()} at offset {err.start}"
+        name = _file_being_read(err) or "input"
+        return f"{name}: not {err.encoding} text ({where}); a binary file where text was expected?", BAD_INPUT
     if isinstance(err, json.JSONDecodeError):
-        return f"not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}", BAD_INPUT
+        name = _file_being_read(err) or "input"
+        return f"{name}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}", BAD_INPUT
     if type(err).__module__.startswith("yaml"):
         from protege.config import yaml_error_text
 
@@ -255,6 +254,26 @@ def describe_error(err: BaseException) -> tuple[str, int]:
         f"{type(err).__name__}: {str(err).strip() or '(no message)'} (rerun with --debug for the traceback)",
         INTERNAL,
     )
+
+
+def _file_being_read(err: BaseException) -> str:
+    """The file a decode or parse error came from: the innermost frame of its traceback holding an open
+    text file or an existing file's Path (the error itself carries only the text)."""
+    import io
+    from pathlib import Path
+
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.TextIOWrapper) and isinstance(value.name, str):
+                return value.name
+            if isinstance(value, Path) and value.is_file():
+                return str(value)
+    return ""
 
 
 def _print_error(text: str) -> None:
