@@ -431,6 +431,13 @@ def test_options_anywhere_parse_the_same(bad_files: Path) -> None:
     assert parsed[0]["path"] == "demo:eval" and parsed[0]["overrides"] == ["eval.attempts=2"]
 
 
+def test_verify_without_a_path_takes_a_lone_override_as_one(capsys) -> None:
+    # PATH is optional: `tasks verify eval.attempts=0` is the override, judged (not a missing file).
+    assert main(["tasks", "verify", "eval.attempts=0", "--workers", "1"]) == BAD_INPUT
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "field eval.attempts" in line and "got 0" in line
+
+
 def test_a_valid_task_set_still_loads(bad_files: Path, capsys) -> None:
     # The table's files are bad for the stated reason only: the same rows, fixed, load.
     assert main(["tasks", "validate", str(bad_files / "ok.jsonl")]) == 0

@@ -161,7 +161,13 @@ def _tasks_list(args: argparse.Namespace) -> int:
 
 
 def _tasks_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from protege.verify import run_cli
+
+    # PATH is optional, so a lone `KEY=VALUE` lands in it; one that is no file is the override it looks like.
+    if args.path and "=" in args.path and not Path(args.path).exists():
+        args.overrides, args.path = [args.path, *args.overrides], None
 
     return run_cli(args)
 
@@ -277,9 +283,10 @@ def _file_being_read(err: BaseException) -> str:
 
 
 def _print_error(text: str) -> None:
-    # Several independent errors (e.g. two bad config fields) give one line each.
+    # Several independent errors (e.g. two bad config fields) give one line each; indented lines are
+    # detail of the error above them (a task set's bad rows, a service's log tail).
     for line in text.splitlines() or [text]:
-        print(f"error: {line}", file=sys.stderr)
+        print(line if line[:1].isspace() else f"error: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
