@@ -571,9 +571,9 @@ class RLConfig(Strict):
 
     group_size: int = Field(default=6, ge=2)
     """G: rollouts per task (paper: 6)."""
-    epsilon_low: float = Field(default=0.20, gt=0)
+    epsilon_low: float = Field(default=0.20, gt=0, le=1)
     """Lower clip ε (paper: 0.20)."""
-    epsilon_high: float = Field(default=0.28, gt=0)
+    epsilon_high: float = Field(default=0.28, gt=0, le=1)
     """Upper clip ε (paper: 0.28)."""
     beta: float = Field(default=0.001, ge=0)
     """KL coefficient to the SFT reference."""
