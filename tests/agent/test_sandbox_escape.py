@@ -102,6 +102,13 @@ def _host_leftovers(marker: str) -> list[int]:
     return found
 
 
+def _accept_once(server: socket.socket) -> None:
+    try:
+        server.accept()[0].close()
+    except OSError:  # closed unconnected: the point of the attempts
+        return
+
+
 class Attempts:
     """Runs each attempt and records (name, blocked, evidence)."""
 
@@ -128,11 +135,19 @@ class Attempts:
         return open_sandbox(self.cfg.model_copy(update=change), self.task, self.repos)
 
     def record(self, name: str, check: Callable[[], tuple[bool, str]]) -> None:
+        started = time.monotonic()
         try:
             blocked, evidence = check()
         except Exception as err:  # an attempt that crashes the harness is not a block
             blocked, evidence = False, f"harness error: {type(err).__name__}: {err}"
-        self.results.append({"name": name, "blocked": bool(blocked), "evidence": evidence[-400:]})
+        self.results.append(
+            {
+                "name": name,
+                "blocked": bool(blocked),
+                "evidence": evidence[-400:],
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
 
     def shell(self, sandbox: object, name: str, command: str, timeout: float | None = None) -> None:
         """Blocked when the command never prints ESCAPED."""
@@ -161,7 +176,7 @@ class Attempts:
     def network(self, sandbox: object) -> None:
         server = socket.create_server(("127.0.0.1", 0))
         port = server.getsockname()[1]
-        threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+        threading.Thread(target=_accept_once, args=(server,), daemon=True).start()
         abstract = socket.socket(socket.AF_UNIX)
         abstract.bind("\0protege-escape-test")
         abstract.listen()
@@ -189,22 +204,22 @@ class Attempts:
         secret_file = self.workspace / "secret.txt"
         secret_file.write_text(SECRET + "\n")
         package = Path(protege.__file__).parent
+        read = "cat {} > /dev/null 2>&1 && echo ESCAPED"
+        listing = "ls -A {} 2>/dev/null | grep -q . && echo ESCAPED"
         paths = {
-            "the source repositories": f"{self.repos}/owner__calc/calc.py",
-            "the installed protege package (demo gold patches)": f"{package}/__init__.py",
-            "the project checkout": f"{ROOT}/pyproject.toml",
-            "a file in the host's temp dir": str(secret_file),
-            "the host user's ~/.aws": f"{os.environ['HOME']}/.aws/credentials",
-            "/etc/shadow": "/etc/shadow",
-            "/var/log": "/var/log",
-            "/run (daemon sockets)": "/run",
-            "/sys": "/sys/class/net",
-            "/dev/mem": "/dev/mem",
+            "the source repositories": listing.format(self.repos),
+            "the installed protege package (demo gold patches)": listing.format(package),
+            "the project checkout": read.format(ROOT / "pyproject.toml"),
+            "a file in the host's temp dir": read.format(secret_file),
+            "the host user's ~/.aws": read.format(f"{os.environ['HOME']}/.aws/credentials"),
+            "/etc/shadow": read.format("/etc/shadow"),
+            "/var/log": listing.format("/var/log"),
+            "/run (daemon sockets)": listing.format("/run"),
+            "/sys": listing.format("/sys"),
+            "/dev/mem": "head -c1 /dev/mem > /dev/null 2>&1 && echo ESCAPED",
         }
-        for label, path in paths.items():
-            self.shell(
-                sandbox, f"host path: {label}", f"(cat {path} || ls {path}) >/dev/null 2>&1 && echo ESCAPED"
-            )
+        for label, command in paths.items():
+            self.shell(sandbox, f"host path: {label}", command)
 
     def privileges(self, sandbox: object) -> None:
         self.shell(sandbox, "mount a tmpfs", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo ESCAPED")
@@ -215,8 +230,15 @@ class Attempts:
             self.shell(sandbox, f"/proc/sys write: {key} (same value)", write)
         self.shell(sandbox, "/proc/sysrq-trigger write", "echo h > /proc/sysrq-trigger && echo ESCAPED")
         self.shell(sandbox, "uid 0 inside", '[ "$(id -u)" = 0 ] && echo ESCAPED')
-        host_uid = "awk -v u=$(id -u) '$1<=u && u<$1+$3 {print $2+u-$1}' /proc/self/uid_map"
-        self.shell(sandbox, "host uid 0 behind the sandbox uid", f'[ "$({host_uid})" = 0 ] && echo ESCAPED')
+
+        def host_uid() -> tuple[bool, str]:
+            # whatever user namespaces lie between, a file the sandbox writes shows its host uid
+            sandbox.run("touch /testbed/uid-probe")  # type: ignore[attr-defined]
+            owner = (Path(sandbox._tree) / "uid-probe").stat().st_uid  # type: ignore[attr-defined]
+            sandbox.run("rm /testbed/uid-probe")  # type: ignore[attr-defined]
+            return owner != 0, f"host uid {owner}"
+
+        self.record("host uid 0 behind the sandbox uid", host_uid)
         self.shell(sandbox, "capabilities", "grep -q '^CapEff:.*[1-9a-f]' /proc/self/status && echo ESCAPED")
         self.shell(
             sandbox, "no_new_privs unset", "grep -q '^NoNewPrivs:.*0' /proc/self/status && echo ESCAPED"
@@ -272,13 +294,15 @@ class Attempts:
             sandbox.run(
                 "setsid nohup sleep 1000.375 >/dev/null 2>&1 & (sleep 1000.375 &) ; disown -a; echo started"
             )  # type: ignore[attr-defined]
+            at_return = _host_leftovers("1000.375")
+            time.sleep(1)  # outliving means still there, not still being torn down
             left = _host_leftovers("1000.375")
-            return not left, f"leftovers={left}"
+            return not left, f"at return {at_return}, a second later {left}"
 
         def fork_bomb() -> tuple[bool, str]:
             bomb = (
                 "import os,time\nn=0\nwhile n<2000:\n try: pid=os.fork()\n except OSError: break\n"
-                " if pid==0: time.sleep(30); os._exit(0)\n n+=1\nprint('forked', n)"
+                ' if pid==0: time.sleep(30); os._exit(0)\n n+=1\nprint("forked", n)'
             )
             result = sandbox.run(f"python3 -c '{bomb}'", timeout=60)  # type: ignore[attr-defined]
             count = int(result.output.split()[-1]) if "forked" in result.output else -1
@@ -294,7 +318,7 @@ class Attempts:
 
         def check() -> tuple[bool, str]:
             result = sandbox.run(command, timeout=60)  # type: ignore[attr-defined]
-            return result.output.count("HELD") < 3, result.output
+            return result.output.splitlines().count("HELD") < 3, result.output
 
         self.record(f"memory across 3 processes (3 x 150 MB under a {MEMORY_MB} MB limit)", check)
 
@@ -347,15 +371,15 @@ class Attempts:
         from protege.trajectory import ToolCall
 
         def check() -> tuple[bool, str]:
-            sandbox.run("head -c 30M /dev/urandom | base64 > /testbed/big.txt")  # type: ignore[attr-defined]
+            sandbox.run("head -c 8M /dev/urandom | base64 > /testbed/big.txt")  # type: ignore[attr-defined]
             box = ToolBox(sandbox, self.task, None, patch_limit_bytes=self.cfg.patch_limit_bytes)  # type: ignore[arg-type]
             try:
-                outcome = box.execute(ToolCall(name="submit", arguments={}), [], 1)
+                outcome = box.execute(ToolCall(id="call_1", name="submit", arguments={}), [], 1)
             except PatchTooLarge as err:
                 return True, f"PatchTooLarge: {err}"
             return False, f"a patch of {len(outcome.patch)} characters"
 
-        self.record("submit a 40 MB patch (limit 1 MiB)", check)
+        self.record("submit an 11 MB patch (limit 1 MiB)", check)
 
     def deleted_mid_episode(self) -> None:
         from protege.agent.agent import Agent
@@ -380,7 +404,7 @@ class Attempts:
                 trajectory = agent.run()
             out = self.workspace / "trajectories.jsonl"
             append_trajectory(out, trajectory)
-            written = read_trajectories(out)
+            written = list(read_trajectories(out))
             ok = (
                 trajectory.status == "sandbox_error"
                 and "gone" in trajectory.status_detail

@@ -264,15 +264,35 @@ class Cgroup:
             return None, f"cannot create cgroup {made[-1] if made else name}: {err}"
         return cls(made), ""
 
-    def remove(self) -> None:
-        """Remove the directories (empty once every command's processes are gone)."""
+    def remove(self, grace_s: float = 5.0) -> None:
+        """Kill what is still in the cgroups (a killed sandbox's pid namespace dies asynchronously) and
+        remove them, waiting up to grace_s for them to empty."""
+        deadline = time.monotonic() + grace_s
         for directory in self.dirs:
-            try:
-                directory.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                log.warning("could not remove cgroup %s: %s", directory, err)
+            while True:
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as err:
+                    if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                        log.warning("could not remove cgroup %s: %s", directory, err)
+                        break
+                _kill_members(directory)
+                time.sleep(0.02)
+
+
+def _kill_members(directory: Path) -> None:
+    try:
+        pids = (directory / "cgroup.procs").read_text().split()
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 # --------------------------------------------------------------------------------------------------

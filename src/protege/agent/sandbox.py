@@ -306,10 +306,12 @@ def clone_at_base(source: Path, base_commit: str, tree: Path, timeout: float, wh
 
 
 def _python_dirs() -> list[str]:
-    """Directories a `python -m pytest` inside needs: the venv, its base, the interpreter's own prefix."""
+    """Directories a `python -m pytest` inside needs: the venv, its base, the interpreter's own prefix
+    (those this process cannot open are left out: bubblewrap, run as this user, could not bind them)."""
     real_exe = Path(os.path.realpath(sys.executable))
     dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(real_exe.parent.parent)]
-    return list(dict.fromkeys(os.path.realpath(d) for d in dirs))
+    unique = dict.fromkeys(os.path.realpath(d) for d in dirs)
+    return [d for d in unique if os.access(d, os.R_OK | os.X_OK)]
 
 
 def _protected_paths(repos_dir: Path) -> list[str]:
