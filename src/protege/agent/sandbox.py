@@ -2,9 +2,12 @@
 
 `open_sandbox(cfg, task, repos_dir)` picks the backend named by `sandbox.backend`:
 - `local` (this module): a private work tree cloned from `<repos_dir>/<task.repo_dirname>` and every
-  command run under bubblewrap: no network (`--unshare-all`), a read-only view of only the system and
-  Python directories, the work tree read-write at `workdir`, private /tmp and HOME, all capabilities
-  dropped, `ulimit` memory/CPU limits, a per-command timeout that kills the whole process group.
+  command run under bubblewrap: no network (new net, pid, ipc, uts namespaces), a read-only view of
+  only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
+  tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
+  capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
+  processes and disk, a per-command timeout that kills the whole process group. Host-side reads are
+  bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
   `allow_unsandboxed=true` runs the same commands without bubblewrap; that is the only way to get
   there: a missing or broken bubblewrap raises SandboxError.
 - `docker` (`sandbox_docker.py`) and `kubernetes` (`sandbox_k8s.py`): the instance image, commands
@@ -13,13 +16,16 @@
 Integrity (agents mine git history for the fix): inside every sandbox the repository holds no commit
 after base_commit, no remote, no ref past base_commit, no reflog and no object only a later commit
 reaches; the gold and test patches are never written anywhere the sandbox can read. Locally the clone
-fetches only base_commit (and tags that are its ancestors), so later objects are never copied; the
+fetches only base_commit (and lightweight tags that are its ancestors; never a tag object, whose message
+may postdate the commit), so later objects are never copied; the
 source repositories, the project checkout and the installed `protege` package (its demo data holds
 gold patches) are not mounted. Container images get `sandbox_docker.CLEANUP_SCRIPT` at start.
 
 Simplifications: each command is its own process tree (background jobs end with the command, as in
 mini-swe-agent); /tmp and HOME persist across commands of one sandbox because they are bind-mounted
-scratch directories, not tmpfs.
+scratch directories beside the tree. A sandbox lives in `$TMPDIR/protege-sbx-*` with a lock file its
+owner holds; one whose owner died (kill -9) is removed, with its mount and cgroups, by the next sandbox
+opened on the host.
 """
 
 from __future__ import annotations
