@@ -164,6 +164,7 @@ class Attempts:
             self.host_paths(sandbox)
             self.privileges(sandbox)
             self.leaks(sandbox)
+            self.history(sandbox)
             self.processes(sandbox)
         for group in (self.memory, self.disk_one_file, self.disk_many_files, self.huge_patch):
             with self.sandbox() as sandbox:
@@ -268,6 +269,8 @@ class Attempts:
             "host secret in ~/.aws",
             f"cat ~/.aws/credentials {os.environ['HOME']}/.aws/credentials 2>/dev/null | grep -q {SECRET} && echo ESCAPED",
         )
+
+    def history(self, sandbox: object) -> None:
         self.shell(
             sandbox,
             "annotated tag written later on base_commit",
@@ -533,6 +536,57 @@ def test_every_escape_attempt_is_blocked_as_an_unprivileged_user():
             directory.rmdir()
     assert report["uid"] == NON_ROOT_UID
     _assert_all_blocked(report)
+
+
+@pytest.fixture
+def attempts(tmp_path: Path) -> Attempts:
+    return Attempts(tmp_path)
+
+
+@BWRAP
+def test_work_tree_deleted_mid_episode_is_a_sandbox_error_and_the_trajectory_is_written(attempts: Attempts):
+    attempts.deleted_mid_episode()
+    (result,) = attempts.results
+    assert result["blocked"], result["evidence"]
+    assert "sandbox_error: sandbox for owner__calc-1: the work tree" in str(result["evidence"])
+
+
+@BWRAP
+def test_huge_file_and_huge_patch_are_refused_without_reading_them_whole(attempts: Attempts):
+    with attempts.sandbox(disk_limit_mb=4096) as sandbox:
+        attempts.huge_view(sandbox)
+    with attempts.sandbox() as sandbox:
+        attempts.huge_patch(sandbox)
+    assert [r["blocked"] for r in attempts.results] == [True, True], attempts.results
+    assert "is 1073741824 bytes, over the limit of 1048576 bytes" in str(attempts.results[0]["evidence"])
+
+
+@BWRAP
+def test_a_patch_over_the_limit_ends_the_episode_as_patch_too_large(attempts: Attempts):
+    from protege.agent.agent import Agent
+    from protege.agent.policies import ScriptedPolicy
+    from protege.config import AgentConfig
+
+    turns = [
+        {"tool": "bash", "arguments": {"command": "head -c 2M /dev/urandom | base64 > big.txt"}},
+        {"tool": "submit", "arguments": {}},
+    ]
+    with attempts.sandbox() as sandbox:
+        trajectory = Agent(
+            AgentConfig(sandbox=attempts.cfg), ScriptedPolicy(turns), sandbox, attempts.task
+        ).run()  # type: ignore[arg-type]
+    assert trajectory.status == "patch_too_large"
+    assert trajectory.status_detail == "the patch is over sandbox.patch_limit_bytes=1048576 bytes"
+    assert trajectory.patch == ""
+
+
+@BWRAP
+def test_tags_notes_and_refs_written_after_base_commit_stay_out(attempts: Attempts):
+    with attempts.sandbox() as sandbox:
+        refs = sandbox.run("git for-each-ref --format='%(objecttype) %(refname)'").output  # type: ignore[attr-defined]
+        attempts.history(sandbox)
+    assert refs.splitlines() == ["commit refs/tags/v0.1"]
+    assert len(attempts.results) == 3 and all(r["blocked"] for r in attempts.results), attempts.results
 
 
 @BWRAP
