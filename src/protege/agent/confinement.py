@@ -355,7 +355,10 @@ def sweep_stale(parent: Path, prefix: str, box: str, remove_tree: object) -> lis
         candidates = [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
     except OSError:
         return removed
-    v1, v2 = _own_cgroups() if Path("/proc/self/cgroup").exists() else ({}, None)
+    try:
+        v1, v2 = _own_cgroups()
+    except OSError:
+        v1, v2 = {}, None
     cgroup_parents = {*v1.values(), *([v2] if v2 else [])}
     for root in candidates:
         if not _is_stale(root):

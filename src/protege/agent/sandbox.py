@@ -30,6 +30,7 @@ opened on the host.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -541,7 +542,8 @@ class LocalSandbox:
             )
         except OSError as err:
             for fd in fds:
-                os.close(fd)
+                with contextlib.suppress(OSError):  # already closed if the command had started
+                    os.close(fd)
             raise SandboxError(f"{self.what}: cannot run a command: {err}") from err
         if self._prefix and not self._held.mounted:
             used = tree_bytes(self._box)
