@@ -37,10 +37,11 @@ $(STAMP): requirements.lock constraints.txt pyproject.toml
 $(S3RVER):
 	mkdir -p $(TOOLS) && npm install --silent --no-audit --no-fund --prefix $(TOOLS) s3rver@3.7.1
 
-system-deps: ## bubblewrap for the local sandbox
-	@command -v bwrap >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q bubblewrap >/dev/null || (apt-get update -q && apt-get install -y -q bubblewrap); \
-	  else sudo apt-get install -y -q bubblewrap; fi; }
+SYSTEM_PACKAGES := bubblewrap libseccomp2 util-linux
+system-deps: ## bubblewrap, libseccomp (its seccomp filter) and setpriv (util-linux) for the local sandbox
+	@{ command -v bwrap && command -v setpriv && /sbin/ldconfig -p | grep -q libseccomp.so.2; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null || (apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES)); \
+	  else sudo apt-get install -y -q $(SYSTEM_PACKAGES); fi; }
 
 test: setup ## run the test suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -178,3 +178,65 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
     assert spec["spec"]["containers"][0]["image"] == "registry/acme-calc:1"
     assert spec["spec"]["automountServiceAccountToken"] is False
     assert cfg.agent.sandbox.pod_label in spec["metadata"]["labels"]
+
+
+def test_grading_pod_has_the_sandbox_pods_security_settings():
+    """Non-root, no escalation, no capabilities, seccomp RuntimeDefault, read-only root with writable
+    emptyDir copies, memory/ephemeral-storage limits, and every exec under `ulimit -u`."""
+    from protege.grading_k8s import PodSandbox, pod_manifest
+
+    cfg = ProtegeConfig.model_validate(
+        {
+            "agent": {
+                "sandbox": {
+                    "backend": "kubernetes",
+                    "max_processes": 99,
+                    "disk_limit_mb": 512,
+                    "pod_writable_paths": ["/tmp", "/opt/env"],
+                }
+            }
+        }
+    )
+    spec = pod_manifest(task(1), cfg, "grade-x")["spec"]
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = spec["containers"]
+    (init,) = spec["initContainers"]
+    locked = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["securityContext"] == init["securityContext"] == locked
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/testbed", "/tmp", "/opt/env"]
+    assert all(v["emptyDir"] == {"sizeLimit": "512Mi"} for v in spec["volumes"])
+    assert "cp -a /opt/env/. /protege-writable/2/" in init["command"][2]
+    assert container["resources"]["limits"]["ephemeral-storage"] == "512Mi"
+    assert container["resources"]["limits"]["memory"] == f"{cfg.agent.sandbox.memory_limit_mb}Mi"
+
+    calls = []
+
+    class Exec:
+        returncode = 0
+
+        def run_forever(self, timeout=None):
+            return None
+
+        def read_all(self):
+            return ""
+
+        def close(self):
+            return None
+
+    def stream(fn, name, namespace, command, **kwargs):
+        calls.append(command)
+        return Exec()
+
+    PodSandbox(SimpleNamespace(connect_get_namespaced_pod_exec=None), stream, task(1), cfg).run("true")
+    assert calls[0][:4] == ["bash", "-c", 'ulimit -u 99 && exec "$@"', "protege-limits"]

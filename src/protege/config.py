@@ -248,7 +248,32 @@ class SandboxConfig(Strict):
     output_limit_chars: int = Field(default=100_000, ge=1000)
     """Output captured per command before truncation (the observation cap is agent.observation_max_chars)."""
     memory_limit_mb: int = Field(default=4096, ge=64)
-    """Address-space / memory limit per sandbox."""
+    """Memory limit of the whole sandbox (local: a cgroup shared by all its processes where this host lets
+    the process make one, and an address-space ulimit per process in any case)."""
+    max_processes: int = Field(default=512, ge=16)
+    """Process (and thread) limit: local, a pids cgroup per sandbox where available plus RLIMIT_NPROC per
+    command; kubernetes, a `ulimit -u` per command (pod-wide pids are the kubelet's podPidsLimit)."""
+    disk_limit_mb: int = Field(default=2048, ge=16)
+    """Size limit of the work tree with /tmp and HOME: local, a tmpfs of this size when the process is root
+    (else a size check after every command: over it is a sandbox_error) and RLIMIT_FSIZE per file;
+    kubernetes, the sizeLimit of the work tree's emptyDir."""
+    read_limit_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest file the host reads back from a sandbox (editor view/edit, grading logs); a larger one is refused."""
+    patch_limit_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest diff `submit` accepts; a larger one ends the episode as `patch_too_large`."""
+    seccomp: bool = True
+    """Local: load a seccomp deny-list (mount, ptrace, keyctl, bpf, unshare, setns, kexec, modules, ...)
+    into bubblewrap (needs libseccomp)."""
+    uid_base: int = Field(default=200_000, ge=1000)
+    """Local, when this process is root: commands run as a host uid drawn from [uid_base,
+    uid_base + uid_count), one per sandbox, never root (a non-root process runs them as itself)."""
+    uid_count: int = Field(default=65_536, ge=1)
+    """Size of that uid range."""
+    pod_run_as_user: int = Field(default=1000, ge=1)
+    """Kubernetes: the uid (and gid, fsGroup) of sandbox and grading pods (runAsNonRoot)."""
+    pod_writable_paths: list[str] = ["/tmp"]
+    """Kubernetes: paths besides `workdir` that stay writable under the read-only root filesystem; each is
+    an emptyDir filled from the image by an init container (add a conda env here if eval reinstalls into it)."""
     cpu_limit: float = Field(default=1.0, gt=0)
     """CPU cores per sandbox (docker/kubernetes) or CPU-seconds factor locally."""
     workdir: str = "/testbed"

@@ -7,7 +7,11 @@ grading itself is `protege.grading.grade_in_sandbox`, the same code as the local
 deleted afterwards whatever happened; `eval.grade_max_pods` caps pods alive at once (grading.grade_batch).
 
 Pods carry `sandbox.pod_label` (the deny-egress NetworkPolicy selects it), run with no service-account
-token, and die at `sandbox.pod_deadline_s` even if this process does.
+token, die at `sandbox.pod_deadline_s` even if this process does, and get the agent pod's security
+settings (`protege.agent.sandbox_k8s.harden`: non-root, no privilege escalation, no capabilities,
+seccomp RuntimeDefault, read-only root with emptyDir copies of the writable paths, ephemeral-storage)
+and its per-exec process limit. An eval script that reinstalls the package into the image's
+environment needs that environment's path in `sandbox.pod_writable_paths`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.agent.protocols import CommandResult, SandboxError
+from protege.agent.sandbox_k8s import harden, limit_processes
 from protege.config import ProtegeConfig
 from protege.tasks import TaskInstance
 
@@ -52,20 +57,23 @@ def pod_manifest(task: TaskInstance, cfg: ProtegeConfig, name: str) -> dict[str,
             "labels": {sandbox.pod_label: "grading", "protege.ai/role": "grading"},
             "annotations": {"protege.ai/instance-id": task.instance_id},
         },
-        "spec": {
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": sandbox.pod_deadline_s,
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "testbed",
-                    "image": sandbox.image_template.format(image=task.image),
-                    "command": ["sleep", "infinity"],
-                    "workingDir": sandbox.workdir,
-                    "resources": {"limits": resources, "requests": resources},
-                }
-            ],
-        },
+        "spec": harden(
+            sandbox,
+            {
+                "restartPolicy": "Never",
+                "activeDeadlineSeconds": sandbox.pod_deadline_s,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "testbed",
+                        "image": sandbox.image_template.format(image=task.image),
+                        "command": ["sleep", "infinity"],
+                        "workingDir": sandbox.workdir,
+                        "resources": {"limits": dict(resources), "requests": dict(resources)},
+                    }
+                ],
+            },
+        ),
     }
 
 
@@ -111,7 +119,7 @@ class PodSandbox:
         try:
             resp = self.stream(
                 self.core.connect_get_namespaced_pod_exec, self.name, self.namespace,
-                command=["/bin/bash", "-c", wrapped], stderr=True, stdin=False, stdout=True, tty=False,
+                command=limit_processes(self.cfg.agent.sandbox, ["/bin/bash", "-c", wrapped]), stderr=True, stdin=False, stdout=True, tty=False,
                 _preload_content=False,
             )  # fmt: skip
             # the in-pod `timeout` kills the command; this client-side bound only guards a dead exec

@@ -29,6 +29,7 @@ Status = Literal[
     "context_overflow",
     "format_errors",
     "sandbox_error",
+    "patch_too_large",
     "timeout",
     "budget_exhausted",
     "policy_error",

@@ -27,7 +27,7 @@ from kubernetes.stream.ws_client import ABNF, WSClient
 
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox_docker import container_argv
-from protege.agent.sandbox_k8s import KubernetesSandbox, pod_manifest
+from protege.agent.sandbox_k8s import KubernetesSandbox, limit_processes, pod_manifest
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 from tests.agent.test_sandbox import make_task
@@ -145,7 +145,9 @@ class FakeCore:
     def stream(self, func: Any, *args: Any, **kwargs: Any) -> WSClient:
         assert func == self.connect_get_namespaced_pod_exec
         self.execs.append((args, kwargs))
-        return ws_for(*run_mapped(kwargs["command"], self.roots[args[0]]))
+        limits, argv = kwargs["command"][:4], kwargs["command"][4:]
+        assert limits == limit_processes(k8s_cfg(), [])  # every exec runs under `ulimit -u`
+        return ws_for(*run_mapped(argv, self.roots[args[0]]))
 
 
 def conflict(reason: str) -> ApiException:
@@ -169,6 +171,34 @@ def open_pod(core: FakeCore, task: TaskInstance, **over: Any) -> KubernetesSandb
     return KubernetesSandbox(k8s_cfg(**over), task, core=core, stream=core.stream)
 
 
+# The hardened part of every sandbox and grading pod (sandbox_k8s.harden), at the defaults.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+WRITABLE_VOLUMES = [
+    {"name": "writable-0", "emptyDir": {"sizeLimit": "2048Mi"}},
+    {"name": "writable-1", "emptyDir": {"sizeLimit": "2048Mi"}},
+]
+COPY_WRITABLE = (
+    "if [ -d /testbed ]; then cp -a /testbed/. /protege-writable/0/; fi && "
+    "if [ -d /tmp ]; then cp -a /tmp/. /protege-writable/1/; fi"
+)
+RESOURCES = {
+    "requests": {"cpu": "2", "memory": "3072Mi", "ephemeral-storage": "2048Mi"},
+    "limits": {"cpu": "2", "memory": "3072Mi", "ephemeral-storage": "2048Mi"},
+}
+
+
 def test_pod_spec_is_exact(image):
     _, task, _ = image
     cfg = k8s_cfg(namespace="sbx", cpu_limit=2, memory_limit_mb=3072, pod_deadline_s=5400)
@@ -187,17 +217,34 @@ def test_pod_spec_is_exact(image):
             "restartPolicy": "Never",
             "activeDeadlineSeconds": 5400,
             "terminationGracePeriodSeconds": 0,
+            "securityContext": POD_SECURITY,
+            "volumes": WRITABLE_VOLUMES,
+            "initContainers": [
+                {
+                    "name": "copy-writable",
+                    "image": "reg/" + IMAGE,
+                    "command": ["/bin/sh", "-c", COPY_WRITABLE],
+                    "resources": RESOURCES,
+                    "securityContext": CONTAINER_SECURITY,
+                    "volumeMounts": [
+                        {"name": "writable-0", "mountPath": "/protege-writable/0"},
+                        {"name": "writable-1", "mountPath": "/protege-writable/1"},
+                    ],
+                }
+            ],
             "containers": [
                 {
                     "name": "sandbox",
                     "image": "reg/" + IMAGE,
                     "command": ["sleep", "infinity"],
                     "workingDir": "/testbed",
-                    "resources": {
-                        "requests": {"cpu": "2", "memory": "3072Mi"},
-                        "limits": {"cpu": "2", "memory": "3072Mi"},
-                    },
-                    "securityContext": {"allowPrivilegeEscalation": False},
+                    "resources": RESOURCES,
+                    "securityContext": CONTAINER_SECURITY,
+                    "volumeMounts": [
+                        {"name": "writable-0", "mountPath": "/testbed"},
+                        {"name": "writable-1", "mountPath": "/tmp"},
+                    ],
+                    "env": [{"name": "HOME", "value": "/tmp"}],
                 }
             ],
         },
@@ -220,7 +267,9 @@ def test_episode_creates_waits_execs_and_deletes(image):
         args, kwargs = core.execs[-1]
         assert args == (sandbox.name, "protege-sandboxes")
         assert kwargs == {
-            "command": container_argv(k8s_cfg(), "/testbed", 120.0, "echo out; echo err >&2; exit 4", []),
+            "command": limit_processes(
+                k8s_cfg(), container_argv(k8s_cfg(), "/testbed", 120.0, "echo out; echo err >&2; exit 4", [])
+            ),
             "container": "sandbox",
             "stderr": True,
             "stdin": False,

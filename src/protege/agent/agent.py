@@ -11,8 +11,9 @@ An episode ends with one terminal status (trajectory.Status):
 `submitted` (the submit tool), `step_limit`, `cost_limit` (policy + expert dollars reach
 `cost_limit_usd`, or the expert refused for the episode cap), `timeout` (wall time), `format_errors`
 (`max_format_errors` consecutive turns without exactly one well-formed tool call),
-`context_overflow`, `policy_error`, `budget_exhausted` (the run's expert budget is spent) and
-`sandbox_error`.
+`context_overflow`, `policy_error`, `budget_exhausted` (the run's expert budget is spent),
+`patch_too_large` (the submitted diff is over `sandbox.patch_limit_bytes`) and `sandbox_error`
+(the sandbox failed, or its work tree vanished).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 from protege.agent.loops import base_command
 from protege.agent.policies import ContextOverflow, PolicyError
-from protege.agent.protocols import Expert, Policy, PolicyTurn, Sandbox, SandboxError
+from protege.agent.protocols import Expert, PatchTooLarge, Policy, PolicyTurn, Sandbox, SandboxError
 from protege.agent.qwen_format import split_completion
 from protege.agent.tools import TOOL_SCHEMAS, ToolBox
 from protege.config import AgentConfig
@@ -135,7 +136,13 @@ class Agent:
         self.phase = phase
         self.attempt = attempt
         self.on_message = on_message
-        self.tools = ToolBox(sandbox, task, expert, cfg.sandbox.command_timeout_s)
+        self.tools = ToolBox(
+            sandbox,
+            task,
+            expert,
+            cfg.sandbox.command_timeout_s,
+            patch_limit_bytes=cfg.sandbox.patch_limit_bytes,
+        )
         self.messages: list[Message] = []
         self.actions: list[Action] = []
         self.expert_calls: list[ExpertCall] = []
@@ -176,6 +183,8 @@ class Agent:
                 self.step()
         except EpisodeEnd as end:
             status, detail = end.status, end.detail
+        except PatchTooLarge as err:
+            status, detail = "patch_too_large", str(err)
         except SandboxError as err:
             status, detail = "sandbox_error", str(err)
         return self.trajectory(status, detail, started_at)

@@ -29,6 +29,10 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (could not start, died); the episode ends as sandbox_error."""
 
 
+class PatchTooLarge(Exception):
+    """The work tree's diff is over `sandbox.patch_limit_bytes`; the episode ends as `patch_too_large`."""
+
+
 class Sandbox(Protocol):
     """A task's repository at base_commit in an isolated environment."""
 

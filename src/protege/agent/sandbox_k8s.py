@@ -3,7 +3,12 @@
 The pod (`pod_manifest`) runs `sleep infinity` with resource requests = limits, no service-account
 token, no service links, `activeDeadlineSeconds` (the backstop if this process is SIGKILLed), and the
 `sandbox.pod_label` label that the namespace's deny-egress NetworkPolicy selects (the cluster, not
-this code, enforces "no network"). Creation holds a process-wide slot (`max_concurrent_starts`) until
+this code, enforces "no network"). `harden` (shared with the grading pod) makes it non-root
+(`pod_run_as_user`), without privilege escalation or capabilities, under the runtime's default seccomp
+profile, on a read-only root filesystem: the work tree and `pod_writable_paths` are emptyDirs
+(`disk_limit_mb` each, and as ephemeral-storage limit) that an init container fills from the image.
+Kubernetes has no per-pod process limit in the pod spec (that is the kubelet's `podPidsLimit`), so
+every exec runs under `ulimit -u max_processes` (RLIMIT_NPROC counts the uid's processes on the node). Creation holds a process-wide slot (`max_concurrent_starts`) until
 the pod is Running, and is retried with exponential backoff on 409/429/5xx. The pod is deleted on
 close, on garbage collection, at interpreter exit, and when the start itself fails.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 import weakref
 from typing import Any
@@ -47,6 +53,61 @@ _FATAL_WAITING = frozenset(
 )
 
 
+_INIT_MOUNT = "/protege-writable"
+
+
+def harden(cfg: SandboxConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` (a pod spec with one container) made non-root, capability-less, seccomp'd, on a read-only
+    root with emptyDir copies of the writable paths; returns it."""
+    uid, size = cfg.pod_run_as_user, f"{cfg.disk_limit_mb}Mi"
+    container = spec["containers"][0]
+    paths = list(dict.fromkeys([cfg.workdir, *cfg.pod_writable_paths]))
+    volumes = [{"name": f"writable-{i}", "emptyDir": {"sizeLimit": size}} for i in range(len(paths))]
+    copy = " && ".join(
+        f"if [ -d {shlex.quote(p)} ]; then cp -a {shlex.quote(p)}/. {_INIT_MOUNT}/{i}/; fi"
+        for i, p in enumerate(paths)
+    )
+    no_privileges = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    spec["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    spec["volumes"] = volumes
+    spec["initContainers"] = [
+        {
+            "name": "copy-writable",
+            "image": container["image"],
+            "command": ["/bin/sh", "-c", copy],
+            "resources": container["resources"],
+            "securityContext": dict(no_privileges),
+            "volumeMounts": [
+                {"name": v["name"], "mountPath": f"{_INIT_MOUNT}/{i}"} for i, v in enumerate(volumes)
+            ],
+        }
+    ]
+    container["securityContext"] = dict(no_privileges)
+    container["volumeMounts"] = [
+        {"name": v["name"], "mountPath": p} for v, p in zip(volumes, paths, strict=True)
+    ]
+    container["env"] = [{"name": "HOME", "value": "/tmp"}]
+    for bound in ("requests", "limits"):
+        container["resources"][bound]["ephemeral-storage"] = size
+    return spec
+
+
+def limit_processes(cfg: SandboxConfig, argv: list[str]) -> list[str]:
+    """argv under `ulimit -u max_processes` (soft and hard, so the command cannot raise it; bash: dash has no -u)."""
+    return ["bash", "-c", f'ulimit -u {cfg.max_processes} && exec "$@"', "protege-limits", *argv]
+
+
 def pod_manifest(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) -> dict[str, Any]:
     """The sandbox pod, as the dict `create_namespaced_pod` takes."""
     resources = {"cpu": f"{cfg.cpu_limit:g}", "memory": f"{cfg.memory_limit_mb}Mi"}
@@ -59,23 +120,25 @@ def pod_manifest(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) 
             "labels": {cfg.pod_label: SANDBOX_LABEL_VALUE},
             "annotations": {INSTANCE_ANNOTATION: task.instance_id},
         },
-        "spec": {
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": cfg.pod_deadline_s,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": CONTAINER,
-                    "image": image,
-                    "command": ["sleep", "infinity"],
-                    "workingDir": cfg.workdir,
-                    "resources": {"requests": dict(resources), "limits": dict(resources)},
-                    "securityContext": {"allowPrivilegeEscalation": False},
-                }
-            ],
-        },
+        "spec": harden(
+            cfg,
+            {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "restartPolicy": "Never",
+                "activeDeadlineSeconds": cfg.pod_deadline_s,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": CONTAINER,
+                        "image": image,
+                        "command": ["sleep", "infinity"],
+                        "workingDir": cfg.workdir,
+                        "resources": {"requests": dict(resources), "limits": dict(resources)},
+                    }
+                ],
+            },
+        ),
     }
 
 
@@ -178,7 +241,7 @@ class KubernetesSandbox(ContainerSandbox):
             self._core.connect_get_namespaced_pod_exec,
             self.name,
             self.namespace,
-            command=argv,
+            command=limit_processes(self.cfg, argv),
             container=CONTAINER,
             stderr=True,
             stdin=False,

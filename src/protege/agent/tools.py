@@ -7,7 +7,8 @@ out-of-range line, ...) comes back as an observation the policy can read and act
 failure of the sandbox itself (`SandboxError`) escapes, because then the episode cannot go on.
 
 `submit` ends the episode with the sandbox's diff against base_commit, minus the files the task's
-own test patch adds (those are the grader's, not the agent's). `ask_expert` goes to the episode's
+own test patch adds (those are the grader's, not the agent's); a diff over `patch_limit_bytes` raises
+`PatchTooLarge` (the episode ends with that reason). `ask_expert` goes to the episode's
 `Expert`; guidance comes back wrapped and with provenance `expert`, a refusal as a plain tool
 observation.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from protege.agent.editor import EDITOR_COMMANDS, Editor, ToolError, resolve_path
 from protege.agent.expert import observation as expert_observation
-from protege.agent.protocols import Expert, Sandbox
+from protege.agent.protocols import Expert, PatchTooLarge, Sandbox
 from protege.tasks import TaskInstance
 from protege.trajectory import ExpertCall, Message, Provenance, ToolCall
 
@@ -187,11 +188,13 @@ class ToolBox:
         task: TaskInstance,
         expert: Expert | None,
         command_timeout_s: float | None = None,
+        patch_limit_bytes: int | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.task = task
         self.expert = expert
         self.command_timeout_s = command_timeout_s
+        self.patch_limit_bytes = patch_limit_bytes
         self.editor = Editor(sandbox, command_timeout_s)
 
     def execute(self, call: ToolCall, history: list[Message], step: int) -> ToolOutcome:
@@ -228,7 +231,13 @@ class ToolBox:
         return ToolOutcome(observation=text, exit_code=result.exit_code)
 
     def _submit(self, args: dict[str, Any]) -> ToolOutcome:
-        patch = drop_files(self.sandbox.diff(), added_files(self.task.test_patch))
+        diff = self.sandbox.diff()
+        size = len(diff.encode(errors="surrogateescape"))
+        if self.patch_limit_bytes is not None and size > self.patch_limit_bytes:
+            raise PatchTooLarge(
+                f"the patch is {size} bytes, over sandbox.patch_limit_bytes={self.patch_limit_bytes}"
+            )
+        patch = drop_files(diff, added_files(self.task.test_patch))
         summary = (
             f"Submitted a patch of {patch.count(chr(10))} lines."
             if patch.strip()
