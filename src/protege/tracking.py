@@ -282,13 +282,17 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         model_type: str = "agent",
+        wait: bool = False,
     ) -> str | None:
         """An EXTERNAL LoggedModel for the checkpoint stored at `uri` (s3://...); returns its model_id, or
-        None when the server is down and the model is buffered (it is created when the buffer flushes)."""
+        None when the server is down and the model is buffered (it is created when the buffer flushes).
+        `wait=True`: flush the buffer first and retry until the model exists (TrackingError if it cannot)."""
         mlflow = _mlflow()
         model_tags = {TAG_CHECKPOINT_URI: uri, TAG_SOURCE_RUN: run_id, **dict(tags or {})}
         model_params = {k: self._param_value(v) for k, v in (params or {}).items()}
-        model = self._record(
+        if wait:
+            self.flush()
+        model = (self._call if wait else self._record)(
             f"checkpoint '{name}' ({uri}) of run {run_id}",
             lambda: mlflow.create_external_model(
                 name=name,
