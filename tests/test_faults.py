@@ -357,7 +357,7 @@ def test_synth_reruns_an_episode_hit_by_a_transient_expert_failure(repos, tmp_pa
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with DefaultingServer(api_key=KEY) as server:
         expert = ["expert.backend=anthropic", f"expert.base_url={server.url}", "expert.model=m",
-                  "expert.cache_mode=off", "expert.max_retries=0", "expert.retry_backoff_s=0"]  # fmt: skip
+                  "expert.cache_mode='off'", "expert.max_retries=0", "expert.retry_backoff_s=0"]  # fmt: skip
         reference_cfg = synth_cfg(repos, tmp_path / "ref", services, "expert-ref", *expert)
         reference_store = new_bucket(services, reference_cfg.store)
         reference = synth.run(reference_cfg, tmp_path / "ref", store=reference_store, progress=lambda _: None)
