@@ -649,3 +649,65 @@ def test_nan_mid_training_stops_naming_the_step_and_publishes_nothing_after_it(
     assert sft.stored_checkpoints(store, prefix) == {} and not store.exists(f"{prefix}/{sft.MODEL}")
     [phase_run] = tracker.nested_runs()
     assert phase_run.info.status == "FAILED"
+
+
+def s3_outage(services: LocalServices, down_at: int, up_at: int):
+    """A callback that stops S3 after step `down_at` (before that step's checkpoint is published) and starts
+    it again after step `up_at` (0: never)."""
+    from transformers import TrainerCallback
+
+    class Outage(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == down_at:
+                services.stop("s3")
+            elif state.global_step == up_at:
+                services.start_s3()
+
+    return Outage()
+
+
+@pytest.mark.slow
+def test_s3_down_mid_sft_checkpoints_queue_and_all_reach_the_store(
+    tiny_dir, dataset_dir, mlflow_up, sft_reference, tmp_path
+):
+    cfg = sft_config(tiny_dir, tmp_path, mlflow_up, "sft-s3-outage", *FAST_STORE)
+    store = S3ArtifactStore.from_config(cfg.store)
+    tracker = tracker_for(mlflow_up, f"faults-{uuid.uuid4().hex[:8]}")
+    try:
+        result = sft.run(
+            cfg, str(dataset_dir), tmp_path / "out", tracker, store, callbacks=[s3_outage(mlflow_up, 1, 2)]
+        )
+    finally:
+        mlflow_up.start_s3()
+    assert [c["step"] for c in result["checkpoints"]] == [1, 2, 3]
+    assert all(c["uri"] and c["model_id"] for c in result["checkpoints"])  # checkpoint-1 filled in late
+    assert sft_state(result, tracker, store, cfg) == sft_reference["state"]
+
+
+@pytest.mark.slow
+def test_s3_down_until_sft_ends_fails_in_one_line_and_a_rerun_publishes_the_rest(
+    tiny_dir, dataset_dir, mlflow_up, sft_reference, tmp_path
+):
+    cfg = sft_config(tiny_dir, tmp_path, mlflow_up, "sft-s3-down", *FAST_STORE, "store.flush_timeout_s=1")
+    store = S3ArtifactStore.from_config(cfg.store)
+    tracker = tracker_for(mlflow_up, f"faults-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(sft.SFTError, match=r"checkpoint\(s\) not uploaded .*rerun to publish") as err:
+            sft.run(
+                cfg,
+                str(dataset_dir),
+                tmp_path / "out",
+                tracker,
+                store,
+                callbacks=[s3_outage(mlflow_up, 1, 0)],
+            )
+    finally:
+        mlflow_up.start_s3()
+    assert "\n" not in str(err.value)
+    assert tracker.nested_runs()[-1].info.status == "FAILED"
+    again = sft.run(cfg, str(dataset_dir), tmp_path / "out", tracker, store)
+    assert again["resumed_from"].endswith("checkpoint-3")
+    prefix = store.uri(f"{cfg.run_name}/{sft.PHASE}")
+    assert sorted(sft.stored_checkpoints(store, prefix)) == [1, 2, 3] and store.exists(
+        f"{prefix}/{sft.MODEL}"
+    )

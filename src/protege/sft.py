@@ -30,7 +30,8 @@ one is set aside (`corrupt-checkpoint-N`) for the verified store copy of the sam
 checkpoint, said in the log and in the run's tag `protege.resume_fallback`. A non-finite loss or grad norm
 (any step) or weight (at the start and before each checkpoint is published) stops training with
 `SFTError` naming the step. MLflow going down does not stop training: the tracker buffers what it logs
-and flushes it before the run closes (protege.tracking).
+and flushes it before the run closes (protege.tracking). Nor does the store: checkpoints queue until it is
+back and the final model waits for them (`Lineage`); a rerun publishes local checkpoints the store lacks.
 
 Multi-GPU: with more than one visible GPU and no distributed environment, `run` re-executes itself under
 `torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.sft_launch); the DeepSpeed configs
@@ -284,6 +285,24 @@ def verified_resume(ckpt_dir: Path, store: Any = None, prefix: str = "") -> tupl
     return None, notes
 
 
+def publish_missing(lineage: Lineage, ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Publish the local checkpoints that verify but are not in the store (an earlier run ended while the
+    store was down); returns what was published."""
+    from protege.store import verify_tree
+
+    if lineage.store is None:
+        return []
+    stored = stored_checkpoints(lineage.store, lineage.prefix)
+    missing = [
+        (step, path)
+        for step, path in sorted(local_checkpoints(ckpt_dir).items())
+        if step not in stored and verify_tree(path, CHECKPOINT_MANIFEST) is None
+    ]
+    for step, _ in missing:
+        log.warning("sft: checkpoint-%d never reached the store; publishing it now", step)
+    return [lineage.publish(path, f"{CHECKPOINTS}/checkpoint-{step}", step) for step, path in missing]
+
+
 def _set_aside(path: Path) -> None:
     target = path.with_name(CORRUPT_PREFIX + path.name)
     if target.exists():
@@ -321,17 +340,60 @@ def _callback_base() -> type:
 
 
 class Lineage:
-    """Where checkpoints go and what they are linked to; `store`/`tracker` may be None."""
+    """Where checkpoints go and what they are linked to; `store`/`tracker` may be None.
+
+    While the store is unreachable (past its own retries) checkpoints queue and are published, in order,
+    with the next one; the final model waits for the queue (up to `store.flush_timeout_s`, then SFTError).
+    A queued checkpoint that the Trainer's `save_total_limit` deleted meanwhile is skipped with a warning."""
 
     def __init__(
         self, cfg: ProtegeConfig, data: SFTDataset, store: Any, tracker: Any, run_id: str | None
     ) -> None:
         self.cfg, self.data, self.store, self.tracker, self.run_id = cfg, data, store, tracker, run_id
         self.prefix = store.uri(f"{cfg.run_name}/{PHASE}") if store is not None else ""
+        self.queued: list[tuple[Path, str, dict[str, Any]]] = []
 
     def publish(self, local_dir: Path, name: str, step: int, wait: bool = False) -> dict[str, Any]:
-        """Upload `local_dir` to `<prefix>/<name>` and log it as a LoggedModel; returns what was done.
-        `wait`: the model id is needed now, so MLflow's buffer is flushed first (see Tracker.log_checkpoint)."""
+        """Upload `local_dir` to `<prefix>/<name>` and log it as a LoggedModel; returns what was done (a dict
+        filled in later when the store is down and the checkpoint queued). `wait`: the final model, so the
+        queue must drain and the model id exist now (see Tracker.log_checkpoint)."""
+        record: dict[str, Any] = {"step": step, "uri": None, "files": None, "model_id": None}
+        self.queued.append((local_dir, name, record))
+        self.drain(wait)
+        return record
+
+    def drain(self, wait: bool = False) -> None:
+        """Publish what is queued, oldest first; without `wait` an unreachable store leaves it queued."""
+        import time
+
+        from protege.store import StoreUnavailable
+
+        deadline = time.monotonic() + self.cfg.store.flush_timeout_s
+        pause = max(self.cfg.store.retry_backoff_s, 0.1)
+        while self.queued:
+            local_dir, name, record = self.queued[0]
+            if not local_dir.is_dir():
+                log.warning("sft: queued %s was deleted (save_total_limit) before the store came back", name)
+                self.queued.pop(0)
+                continue
+            try:
+                record.update(self._publish(local_dir, name, record["step"], wait))
+            except StoreUnavailable as err:
+                reason = str(err).splitlines()[0]
+                if wait and time.monotonic() + pause <= deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, max(self.cfg.store.op_backoff_max_s, 0.1))
+                    continue
+                if wait:
+                    raise SFTError(
+                        f"{len(self.queued)} checkpoint(s) not uploaded after {self.cfg.store.flush_timeout_s:.0f} s "
+                        f"(first: {name}): {reason}; they stay under {local_dir.parent}, rerun to publish"
+                    ) from None
+                log.warning("sft: store unavailable, %s queued: %s", name, reason)
+                return
+            self.queued.pop(0)
+
+    def _publish(self, local_dir: Path, name: str, step: int, wait: bool) -> dict[str, Any]:
         uri, files, model_id = str(local_dir.resolve()), None, None
         if self.store is not None:
             uri = f"{self.prefix}/{name}"
@@ -550,6 +612,7 @@ def train(
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
     lineage = Lineage(cfg, data, store, tracker, run_id)
     report_fallback(fallback, tracker, run_id)
+    earlier = publish_missing(lineage, out_dir / CHECKPOINTS) if args.process_index == 0 else []
     if tracker is not None and run_id:
         # MLflow caps dataset digests at 36 characters; the full sha256 rides along as an input tag.
         mlflow_digest = data.digest[:MLFLOW_DIGEST_CHARS]
@@ -575,7 +638,7 @@ def train(
     speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
     return {
         "model_dir": str(out_dir / MODEL), "model_uri": final.get("uri"), "model_id": final.get("model_id"),
-        "checkpoints": checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "checkpoints": earlier + checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
         "resume_fallback": fallback,
         "global_step": trainer.state.global_step, "dataset_digest": data.digest, "data": report,
         "history": metrics_cb.history, "mlflow_run_id": run_id,
