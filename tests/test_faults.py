@@ -423,7 +423,8 @@ def tracker_for(services: LocalServices, experiment: str, **over):
     from protege.tracking import Tracker
 
     fields = {"experiment": experiment, "request_max_retries": 0, "request_timeout_s": 5,
-              "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0, "flush_timeout_s": 240.0, **over}  # fmt: skip
+              "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0, "flush_timeout_s": 240.0,
+              "spool_dir": str(services.data_dir / "spool" / experiment), **over}  # fmt: skip
     return Tracker(services.tracking_config(TrackingConfig(**fields)))
 
 
@@ -500,6 +501,28 @@ def test_mlflow_down_mid_sft_training_goes_on_and_nothing_is_lost(
     assert outage.pending_seen > 0  # step 2's metrics and checkpoint model waited in the buffer
     assert tracker.pending == 0
     assert sft_state(result, tracker, store, cfg) == sft_reference["state"]
+
+
+@pytest.mark.slow
+def test_calls_buffered_by_a_process_that_dies_are_sent_by_the_next_one(mlflow_up):
+    experiment = f"faults-{uuid.uuid4().hex[:8]}"
+    first = tracker_for(mlflow_up, experiment)
+    run_id = first.start_pipeline("spooled")
+    mlflow_up.stop("mlflow")
+    try:
+        first.log_metrics(run_id, {"loss": 1.5}, step=7)
+        first.set_tags(run_id, {"note": "logged while MLflow was down"})
+        assert first.pending == 2
+        spooled = list((mlflow_up.data_dir / "spool" / experiment).glob("*.pkl"))
+        assert len(spooled) == 1
+        del first  # the process dies here: nothing is flushed
+    finally:
+        mlflow_up.start_mlflow()
+    second = tracker_for(mlflow_up, experiment)  # a rerun
+    assert second.pending == 0 and not list((mlflow_up.data_dir / "spool" / experiment).glob("*.pkl"))
+    [point] = second.client.get_metric_history(run_id, "loss")
+    assert (point.step, point.value) == (7, 1.5)
+    assert second.get_run(run_id).data.tags["note"] == "logged while MLflow was down"
 
 
 # --------------------------------------------------------------------------------------------------

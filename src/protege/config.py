@@ -122,6 +122,9 @@ class TrackingConfig(Strict):
     """Metrics, params, tags, datasets and checkpoint models logged while the server was down are buffered
     and flushed later; closing a phase run keeps retrying the buffer this long, then fails naming what is
     pending (the phase run is then marked FAILED)."""
+    spool_dir: str = ".protege/tracking-spool"
+    """Buffered calls are also kept here on disk, so a process that dies before the server comes back leaves
+    them for the next Tracker of the same server and experiment to send (empty: memory only)."""
 
 
 class ServicesConfig(Strict):

@@ -20,6 +20,8 @@ then raises `TrackingError`. Calls that only record (metrics, params, tags, data
 models) never stop a phase: when the server is down they are buffered in order and flushed once it answers
 again; closing a phase run flushes the buffer (for up to `tracking.flush_timeout_s`) before marking the run
 FINISHED, and fails naming what is pending (the run then ends FAILED) when the server never comes back.
+Buffered calls are kept as data and spooled to `tracking.spool_dir`; a Tracker for the same server and
+experiment adopts spool files that a dead process left and sends them first.
 
 Note: `mlflow.create_external_model` and `mlflow.register_model` use the process-wide tracking URI,
 so `Tracker(cfg)` sets it (one tracking server per process).
@@ -98,10 +100,12 @@ class Tracker:
         mlflow.set_registry_uri(cfg.uri)
         self.cfg = cfg
         self.client = mlflow.MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
-        self._pending: list[tuple[str, Any]] = []
-        """Recording calls buffered while the server was down, oldest first."""
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        """Recording calls buffered while the server was down, oldest first: (what, kind, fields)."""
         self._pending_lock = threading.RLock()
         self._last_probe = 0.0
+        self._spool: Any = None
+        self._adopt_spools()
         self.experiment_id = self._call(f"experiment '{cfg.experiment}'", self._experiment_id)
         self.parent_run_id: str | None = None
 
@@ -200,7 +204,11 @@ class Tracker:
         if digest:
             self.set_tags(run_id, {TAG_CONFIG_DIGEST: digest})
         self._record(
-            f"config.json of run {run_id}", lambda: self.client.log_dict(run_id, data, "config.json")
+            f"config.json of run {run_id}",
+            "log_dict",
+            run_id=run_id,
+            dictionary=data,
+            artifact_file="config.json",
         )
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -209,7 +217,7 @@ class Tracker:
 
         items = [Param(key, self._param_value(value)) for key, value in params.items()]
         for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._record(f"params of run {run_id}", lambda b=batch: self.client.log_batch(run_id, params=b))
+            self._record(f"params of run {run_id}", "log_batch", run_id=run_id, params=batch)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -220,7 +228,7 @@ class Tracker:
         now_ms = int(time.time() * 1000)
         items = [Metric(key, float(value), now_ms, step or 0) for key, value in metrics.items()]
         for batch in _chunks(items, MAX_METRICS_PER_BATCH):
-            self._record(f"metrics of run {run_id}", lambda b=batch: self.client.log_batch(run_id, metrics=b))
+            self._record(f"metrics of run {run_id}", "log_batch", run_id=run_id, metrics=batch)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -228,13 +236,15 @@ class Tracker:
 
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._record(f"tags of run {run_id}", lambda b=batch: self.client.log_batch(run_id, tags=b))
+            self._record(f"tags of run {run_id}", "log_batch", run_id=run_id, tags=batch)
 
     def log_artifacts(self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str = "") -> None:
         """A file or a directory tree (report files, plots) as artifacts of the run under `artifact_path`."""
-        path = os.fspath(local_path)
-        log = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
-        self._record(f"artifact {path} of run {run_id}", lambda: log(run_id, path, artifact_path or None))
+        path = os.path.abspath(os.fspath(local_path))
+        kind = "log_artifacts" if os.path.isdir(path) else "log_artifact"
+        self._record(
+            f"artifact {path} of run {run_id}", kind, run_id=run_id, local=path, to=artifact_path or None
+        )
 
     # ---- lineage: datasets, checkpoints, registry -------------------------------------------------
 
@@ -269,9 +279,7 @@ class Tracker:
             InputTag(k, str(v)) for k, v in (tags or {}).items()
         ]
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=input_tags)
-        self._record(
-            f"dataset '{name}' of run {run_id}", lambda: self.client.log_inputs(run_id, datasets=[entry])
-        )
+        self._record(f"dataset '{name}' of run {run_id}", "log_inputs", run_id=run_id, datasets=[entry])
         return dataset.digest
 
     def log_checkpoint(
@@ -287,22 +295,16 @@ class Tracker:
         """An EXTERNAL LoggedModel for the checkpoint stored at `uri` (s3://...); returns its model_id, or
         None when the server is down and the model is buffered (it is created when the buffer flushes).
         `wait=True`: flush the buffer first and retry until the model exists (TrackingError if it cannot)."""
-        mlflow = _mlflow()
         model_tags = {TAG_CHECKPOINT_URI: uri, TAG_SOURCE_RUN: run_id, **dict(tags or {})}
         model_params = {k: self._param_value(v) for k, v in (params or {}).items()}
+        what = f"checkpoint '{name}' ({uri}) of run {run_id}"
+        fields = {"name": name, "source_run_id": run_id, "tags": model_tags, "params": model_params,
+                  "model_type": model_type, "experiment_id": self.experiment_id}  # fmt: skip
         if wait:
             self.flush()
-        model = (self._call if wait else self._record)(
-            f"checkpoint '{name}' ({uri}) of run {run_id}",
-            lambda: mlflow.create_external_model(
-                name=name,
-                source_run_id=run_id,
-                tags=model_tags,
-                params=model_params,
-                model_type=model_type,
-                experiment_id=self.experiment_id,
-            ),
-        )
+            model = self._call(what, lambda: _OPS["create_external_model"](self, **fields))
+        else:
+            model = self._record(what, "create_external_model", **fields)
         return model.model_id if model is not None else None
 
     def register(
@@ -430,21 +432,77 @@ class Tracker:
         )
         return retrying(lambda: self._once(what, func))
 
-    def _record(self, what: str, func: Any) -> Any:
-        """A call that only records: tried once; while the server is down it joins the buffer (kept in
-        order behind anything already buffered) and None is returned."""
+    def _record(self, what: str, kind: str, **fields: Any) -> Any:
+        """A call that only records (`_OPS[kind](self, **fields)`): tried once; while the server is down it
+        joins the buffer (in order behind anything already buffered, and in the spool file) and None is
+        returned."""
         with self._pending_lock:
             if self._pending:
-                self._pending.append((what, func))
+                self._pending.append((what, kind, fields))
+                self._save_spool()
                 self._probe()
                 return None
             try:
-                return self._once(what, func)
+                return self._apply((what, kind, fields))
             except TrackingUnavailable as err:
                 log.warning("tracking: server unavailable, buffering calls until it answers: %s", err)
-                self._pending.append((what, func))
+                self._pending.append((what, kind, fields))
+                self._save_spool()
                 self._last_probe = time.monotonic()
                 return None
+
+    def _apply(self, op: tuple[str, str, dict[str, Any]]) -> Any:
+        what, kind, fields = op
+        return self._once(what, lambda: _OPS[kind](self, **fields))
+
+    # ---- the spool: buffered calls on disk, so a process that dies does not lose them -------------
+
+    def _spool_key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{self.cfg.uri}\n{self.cfg.experiment}".encode()).hexdigest()[:16]
+
+    def _save_spool(self) -> None:
+        """Write the buffer to this process's spool file (atomically); remove it once the buffer is empty."""
+        import pickle
+
+        if self._spool is None:
+            return
+        if not self._pending:
+            self._spool.unlink(missing_ok=True)
+            return
+        try:
+            self._spool.parent.mkdir(parents=True, exist_ok=True)
+            part = self._spool.with_suffix(".part")
+            part.write_bytes(pickle.dumps(self._pending))
+            part.replace(self._spool)
+        except (OSError, pickle.PicklingError, TypeError, AttributeError) as err:
+            log.warning("tracking: could not spool buffered calls to %s: %s", self._spool, err)
+
+    def _adopt_spools(self) -> None:
+        """Take over spool files left by earlier processes for this server and experiment (rename is atomic,
+        so two processes never both send them) and buffer their calls first."""
+        import pickle
+        import uuid
+        from pathlib import Path
+
+        if not self.cfg.spool_dir:
+            return
+        directory = Path(self.cfg.spool_dir)
+        key = self._spool_key()
+        self._spool = directory / f"{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pkl"
+        for path in sorted(directory.glob(f"{key}-*.pkl")) if directory.is_dir() else []:
+            claimed = path.with_suffix(".claimed")
+            try:
+                path.rename(claimed)
+                self._pending.extend(pickle.loads(claimed.read_bytes()))
+                claimed.unlink()
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+                log.warning("tracking: could not read spooled calls %s: %s", path, err)
+        if self._pending:
+            log.warning("tracking: %d call(s) left by an earlier process; sending them", len(self._pending))
+            self._save_spool()
+            self._probe()
 
     def _probe(self) -> None:
         """Try the buffer again, at most once per `tracking.retry_backoff_max_s` (the phase goes on meanwhile)."""
@@ -459,9 +517,9 @@ class Tracker:
     def _drain(self) -> None:
         with self._pending_lock:
             while self._pending:
-                what, func = self._pending[0]
-                self._once(what, func)
+                self._apply(self._pending[0])
                 self._pending.pop(0)
+                self._save_spool()
         log.info("tracking: buffered calls flushed to %s", self.cfg.uri)
 
     @property
@@ -486,6 +544,19 @@ class Tracker:
                     ) from err
                 time.sleep(wait)
                 wait = min(wait * 2, max(self.cfg.retry_backoff_max_s, 0.1))
+
+
+# What a buffered call does, by kind: plain data in the buffer, so it can be spooled to disk.
+_OPS: dict[str, Any] = {
+    "log_batch": lambda t, run_id, **batch: t.client.log_batch(run_id, **batch),
+    "log_dict": lambda t, run_id, dictionary, artifact_file: t.client.log_dict(
+        run_id, dictionary, artifact_file
+    ),
+    "log_artifact": lambda t, run_id, local, to: t.client.log_artifact(run_id, local, to),
+    "log_artifacts": lambda t, run_id, local, to: t.client.log_artifacts(run_id, local, to),
+    "log_inputs": lambda t, run_id, datasets: t.client.log_inputs(run_id, datasets=datasets),
+    "create_external_model": lambda t, **fields: _mlflow().create_external_model(**fields),
+}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
