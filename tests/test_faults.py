@@ -109,8 +109,9 @@ def synth_cfg(repos: Path, tmp: Path, services: LocalServices, bucket: str, *ove
     )
 
 
-def synth_state(result: dict, out: Path, store: S3ArtifactStore, cfg) -> dict:
-    """Counts that must not depend on faults: episodes (local, unique), verdicts, S3 objects."""
+def synth_state(result: dict, out: Path, store: S3ArtifactStore, cfg, tracker=None) -> dict:
+    """Counts that must not depend on faults: episodes (local, unique), verdicts, S3 objects, and with a
+    tracker the synth run in MLflow (status, metrics, dataset digest)."""
     local = [(t.instance_id, t.attempt) for t in read_trajectories(out / synth.TRAJECTORIES)]
     prefix = f"s3://{cfg.store.bucket}/{cfg.run_name}/{synth.PHASE}"
     stored_file = out.parent / f"{out.name}-stored.jsonl"
@@ -127,16 +128,29 @@ def synth_state(result: dict, out: Path, store: S3ArtifactStore, cfg) -> dict:
             (out / synth.DATASET_DIR / "dataset_card.json").read_text() or "{}"
         ).get("records"),
         "dataset_in_store": store.exists(f"{prefix}/{synth.DATASET_DIR}"),
+        **({"mlflow": mlflow_state(tracker, result["mlflow_run_id"])} if tracker is not None else {}),
     }
 
 
+def mlflow_state(tracker, run_id: str) -> dict:
+    run = tracker.get_run(run_id)
+    digests = sorted(d.dataset.digest for d in run.inputs.dataset_inputs)
+    return {"status": run.info.status, "metrics": dict(run.data.metrics), "datasets": digests}
+
+
+def without_mlflow(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k != "mlflow"}
+
+
 @pytest.fixture(scope="module")
-def synth_reference(services, repos, tmp_path_factory) -> dict:
+def synth_reference(mlflow_up, repos, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("synth-reference")
-    cfg = synth_cfg(repos, tmp, services, "synth-reference")
-    store = new_bucket(services, cfg.store)
-    result = synth.run(cfg, tmp / "out", store=store, progress=lambda line: None)
-    state = synth_state(result, tmp / "out", store, cfg)
+    cfg = synth_cfg(repos, tmp, mlflow_up, "synth-reference")
+    store = new_bucket(mlflow_up, cfg.store)
+    tracker = tracker_for(mlflow_up, f"faults-{uuid.uuid4().hex[:8]}")
+    result = synth.run(cfg, tmp / "out", tracker, store, progress=lambda line: None)
+    state = synth_state(result, tmp / "out", store, cfg, tracker)
+    assert state["mlflow"]["status"] == "FINISHED" and state["mlflow"]["metrics"]["episodes"] == len(TASKS)
     assert state["unique_episodes"] == state["episode_objects"] == len(TASKS)
     return state
 
@@ -147,9 +161,11 @@ def synth_reference(services, repos, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_s3_down_and_up_again_mid_synth_loses_nothing(services, repos, synth_reference, tmp_path):
+def test_s3_down_and_up_again_mid_synth_loses_nothing(mlflow_up, repos, synth_reference, tmp_path):
+    services = mlflow_up
     cfg = synth_cfg(repos, tmp_path, services, "s3-blip")
     store = new_bucket(services, cfg.store)
+    tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
     lines: list[str] = []
 
     def progress(line: str) -> None:  # the first episode is recorded: S3 goes down; the second: back up
@@ -160,18 +176,19 @@ def test_s3_down_and_up_again_mid_synth_loses_nothing(services, repos, synth_ref
             services.start_s3()
 
     try:
-        result = synth.run(cfg, tmp_path / "out", store=store, progress=progress)
+        result = synth.run(cfg, tmp_path / "out", tracker, store, progress=progress)
     finally:
         services.start_s3()
     assert any("store unavailable, queueing episode uploads" in line for line in lines)
     assert any("every queued episode upload is done" in line for line in lines)
-    assert synth_state(result, tmp_path / "out", store, cfg) == synth_reference
+    assert synth_state(result, tmp_path / "out", store, cfg, tracker) == synth_reference
 
 
 @pytest.mark.slow
 def test_s3_down_until_synth_ends_fails_in_one_line_and_a_rerun_completes(
-    services, repos, synth_reference, tmp_path
+    mlflow_up, repos, synth_reference, tmp_path
 ):
+    services = mlflow_up
     cfg = synth_cfg(repos, tmp_path, services, "s3-outage", "store.flush_timeout_s=1")
     store = new_bucket(services, cfg.store)
 
@@ -188,10 +205,11 @@ def test_s3_down_until_synth_ends_fails_in_one_line_and_a_rerun_completes(
     assert "\n" not in message and "still pending" in message and "rerun" in message
     assert len(list(read_trajectories(tmp_path / "out" / synth.TRAJECTORIES))) == len(TASKS)  # all local
     lines: list[str] = []
-    again = synth.run(cfg, tmp_path / "out", store=store, progress=lines.append)
+    tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
+    again = synth.run(cfg, tmp_path / "out", tracker, store, progress=lines.append)
     assert again["ran_now"] == 0
     assert any("not in the store yet; uploading them" in line for line in lines)
-    assert synth_state(again, tmp_path / "out", store, cfg) == synth_reference
+    assert synth_state(again, tmp_path / "out", store, cfg, tracker) == synth_reference
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +256,7 @@ def test_kill_9_mid_synth_then_rerun_loses_nothing(services, repos, synth_refere
     assert len(keys) == len(set(keys)) == len(TASKS)  # nothing lost, nothing twice
     result = json.loads((out / synth.SUMMARY).read_text())
     assert result["ran_now"] == len(TASKS) - before
-    assert synth_state(result, out, store, cfg) == synth_reference
+    assert synth_state(result, out, store, cfg) == without_mlflow(synth_reference)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,25 +371,30 @@ class DefaultingServer(MockLLMServer):
 
 
 @pytest.mark.slow
-def test_synth_reruns_an_episode_hit_by_a_transient_expert_failure(repos, tmp_path, monkeypatch, services):
+def test_synth_reruns_an_episode_hit_by_a_transient_expert_failure(repos, tmp_path, monkeypatch, mlflow_up):
+    services = mlflow_up
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with DefaultingServer(api_key=KEY) as server:
         expert = ["expert.backend=anthropic", f"expert.base_url={server.url}", "expert.model=m",
                   "expert.cache_mode='off'", "expert.max_retries=0", "expert.retry_backoff_s=0"]  # fmt: skip
         reference_cfg = synth_cfg(repos, tmp_path / "ref", services, "expert-ref", *expert)
         reference_store = new_bucket(services, reference_cfg.store)
-        reference = synth.run(reference_cfg, tmp_path / "ref", store=reference_store, progress=lambda _: None)
+        reference_tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
+        reference = synth.run(
+            reference_cfg, tmp_path / "ref", reference_tracker, reference_store, progress=lambda _: None
+        )
         cfg = synth_cfg(repos, tmp_path / "hit", services, "expert-hit", *expert)
         store = new_bucket(services, cfg.store)
         server.push(malformed_reply())  # the first expert call of the first episode
         first = synth.run(cfg, tmp_path / "hit", store=store, progress=lambda _: None)
         assert first["summary"]["rejected_by_reason"].get(synth.TRANSIENT) == 1
         lines: list[str] = []
-        again = synth.run(cfg, tmp_path / "hit", store=store, progress=lines.append)
+        tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
+        again = synth.run(cfg, tmp_path / "hit", tracker, store, progress=lines.append)
     assert again["ran_now"] == 1 and any("(1 after a transient failure)" in line for line in lines)
     assert synth.TRANSIENT not in again["summary"]["rejected_by_reason"]
-    assert synth_state(again, tmp_path / "hit", store, cfg) == synth_state(
-        reference, tmp_path / "ref", reference_store, reference_cfg
+    assert synth_state(again, tmp_path / "hit", store, cfg, tracker) == synth_state(
+        reference, tmp_path / "ref", reference_store, reference_cfg, reference_tracker
     )
 
 
