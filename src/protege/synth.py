@@ -555,7 +555,7 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
 
 
 def _synth_cli(args: argparse.Namespace) -> int:
-    from protege.cli import load_cfg, tracker_and_store
+    from protege.cli import CLIError, load_cfg, tracker_and_store
 
     overrides = list(args.overrides)
     if args.tasks:
@@ -566,7 +566,10 @@ def _synth_cli(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
     tracker, store = tracker_and_store(cfg, args.track, args.upload)
-    result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
+    try:
+        result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
+    except SynthError as err:
+        raise CLIError(str(err)) from None
     print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
     return 0
 
