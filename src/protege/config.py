@@ -104,6 +104,14 @@ class StoreConfig(Strict):
     """Retries of a failed connect or a 5xx reply, with exponential backoff, before a StoreError."""
     retry_backoff_s: float = Field(default=0.5, ge=0)
     """Backoff factor between retries (0.5 s, 1 s, 2 s, ...)."""
+    op_attempts: int = Field(default=4, ge=1)
+    """Attempts of one store operation (a put, get, stat or listing) while the endpoint is unreachable or
+    answers 5xx, on top of the client's own retries; then `StoreUnavailable`."""
+    op_backoff_max_s: float = Field(default=10.0, ge=0)
+    """Longest wait between those attempts (exponential from retry_backoff_s, capped here)."""
+    flush_timeout_s: float = Field(default=120.0, ge=0)
+    """A phase that queued uploads while the store was down keeps retrying them this long before it ends;
+    then it fails naming what is pending (a rerun uploads the rest)."""
     progress_every_files: int = Field(default=100, ge=1)
     """Directory transfers log a progress line after every this many files ..."""
     progress_every_mb: int = Field(default=256, ge=1)
@@ -133,6 +141,20 @@ class TrackingConfig(Strict):
     """Timeout of one request to the tracking server (MLflow's default is 120 s)."""
     request_max_retries: int = Field(default=2, ge=0)
     """Retries of a failed request (MLflow's default of 7 with backoff 2 waits minutes on a dead server)."""
+    retry_attempts: int = Field(default=4, ge=1)
+    """Attempts of a tracking call whose answer is needed (runs, models, registry) while the server is
+    unreachable or answers 5xx, with exponential backoff; then a TrackingError."""
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    """First wait between those attempts, doubled per attempt ..."""
+    retry_backoff_max_s: float = Field(default=10.0, ge=0)
+    """... and capped at this."""
+    flush_timeout_s: float = Field(default=120.0, ge=0)
+    """Metrics, params, tags, datasets and checkpoint models logged while the server was down are buffered
+    and flushed later; closing a phase run keeps retrying the buffer this long, then fails naming what is
+    pending (the phase run is then marked FAILED)."""
+    spool_dir: str = ".protege/tracking-spool"
+    """Buffered calls are also kept here on disk, so a process that dies before the server comes back leaves
+    them for the next Tracker of the same server and experiment to send (empty: memory only)."""
 
 
 class ServicesConfig(Strict):
@@ -343,6 +365,9 @@ class ExpertConfig(Strict):
     """Retries on overload/transient errors."""
     retry_backoff_s: float = Field(default=0.5, ge=0)
     """openai backend: first retry delay, doubled per attempt (the anthropic SDK uses its own backoff)."""
+    retry_after_max_s: float = Field(default=30.0, ge=0)
+    """Longest wait a `retry-after` header may impose before a retry (a server asking for an hour gets
+    this); the anthropic SDK would otherwise obey it without bound."""
     api_key_env: str = ""
     """Environment variable holding the API key (empty = ANTHROPIC_API_KEY / OPENAI_API_KEY by backend)."""
     prices: ExpertPrices = ExpertPrices()

@@ -148,7 +148,7 @@ def run(
     tags |= {TAG_PASS_AT_1: repr(pass_at_1), TAG_EVAL_REPORT: report_uri, TAG_PROMOTION: verdict}
     with tracker.phase(PHASE, tags={TAG_PROMOTION: verdict}) as phase:
         tracker.log_metrics(phase.run_id, {"pass_at_1": pass_at_1, "promoted": float(decision.promote)})
-        model_id = tracker.log_checkpoint(phase.run_id, name, model_uri, tags=tags)
+        model_id = tracker.log_checkpoint(phase.run_id, name, model_uri, tags=tags, wait=True)
         version = tracker.register(model_id, name, tags=tags, aliases=[CHAMPION] if decision.promote else [])
     return {
         "name": name,

@@ -129,7 +129,8 @@ class Lineage:
             if self.plan.parent_checkpoint_uri:
                 tags[TAG_PARENT] = self.plan.parent_checkpoint_uri
             model_id = self.tracker.log_checkpoint(self.run_id, f"{self.cfg.run_name}-{self.plan.phase}", uri,
-                                                   {"step": step, "stage": self.plan.stage}, tags)  # fmt: skip
+                                                   {"step": step, "stage": self.plan.stage}, tags,
+                                                   wait=name == MODEL)  # fmt: skip
         entry = {"step": step, "uri": uri, "model_id": model_id}
         self.published.append(entry)
         return entry

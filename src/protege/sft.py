@@ -24,6 +24,15 @@ What it does, top to bottom:
    The final model (weights + tokenizer, no optimizer) goes to `<store>/<run_name>/sft/model`.
 5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together).
 
+Faults: each checkpoint gets `checkpoint_manifest.json` (size and sha256 of every file) once the Trainer has
+written it; before a resume the checkpoint is verified against it, and a corrupted, truncated or incomplete
+one is set aside (`corrupt-checkpoint-N`) for the verified store copy of the same step or the previous
+checkpoint, said in the log and in the run's tag `protege.resume_fallback`. A non-finite loss or grad norm
+(any step) or weight (at the start and before each checkpoint is published) stops training with
+`SFTError` naming the step. MLflow going down does not stop training: the tracker buffers what it logs
+and flushes it before the run closes (protege.tracking). Nor does the store: checkpoints queue until it is
+back and the final model waits for them (`Lineage`); a rerun publishes local checkpoints the store lacks.
+
 Multi-GPU: with more than one visible GPU and no distributed environment, `run` re-executes itself under
 `torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.sft_launch); the DeepSpeed configs
 `protege/deepspeed/zero3.json` (default on clusters) and `zero2.json` carry "auto" values that the HF
@@ -62,6 +71,10 @@ DATA_REPORT = "sft_data.json"
 TAG_DATASET_DIGEST = "protege.dataset_digest"
 TAG_DATASET_URI = "protege.dataset_uri"
 MLFLOW_DIGEST_CHARS = 32
+CHECKPOINT_MANIFEST = "checkpoint_manifest.json"
+"""Written into each checkpoint after the Trainer's files: their sizes and sha256 (protege.store.write_manifest)."""
+CORRUPT_PREFIX = "corrupt-"
+TAG_RESUME_FALLBACK = "protege.resume_fallback"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Keys of the Trainer's logs that go to the tracker; tokens_per_s is computed here.
 FORWARDED = ("loss", "learning_rate", "grad_norm", "num_input_tokens_seen", "train_loss", "train_runtime")
@@ -237,18 +250,82 @@ def stored_checkpoints(store: Any, prefix: str) -> dict[int, str]:
 
 
 def restore_latest(ckpt_dir: Path, store: Any = None, prefix: str = "") -> Path | None:
-    """The latest checkpoint to resume from, downloading the stored one when it is further along."""
+    """The latest verified checkpoint to resume from (see `verified_resume`), or None."""
+    return verified_resume(ckpt_dir, store, prefix)[0]
+
+
+def verified_resume(ckpt_dir: Path, store: Any = None, prefix: str = "") -> tuple[Path | None, list[str]]:
+    """The latest checkpoint, local or stored, that verifies against its manifest, and a note for each
+    one passed over. Latest first: a local copy that verifies; else the stored copy of that step
+    (downloaded and verified by the store); else the step before. A bad local copy is renamed
+    `corrupt-checkpoint-N` so neither this nor the Trainer reads it again."""
+    from protege.store import StoreError, verify_tree
+
+    ckpt_dir = Path(ckpt_dir)
     local = local_checkpoints(ckpt_dir)
     stored = stored_checkpoints(store, prefix) if store is not None else {}
-    step = max([*local, *stored], default=None)
-    if step is None:
-        return None
-    if step not in local:
-        target = Path(ckpt_dir) / f"checkpoint-{step}"
-        log.info("sft: resuming from the stored %s", stored[step])
-        store.download_dir(stored[step], target)
-        return target
-    return local[step]
+    notes: list[str] = []
+    for step in sorted({*local, *stored}, reverse=True):
+        if step in local:
+            problem = verify_tree(local[step], CHECKPOINT_MANIFEST)
+            if problem is None:
+                return local[step], notes
+            notes.append(f"checkpoint-{step} (local) failed verification: {problem}")
+            _set_aside(local[step])
+        if step in stored:
+            target = ckpt_dir / f"checkpoint-{step}"
+            try:
+                _download_checkpoint(store, stored[step], target)
+            except StoreError as err:
+                notes.append(f"checkpoint-{step} (store) failed verification: {str(err).splitlines()[0]}")
+                continue
+            if step in local:
+                notes.append(f"checkpoint-{step}: using the verified store copy {stored[step]}")
+            return target, notes
+    return None, notes
+
+
+def publish_missing(lineage: Lineage, ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Publish the local checkpoints that verify but are not in the store (an earlier run ended while the
+    store was down); returns what was published."""
+    from protege.store import verify_tree
+
+    if lineage.store is None:
+        return []
+    stored = stored_checkpoints(lineage.store, lineage.prefix)
+    missing = [
+        (step, path)
+        for step, path in sorted(local_checkpoints(ckpt_dir).items())
+        if step not in stored and verify_tree(path, CHECKPOINT_MANIFEST) is None
+    ]
+    for step, _ in missing:
+        log.warning("sft: checkpoint-%d never reached the store; publishing it now", step)
+    return [lineage.publish(path, f"{CHECKPOINTS}/checkpoint-{step}", step) for step, path in missing]
+
+
+def _set_aside(path: Path) -> None:
+    target = path.with_name(CORRUPT_PREFIX + path.name)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    path.rename(target)
+    log.warning("sft: set aside %s as %s", path, target)
+
+
+def _download_checkpoint(store: Any, uri: str, target: Path) -> None:
+    """Download into a sibling directory and rename it into place only once every object verified."""
+    import shutil
+
+    part = target.with_name(target.name + ".download")
+    shutil.rmtree(part, ignore_errors=True)
+    try:
+        store.download_dir(uri, part)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    log.info("sft: resuming from the stored %s", uri)
+    part.rename(target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,16 +340,60 @@ def _callback_base() -> type:
 
 
 class Lineage:
-    """Where checkpoints go and what they are linked to; `store`/`tracker` may be None."""
+    """Where checkpoints go and what they are linked to; `store`/`tracker` may be None.
+
+    While the store is unreachable (past its own retries) checkpoints queue and are published, in order,
+    with the next one; the final model waits for the queue (up to `store.flush_timeout_s`, then SFTError).
+    A queued checkpoint that the Trainer's `save_total_limit` deleted meanwhile is skipped with a warning."""
 
     def __init__(
         self, cfg: ProtegeConfig, data: SFTDataset, store: Any, tracker: Any, run_id: str | None
     ) -> None:
         self.cfg, self.data, self.store, self.tracker, self.run_id = cfg, data, store, tracker, run_id
         self.prefix = store.uri(f"{cfg.run_name}/{PHASE}") if store is not None else ""
+        self.queued: list[tuple[Path, str, dict[str, Any]]] = []
 
-    def publish(self, local_dir: Path, name: str, step: int) -> dict[str, Any]:
-        """Upload `local_dir` to `<prefix>/<name>` and log it as a LoggedModel; returns what was done."""
+    def publish(self, local_dir: Path, name: str, step: int, wait: bool = False) -> dict[str, Any]:
+        """Upload `local_dir` to `<prefix>/<name>` and log it as a LoggedModel; returns what was done (a dict
+        filled in later when the store is down and the checkpoint queued). `wait`: the final model, so the
+        queue must drain and the model id exist now (see Tracker.log_checkpoint)."""
+        record: dict[str, Any] = {"step": step, "uri": None, "files": None, "model_id": None}
+        self.queued.append((local_dir, name, record))
+        self.drain(wait)
+        return record
+
+    def drain(self, wait: bool = False) -> None:
+        """Publish what is queued, oldest first; without `wait` an unreachable store leaves it queued."""
+        import time
+
+        from protege.store import StoreUnavailable
+
+        deadline = time.monotonic() + self.cfg.store.flush_timeout_s
+        pause = max(self.cfg.store.retry_backoff_s, 0.1)
+        while self.queued:
+            local_dir, name, record = self.queued[0]
+            if not local_dir.is_dir():
+                log.warning("sft: queued %s was deleted (save_total_limit) before the store came back", name)
+                self.queued.pop(0)
+                continue
+            try:
+                record.update(self._publish(local_dir, name, record["step"], wait))
+            except StoreUnavailable as err:
+                reason = str(err).splitlines()[0]
+                if wait and time.monotonic() + pause <= deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, max(self.cfg.store.op_backoff_max_s, 0.1))
+                    continue
+                if wait:
+                    raise SFTError(
+                        f"{len(self.queued)} checkpoint(s) not uploaded after {self.cfg.store.flush_timeout_s:.0f} s "
+                        f"(first: {name}): {reason}; they stay under {local_dir.parent}, rerun to publish"
+                    ) from None
+                log.warning("sft: store unavailable, %s queued: %s", name, reason)
+                return
+            self.queued.pop(0)
+
+    def _publish(self, local_dir: Path, name: str, step: int, wait: bool) -> dict[str, Any]:
         uri, files, model_id = str(local_dir.resolve()), None, None
         if self.store is not None:
             uri = f"{self.prefix}/{name}"
@@ -281,7 +402,7 @@ class Lineage:
             tags = {TAG_DATASET_DIGEST: self.data.digest, TAG_DATASET_URI: self.data.source}
             params = {"step": step, "base_model": self.cfg.model.base, "lora": self.cfg.sft.lora}
             model_id = self.tracker.log_checkpoint(
-                self.run_id, f"{self.cfg.run_name}-{PHASE}", uri, params, tags
+                self.run_id, f"{self.cfg.run_name}-{PHASE}", uri, params, tags, wait=wait
             )
         return {"step": step, "uri": uri, "files": files, "model_id": model_id}
 
@@ -328,11 +449,47 @@ def checkpoint_callback(lineage: Any) -> Any:
 
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
             if state.is_world_process_zero:
+                from protege.store import write_manifest
+
                 name = f"checkpoint-{state.global_step}"
                 path = Path(args.output_dir) / name
+                write_manifest(path, CHECKPOINT_MANIFEST)  # last: a checkpoint without it is incomplete
                 self.published.append(lineage.publish(path, f"{CHECKPOINTS}/{name}", state.global_step))
 
     return CheckpointCallback()
+
+
+def finite_guard() -> Any:
+    """A TrainerCallback that stops training with `SFTError` naming the step when the logged loss or grad
+    norm is nan/inf, or when a weight is (checked when training starts and before each checkpoint is
+    published, so a diverged model is never published). Put it before the checkpoint callback."""
+    import math
+
+    class FiniteGuard(_callback_base()):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            _check_weights(model, state.global_step, "at the start of training (the loaded weights)")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    raise SFTError(f"step {state.global_step}: {key} is {value}; training stopped")
+
+        def on_save(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            _check_weights(model, state.global_step, "before publishing the checkpoint")
+
+    return FiniteGuard()
+
+
+def _check_weights(model: Any, step: int, when: str) -> None:
+    import torch
+
+    if model is None:
+        return
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.numel() and not torch.isfinite(param).all():
+                raise SFTError(f"step {step}: weight {name} is not finite {when}; training stopped")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,6 +537,7 @@ def training_args(cfg: ProtegeConfig, out_dir: Path, world_size: int, gpu: bool)
         save_steps=s.save_steps,
         save_total_limit=s.save_total_limit or None,
         logging_steps=s.logging_steps,
+        logging_nan_inf_filter=False,  # a nan loss must reach finite_guard, not be averaged away
         seed=s.seed,
         data_seed=s.seed,
         use_cpu=not gpu,
@@ -442,7 +600,7 @@ def train(
     with args.main_process_first(local=True):  # one download per node, the other ranks then hit the cache
         model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
         data = load_dataset(dataset, out_dir / "dataset", store)
-        resume = restore_latest(
+        resume, fallback = verified_resume(
             out_dir / CHECKPOINTS, store, store.uri(f"{cfg.run_name}/{PHASE}") if store else ""
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -453,6 +611,8 @@ def train(
     if args.process_index == 0:
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
     lineage = Lineage(cfg, data, store, tracker, run_id)
+    report_fallback(fallback, tracker, run_id)
+    earlier = publish_missing(lineage, out_dir / CHECKPOINTS) if args.process_index == 0 else []
     if tracker is not None and run_id:
         # MLflow caps dataset digests at 36 characters; the full sha256 rides along as an input tag.
         mlflow_digest = data.digest[:MLFLOW_DIGEST_CHARS]
@@ -465,18 +625,21 @@ def train(
     metrics_cb, checkpoint_cb = make_callbacks(lineage)
     trainer = SFTTrainer(
         model=str(model_dir), args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-        peft_config=_peft_config(cfg), callbacks=[metrics_cb, checkpoint_cb, *extra_callbacks],
+        peft_config=_peft_config(cfg), callbacks=[metrics_cb, finite_guard(), checkpoint_cb, *extra_callbacks],
     )  # fmt: skip
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer (LoRA: the adapter), no optimizer
     final = (
-        lineage.publish(out_dir / MODEL, MODEL, trainer.state.global_step) if args.process_index == 0 else {}
+        lineage.publish(out_dir / MODEL, MODEL, trainer.state.global_step, wait=True)
+        if args.process_index == 0
+        else {}
     )
     losses = [h["loss"] for h in metrics_cb.history if "loss" in h]
     speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
     return {
         "model_dir": str(out_dir / MODEL), "model_uri": final.get("uri"), "model_id": final.get("model_id"),
-        "checkpoints": checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "checkpoints": earlier + checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "resume_fallback": fallback,
         "global_step": trainer.state.global_step, "dataset_digest": data.digest, "data": report,
         "history": metrics_cb.history, "mlflow_run_id": run_id,
         "metrics": {
@@ -485,6 +648,14 @@ def train(
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         },
     }  # fmt: skip
+
+
+def report_fallback(notes: list[str], tracker: Any, run_id: str | None) -> None:
+    """Say which checkpoints failed verification before the resume: in the log and as a run tag."""
+    for note in notes:
+        log.warning("sft: %s", note)
+    if notes and tracker is not None and run_id:
+        tracker.set_tags(run_id, {TAG_RESUME_FALLBACK: "; ".join(notes)[:5000]})
 
 
 @contextmanager
@@ -510,7 +681,7 @@ def run(
     an s3:// dataset or base model is fetched). `callbacks`: extra transformers TrainerCallbacks (tests).
     Resumes from the latest local or stored checkpoint. With several visible GPUs and no distributed
     environment it relaunches itself under torchrun (the returned dict is then rank 0's).
-    Returns {"model_dir", "model_uri", "model_id", "checkpoints", "resumed_from", "global_step",
+    Returns {"model_dir", "model_uri", "model_id", "checkpoints", "resumed_from", "resume_fallback", "global_step",
     "dataset_digest", "data", "history", "metrics", "mlflow_run_id"}.
     """
     from protege import sft_launch

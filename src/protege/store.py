@@ -12,6 +12,11 @@ Contracts:
 - Single files carry their sha256 in the object's metadata and are verified the same way.
 - Every failure is a `StoreError` naming the endpoint, bucket and object: a missing bucket, bad
   credentials, an unreachable endpoint (bounded by connect timeout and retries, never minutes).
+- Faults: each put, get, stat and listing is retried (`store.op_attempts`, exponential backoff capped at
+  `store.op_backoff_max_s`) while the endpoint is unreachable or answers 5xx; past that it raises
+  `StoreUnavailable` (a `StoreError`), which callers may queue and retry later (`UploadQueue`).
+- `write_manifest` / `verify_tree` put the same kind of manifest beside a local directory (checkpoints),
+  so a local copy is verified before it is trusted.
 """
 
 from __future__ import annotations
@@ -49,6 +54,15 @@ class StoreError(RuntimeError):
 
 class IncompleteUploadError(StoreError):
     """A prefix holds no complete directory upload (no MANIFEST.json): nothing there, or a cut-off upload."""
+
+
+class StoreUnavailable(StoreError):
+    """The endpoint was unreachable, or kept answering 5xx, through every attempt: the same call may
+    succeed later (queue it), unlike a missing bucket, bad credentials or a corrupted object."""
+
+
+# S3 error codes of a server that is overloaded or failing, not of a bad request.
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "ServerError"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +157,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_manifest(local_dir: Path, name: str) -> Manifest:
+    """Write `<local_dir>/<name>`: size and sha256 of every other file under `local_dir` (written last, so
+    a directory without it was never completed)."""
+    root = Path(local_dir)
+    entries = [
+        ManifestEntry(rel, (root / rel).stat().st_size, sha256_file(root / rel))
+        for rel in _tree_files(root)
+        if rel != name
+    ]
+    manifest = Manifest(entries)
+    part = root / f"{name}.part"
+    part.write_text(manifest.to_json())
+    part.replace(root / name)
+    return manifest
+
+
+def verify_tree(local_dir: Path, name: str) -> str | None:
+    """None when `<local_dir>/<name>` (see `write_manifest`) is readable and every file it lists has its
+    size and sha256; else a one-line reason naming the first bad file (files it does not list are ignored)."""
+    root = Path(local_dir)
+    try:
+        manifest = Manifest.from_json((root / name).read_text(), str(root / name))
+    except FileNotFoundError:
+        return f"{root / name} is missing (the checkpoint was never completed)"
+    except (StoreError, OSError, UnicodeDecodeError) as err:
+        return str(err).splitlines()[0]
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file():
+            return f"{path}: missing (listed in {name})"
+        if path.stat().st_size != entry.size:
+            return f"{path}: size {path.stat().st_size} bytes, {name} says {entry.size}"
+        if sha256_file(path) != entry.sha256:
+            return f"{path}: sha256 differs from {name} (corrupted)"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # The seam
 # --------------------------------------------------------------------------------------------------
@@ -205,16 +256,24 @@ class S3ArtifactStore:
 
     def ensure_bucket(self, bucket: str | None = None) -> None:
         name = bucket or self._cfg.bucket
-        with self._errors(f"s3://{name}"):
-            if not self._client.bucket_exists(name):
-                self._client.make_bucket(name)
-                log.info("created bucket s3://%s on %s", name, self.endpoint_url)
+
+        def ensure() -> None:
+            with self._errors(f"s3://{name}"):
+                if not self._client.bucket_exists(name):
+                    self._client.make_bucket(name)
+                    log.info("created bucket s3://%s on %s", name, self.endpoint_url)
+
+        self._retry(ensure)
 
     def list(self, uri: str) -> list[str]:
         loc = S3Uri.parse(uri)
-        with self._errors(str(loc)):
-            objects = self._client.list_objects(loc.bucket, prefix=loc.prefix or None, recursive=True)
-            return sorted(str(S3Uri(loc.bucket, o.object_name)) for o in objects)
+
+        def listing() -> list[str]:
+            with self._errors(str(loc)):
+                objects = self._client.list_objects(loc.bucket, prefix=loc.prefix or None, recursive=True)
+                return sorted(str(S3Uri(loc.bucket, o.object_name)) for o in objects)
+
+        return self._retry(listing)
 
     def exists(self, uri: str) -> bool:
         loc = S3Uri.parse(uri)
@@ -238,7 +297,7 @@ class S3ArtifactStore:
         if stat is None:
             raise StoreError(f"{self.endpoint_url}: object {loc} does not exist")
         expected = _meta_sha256(stat.metadata)
-        self._get_verified(loc, Path(path), expected_size=stat.size, expected_sha256=expected)
+        self._retry(lambda: self._get_verified(loc, Path(path), stat.size, expected))
         return Path(path)
 
     # ---- directory trees --------------------------------------------------------------------------
@@ -250,8 +309,13 @@ class S3ArtifactStore:
         loc = S3Uri.parse(uri)
         files = _tree_files(root)
         # The old manifest goes first: an interrupted re-upload must not look complete.
-        with self._errors(str(loc.join(MANIFEST_NAME))):
-            self._client.remove_object(loc.bucket, loc.join(MANIFEST_NAME).key)
+        manifest_loc = loc.join(MANIFEST_NAME)
+
+        def remove_manifest() -> None:
+            with self._errors(str(manifest_loc)):
+                self._client.remove_object(manifest_loc.bucket, manifest_loc.key)
+
+        self._retry(remove_manifest)
         meter = _Progress(f"upload {root} -> {loc}", len(files), self._cfg, self._progress)
         entries = []
         for rel in files:
@@ -273,14 +337,17 @@ class S3ArtifactStore:
                 f"{self.endpoint_url}: incomplete upload: {S3Uri.parse(uri)} has no {MANIFEST_NAME} "
                 "(the upload never finished, or this is not a directory upload)"
             )
-        with self._errors(str(loc)):
-            response = self._client.get_object(loc.bucket, loc.key)
-            try:
-                text = response.read().decode()
-            finally:
-                response.close()
-                response.release_conn()
-        return Manifest.from_json(text, str(loc))
+
+        def read() -> str:
+            with self._errors(str(loc)):
+                response = self._client.get_object(loc.bucket, loc.key)
+                try:
+                    return response.read().decode()
+                finally:
+                    response.close()
+                    response.release_conn()
+
+        return Manifest.from_json(self._retry(read), str(loc))
 
     def download_dir(self, uri: str, local_dir: Path) -> Manifest:
         loc = S3Uri.parse(uri)
@@ -291,7 +358,11 @@ class S3ArtifactStore:
         failures = []
         for entry in manifest.files:
             try:
-                self._get_verified(loc.join(entry.path), root / entry.path, entry.size, entry.sha256)
+                self._retry(
+                    lambda e=entry: self._get_verified(loc.join(e.path), root / e.path, e.size, e.sha256)
+                )
+            except StoreUnavailable:
+                raise
             except StoreError as err:
                 failures.append(str(err))
             meter.advance(entry.size)
@@ -314,24 +385,59 @@ class S3ArtifactStore:
 
     # ---- internals --------------------------------------------------------------------------------
 
+    def _retry(self, func: Callable[[], Any]) -> Any:
+        """`func()`, again while it raises `StoreUnavailable`: `store.op_attempts` attempts with exponential
+        backoff capped at `store.op_backoff_max_s`. Other errors are final at once."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        attempts = self._cfg.op_attempts
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=self._cfg.retry_backoff_s, max=self._cfg.op_backoff_max_s),
+            retry=retry_if_exception_type(StoreUnavailable),
+            before_sleep=lambda state: log.warning(
+                "store: attempt %d/%d failed, retrying: %s",
+                state.attempt_number,
+                attempts,
+                state.outcome.exception() if state.outcome else "",
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(func)
+        except StoreUnavailable as err:
+            if attempts > 1 and "attempts)" not in str(err):
+                raise StoreUnavailable(f"{err} ({attempts} attempts)") from err
+            raise
+
     def _put(self, path: Path, loc: S3Uri, digest: str) -> None:
-        with self._errors(str(loc)):
-            self._client.fput_object(loc.bucket, loc.key, str(path), metadata={SHA256_META: digest})
+        def put() -> None:
+            with self._errors(str(loc)):
+                self._client.fput_object(loc.bucket, loc.key, str(path), metadata={SHA256_META: digest})
+
+        self._retry(put)
 
     def _put_bytes(self, data: bytes, loc: S3Uri) -> None:
         import io
 
         digest = hashlib.sha256(data).hexdigest()
-        with self._errors(str(loc)):
-            self._client.put_object(
-                loc.bucket, loc.key, io.BytesIO(data), len(data), metadata={SHA256_META: digest}
-            )
+
+        def put() -> None:
+            with self._errors(str(loc)):
+                self._client.put_object(
+                    loc.bucket, loc.key, io.BytesIO(data), len(data), metadata={SHA256_META: digest}
+                )
+
+        self._retry(put)
 
     def _stat(self, loc: S3Uri) -> Any | None:
-        from minio.error import S3Error
-
         if not loc.key:
             return None
+        return self._retry(lambda: self._stat_once(loc))
+
+    def _stat_once(self, loc: S3Uri) -> Any | None:
+        from minio.error import S3Error
+
         try:
             with self._errors(str(loc), passthrough=S3Error):
                 return self._client.stat_object(loc.bucket, loc.key)
@@ -350,15 +456,15 @@ class S3ArtifactStore:
         try:
             with self._errors(str(loc), passthrough=S3Error):
                 response = self._client.get_object(loc.bucket, loc.key)
-            try:
-                with part.open("wb") as handle:
-                    for chunk in response.stream(_CHUNK):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        handle.write(chunk)
-            finally:
-                response.close()
-                response.release_conn()
+                try:
+                    with part.open("wb") as handle:
+                        for chunk in response.stream(_CHUNK):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            handle.write(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
         except S3Error as err:
             part.unlink(missing_ok=True)
             if err.code in ("NoSuchKey", "NoSuchObject"):
@@ -380,7 +486,7 @@ class S3ArtifactStore:
     @contextmanager
     def _errors(self, where: str, passthrough: type[BaseException] | None = None) -> Iterator[None]:
         """Turn client exceptions into `StoreError`s that name the endpoint and the object."""
-        from minio.error import MinioException, S3Error
+        from minio.error import MinioException, S3Error, ServerError
         from urllib3.exceptions import HTTPError
 
         try:
@@ -391,15 +497,19 @@ class S3ArtifactStore:
             if passthrough is not None and isinstance(err, passthrough):
                 raise
             raise self._translate(err, where) from err
-        except HTTPError as err:
-            raise StoreError(
+        except (HTTPError, ConnectionError) as err:
+            raise StoreUnavailable(
                 f"{self.endpoint_url}: unreachable while accessing {where} "
                 f"(after {self._cfg.max_retries} retries, connect timeout {self._cfg.connect_timeout_s} s): {err}"
             ) from err
+        except ServerError as err:  # a 5xx without an S3 error body
+            raise StoreUnavailable(f"{self.endpoint_url}: {where}: server error: {err}") from err
         except MinioException as err:
             raise StoreError(f"{self.endpoint_url}: {where}: {err}") from err
 
     def _translate(self, err: Any, where: str) -> StoreError:
+        if err.code in _TRANSIENT_CODES:
+            return StoreUnavailable(f"{self.endpoint_url}: {where}: {err.code}: {err.message}")
         if err.code == "NoSuchBucket":
             bucket = err.bucket_name or S3Uri.parse(where).bucket
             return StoreError(f"{self.endpoint_url}: bucket '{bucket}' does not exist (accessing {where})")

@@ -14,7 +14,14 @@ every recorded (task, attempt), so an interrupted run loses at most the episodes
 last line (a kill mid-write) is dropped on resume. With a store and no local file, the recorded
 episodes are first restored from the store.
 
-Filters (each rejection counted by reason): `not_submitted` / `timeout` / `budget` (the episode
+Faults: an episode that ended on a transient failure (an expert call that failed transiently, a policy
+error, a crash from an unreachable service) is recorded with reason `transient` and run again by the next
+run, so such failures never cost data. While the store is down, episode uploads are queued (the episode is
+already in `trajectories.jsonl`) and retried; the phase ends only once every queued upload is done (for up
+to `store.flush_timeout_s`), else it fails naming how many are pending, and a rerun first uploads every
+recorded episode the store lacks.
+
+Filters (each rejection counted by reason): `transient` (see Faults; rerun), `not_submitted` / `timeout` / `budget` (the episode
 did not end with submit), `empty_patch`, `leak` (an expert reply holds `synth.leak_min_lines`
 consecutive added lines of the gold diff verbatim, whitespace-normalised), `unresolved` (graded
 in a fresh sandbox by `protege.grading.grade`), `error` (the episode or its grading crashed).
@@ -39,8 +46,9 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +70,8 @@ Progress = Callable[[str], None]
 
 # Terminal statuses other than `submitted`, as rejection reasons.
 STATUS_REASONS = {"timeout": "timeout", "cost_limit": "budget", "budget_exhausted": "budget"}
+TRANSIENT = "transient"
+"""Rejection reason of an episode that a rerun runs again."""
 
 
 class SynthError(ValueError):
@@ -126,6 +136,26 @@ def judge(
         return {"kept": True, "reason": "resolved", "detail": ""}
     reason = "error" if result.failure_reason == "sandbox_error" else "unresolved"
     return {"kept": False, "reason": reason, "detail": f"{result.failure_reason}: {result.detail}"[:500]}
+
+
+def transient_failure(trajectory: Trajectory) -> str:
+    """Why the episode ended on a failure that may pass (then a rerun runs it again), or ''."""
+    if trajectory.status == "policy_error":
+        return f"policy_error: {trajectory.status_detail}"
+    for call in trajectory.expert_calls:
+        if call.status == "error" and call.transient:
+            return f"expert call at step {call.step} failed: {call.error}"
+    return ""
+
+
+def transient_exception(err: BaseException) -> bool:
+    """A crash a rerun may not meet again: an unreachable store or expert, a dropped connection."""
+    from protege.agent.expert_backends import ExpertBackendError
+    from protege.store import StoreUnavailable
+
+    if isinstance(err, ExpertBackendError):
+        return err.transient
+    return isinstance(err, StoreUnavailable | ConnectionError | TimeoutError)
 
 
 def verdict(trajectory: Trajectory) -> dict[str, Any]:
@@ -207,6 +237,19 @@ def episode_uri(prefix: str, key: Key) -> str:
     return f"{prefix}/episodes/{key[0]}.{key[1]}.json"
 
 
+def upload_episode(store: Any, prefix: str, trajectory: Trajectory) -> None:
+    with tempfile.TemporaryDirectory(prefix="protege-synth-") as tmp:
+        local = Path(tmp) / "episode.json"
+        local.write_text(trajectory.model_dump_json())
+        store.upload_file(local, episode_uri(prefix, (trajectory.instance_id, trajectory.attempt)))
+
+
+def missing_in_store(store: Any, prefix: str, recorded: dict[Key, Trajectory]) -> list[Key]:
+    """Recorded episodes whose object is not in the store (their upload was queued when a run ended)."""
+    present = set(store.list(f"{prefix}/episodes/"))
+    return [key for key in recorded if episode_uri(prefix, key) not in present]
+
+
 def restore_from_store(store: Any, prefix: str, path: Path) -> int:
     """Rebuild a missing local `trajectories.jsonl` from the store's per-episode objects."""
     uris = [u for u in store.list(f"{prefix}/episodes/") if u.endswith(".json")]
@@ -236,6 +279,8 @@ class SynthRun:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.started = self.done = 0
+        self.queued: set[Key] = set()
+        """Recorded episodes whose upload waits for the store to come back."""
         self.skipped: Counter[str] = Counter()
         self.clock = time.monotonic()
 
@@ -264,12 +309,16 @@ class SynthRun:
             return None
         try:
             trajectory = self.play(task, attempt, cap)
-            trajectory.extra[PHASE] = judge(trajectory, task, self.cfg.synth.leak_min_lines, self.grade)
+            if why := transient_failure(trajectory):  # never graded: the rerun replaces it
+                trajectory.extra[PHASE] = {"kept": False, "reason": TRANSIENT, "detail": why[:500]}
+            else:
+                trajectory.extra[PHASE] = judge(trajectory, task, self.cfg.synth.leak_min_lines, self.grade)
         except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
             detail = "".join(traceback.format_exception_only(err)).strip()
+            reason = TRANSIENT if transient_exception(err) else "error"
             trajectory = Trajectory(instance_id=task.instance_id, attempt=attempt, phase=PHASE,
                                     status="sandbox_error", status_detail=detail,
-                                    extra={PHASE: {"kept": False, "reason": "error", "detail": detail}})  # fmt: skip
+                                    extra={PHASE: {"kept": False, "reason": reason, "detail": detail}})  # fmt: skip
         self.record(trajectory)
         return trajectory
 
@@ -296,10 +345,46 @@ class SynthRun:
             self.recorded[key] = trajectory
             self.done += 1
         if self.store is not None:
-            with tempfile.TemporaryDirectory(prefix="protege-synth-") as tmp:
-                local = Path(tmp) / "episode.json"
-                local.write_text(trajectory.model_dump_json())
-                self.store.upload_file(local, episode_uri(self.prefix, key))
+            self.upload(key)
+
+    def upload(self, key: Key) -> None:
+        """Upload one recorded episode; while the store is down it is queued (`flush` retries it)."""
+        from protege.store import StoreUnavailable
+
+        with self.lock:
+            trajectory = self.recorded[key]
+        try:
+            upload_episode(self.store, self.prefix, trajectory)
+        except StoreUnavailable as err:
+            with self.lock:
+                first = not self.queued
+                self.queued.add(key)
+            if first:
+                self.progress(
+                    f"synth: store unavailable, queueing episode uploads: {str(err).splitlines()[0]}"
+                )
+            return
+        with self.lock:
+            self.queued.discard(key)
+
+    def flush(self) -> None:
+        """Retry queued uploads until none is left or `store.flush_timeout_s` passes (then SynthError)."""
+        deadline = time.monotonic() + self.cfg.store.flush_timeout_s
+        wait = max(self.cfg.store.retry_backoff_s, 0.1)
+        while self.queued:
+            for key in sorted(self.queued):
+                self.upload(key)
+            if not self.queued:
+                self.progress("synth: every queued episode upload is done")
+                return
+            if time.monotonic() + wait > deadline:
+                raise SynthError(
+                    f"store {self.prefix}: {len(self.queued)} episode upload(s) still pending after "
+                    f"{self.cfg.store.flush_timeout_s:.0f} s; every episode is in {self.out_dir / TRAJECTORIES}, "
+                    "rerun to upload them"
+                )
+            time.sleep(wait)
+            wait = min(wait * 2, max(self.cfg.store.op_backoff_max_s, 0.1))
 
     def line(self, trajectory: Trajectory) -> str:
         with self.lock:
@@ -382,17 +467,29 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"s3://{cfg.store.bucket}/{cfg.run_name}/{PHASE}"
     path = out_dir / TRAJECTORIES
-    if store is not None and not path.is_file():
-        restored = restore_from_store(store, prefix, path)
-        progress(f"synth: restored {restored} recorded episode(s) from {prefix}")
-    recorded = load_recorded(path)
-    tasks = train_tasks(cfg, store)
-    pairs = [(t, a) for t in tasks for a in range(cfg.synth.attempts) if (t.instance_id, a) not in recorded]
-    progress(f"synth: {len(pairs)} episode(s) to run, {len(recorded)} already recorded, teacher "
-             f"{cfg.synth.teacher}:{cfg.synth.teacher_model}, {cfg.synth.concurrency} in parallel")  # fmt: skip
+    with _store_faults(out_dir):
+        if store is not None and not path.is_file():
+            restored = restore_from_store(store, prefix, path)
+            progress(f"synth: restored {restored} recorded episode(s) from {prefix}")
+        recorded = load_recorded(path)
+        tasks = train_tasks(cfg, store)
+        unsent = missing_in_store(store, prefix, recorded) if store is not None else []
+    pairs = [
+        (t, a) for t in tasks for a in range(cfg.synth.attempts) if _to_run(recorded, (t.instance_id, a))
+    ]
+    retried = sum((t.instance_id, a) in recorded for t, a in pairs)
+    progress(f"synth: {len(pairs)} episode(s) to run ({retried} after a transient failure), {len(recorded)} "
+             f"already recorded, teacher {cfg.synth.teacher}:{cfg.synth.teacher_model}, "
+             f"{cfg.synth.concurrency} in parallel")  # fmt: skip
     runner = SynthRun(cfg, out_dir, policy_for or TEACHERS[cfg.synth.teacher](cfg), recorded, len(pairs),
                       store, prefix, progress, max_episodes)  # fmt: skip
+    runner.queued.update(unsent)
+    if unsent:
+        progress(f"synth: {len(unsent)} recorded episode(s) are not in the store yet; uploading them")
     runner.run(pairs)
+    if store is not None:
+        with _store_faults(out_dir):
+            runner.flush()
     summary = summary_of(cfg, runner.recorded)
     kept = [t for t in runner.recorded.values() if verdict(t)["kept"]]
     export = export_dataset(kept, out_dir / DATASET_DIR, TOOL_SCHEMAS, summary)
@@ -407,13 +504,34 @@ def run(
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if store is not None:
         result["uri"] = f"{prefix}/{DATASET_DIR}"
-        store.upload_dir(out_dir / DATASET_DIR, result["uri"])
-        store.upload_file(path, f"{prefix}/{TRAJECTORIES}")
+        with _store_faults(out_dir):
+            store.upload_dir(out_dir / DATASET_DIR, result["uri"])
+            store.upload_file(path, f"{prefix}/{TRAJECTORIES}")
     if tracker is not None:
         result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, export)
     progress(f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
              f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s")  # fmt: skip
     return result
+
+
+def _to_run(recorded: dict[Key, Trajectory], key: Key) -> bool:
+    """Not recorded yet, or recorded as a transient failure (run again)."""
+    return key not in recorded or verdict(recorded[key])["reason"] == TRANSIENT
+
+
+@contextmanager
+def _store_faults(out_dir: Path) -> Iterator[None]:
+    """A store that stays unreachable through its retries ends the phase with one line (nothing is lost:
+    episodes are in the local file and a rerun uploads what the store lacks)."""
+    from protege.store import StoreUnavailable
+
+    try:
+        yield
+    except StoreUnavailable as err:
+        raise SynthError(
+            f"{str(err).splitlines()[0]}; every recorded episode is kept in {out_dir / TRAJECTORIES}, "
+            "rerun synth once the store is back"
+        ) from None
 
 
 def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
@@ -437,7 +555,7 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
 
 
 def _synth_cli(args: argparse.Namespace) -> int:
-    from protege.cli import load_cfg, tracker_and_store
+    from protege.cli import CLIError, load_cfg, tracker_and_store
 
     overrides = list(args.overrides)
     if args.tasks:
@@ -448,7 +566,10 @@ def _synth_cli(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
     tracker, store = tracker_and_store(cfg, args.track, args.upload)
-    result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
+    try:
+        result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
+    except SynthError as err:
+        raise CLIError(str(err)) from None
     print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
     return 0
 

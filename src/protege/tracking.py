@@ -14,6 +14,15 @@ and modules that merely import this one stay fast. Telemetry is off.
   transformers flavor, which is broken with transformers 5), and `register` versions a LoggedModel
   in the registry with lineage tags and aliases.
 
+Faults: a call whose answer is needed (runs, models, the registry) is retried while the server is
+unreachable or answers 5xx (`tracking.retry_attempts`, backoff capped at `tracking.retry_backoff_max_s`),
+then raises `TrackingError`. Calls that only record (metrics, params, tags, datasets, artifacts, checkpoint
+models) never stop a phase: when the server is down they are buffered in order and flushed once it answers
+again; closing a phase run flushes the buffer (for up to `tracking.flush_timeout_s`) before marking the run
+FINISHED, and fails naming what is pending (the run then ends FAILED) when the server never comes back.
+Buffered calls are kept as data and spooled to `tracking.spool_dir`; a Tracker for the same server and
+experiment adopts spool files that a dead process left and sends them first.
+
 Note: `mlflow.create_external_model` and `mlflow.register_model` use the process-wide tracking URI,
 so `Tracker(cfg)` sets it (one tracking server per process).
 """
@@ -21,7 +30,10 @@ so `Tracker(cfg)` sets it (one tracking server per process).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,9 +59,15 @@ TAG_SOURCE_RUN = "protege.source_run_id"
 _PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs
 _TRUNCATED = "...[truncated]"
 
+log = logging.getLogger(__name__)
+
 
 class TrackingError(RuntimeError):
     """A tracking call failed or was misused; the message names the run, phase or model."""
+
+
+class TrackingUnavailable(TrackingError):
+    """The server was unreachable (or answered 5xx) through every attempt; the call may succeed later."""
 
 
 def _mlflow() -> Any:
@@ -82,6 +100,12 @@ class Tracker:
         mlflow.set_registry_uri(cfg.uri)
         self.cfg = cfg
         self.client = mlflow.MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        """Recording calls buffered while the server was down, oldest first: (what, kind, fields)."""
+        self._pending_lock = threading.RLock()
+        self._last_probe = 0.0
+        self._spool: Any = None
+        self._adopt_spools()
         self.experiment_id = self._call(f"experiment '{cfg.experiment}'", self._experiment_id)
         self.parent_run_id: str | None = None
 
@@ -150,9 +174,25 @@ class Tracker:
         try:
             yield current
         except BaseException:
-            self.client.set_terminated(current.run_id, status="FAILED")
+            self._end_failed(current.run_id, name)
+            raise
+        try:
+            self.flush()
+        except TrackingError:
+            self._end_failed(current.run_id, name)
             raise
         self._call(f"end phase run '{name}'", lambda: self.client.set_terminated(current.run_id, "FINISHED"))
+
+    def _end_failed(self, run_id: str, name: str) -> None:
+        """Mark a phase run FAILED, flushing what is buffered first; never masks the error being raised."""
+        try:
+            self.flush()
+        except TrackingError as err:
+            log.warning("tracking: phase run '%s' ends with buffered calls not logged: %s", name, err)
+        try:
+            self._call(f"end phase run '{name}'", lambda: self.client.set_terminated(run_id, status="FAILED"))
+        except TrackingError as err:
+            log.warning("tracking: could not mark phase run '%s' (%s) FAILED: %s", name, run_id, err)
 
     # ---- params, metrics, tags --------------------------------------------------------------------
 
@@ -163,7 +203,13 @@ class Tracker:
         digest = config.digest() if hasattr(config, "digest") else None
         if digest:
             self.set_tags(run_id, {TAG_CONFIG_DIGEST: digest})
-        self._call(f"config.json of run {run_id}", lambda: self.client.log_dict(run_id, data, "config.json"))
+        self._record(
+            f"config.json of run {run_id}",
+            "log_dict",
+            run_id=run_id,
+            dictionary=data,
+            artifact_file="config.json",
+        )
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -171,7 +217,7 @@ class Tracker:
 
         items = [Param(key, self._param_value(value)) for key, value in params.items()]
         for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._call(f"params of run {run_id}", lambda b=batch: self.client.log_batch(run_id, params=b))
+            self._record(f"params of run {run_id}", "log_batch", run_id=run_id, params=batch)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -182,7 +228,7 @@ class Tracker:
         now_ms = int(time.time() * 1000)
         items = [Metric(key, float(value), now_ms, step or 0) for key, value in metrics.items()]
         for batch in _chunks(items, MAX_METRICS_PER_BATCH):
-            self._call(f"metrics of run {run_id}", lambda b=batch: self.client.log_batch(run_id, metrics=b))
+            self._record(f"metrics of run {run_id}", "log_batch", run_id=run_id, metrics=batch)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -190,13 +236,15 @@ class Tracker:
 
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for batch in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._call(f"tags of run {run_id}", lambda b=batch: self.client.log_batch(run_id, tags=b))
+            self._record(f"tags of run {run_id}", "log_batch", run_id=run_id, tags=batch)
 
     def log_artifacts(self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str = "") -> None:
         """A file or a directory tree (report files, plots) as artifacts of the run under `artifact_path`."""
-        path = os.fspath(local_path)
-        log = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
-        self._call(f"artifact {path} of run {run_id}", lambda: log(run_id, path, artifact_path or None))
+        path = os.path.abspath(os.fspath(local_path))
+        kind = "log_artifacts" if os.path.isdir(path) else "log_artifact"
+        self._record(
+            f"artifact {path} of run {run_id}", kind, run_id=run_id, local=path, to=artifact_path or None
+        )
 
     # ---- lineage: datasets, checkpoints, registry -------------------------------------------------
 
@@ -231,9 +279,7 @@ class Tracker:
             InputTag(k, str(v)) for k, v in (tags or {}).items()
         ]
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=input_tags)
-        self._call(
-            f"dataset '{name}' of run {run_id}", lambda: self.client.log_inputs(run_id, datasets=[entry])
-        )
+        self._record(f"dataset '{name}' of run {run_id}", "log_inputs", run_id=run_id, datasets=[entry])
         return dataset.digest
 
     def log_checkpoint(
@@ -244,23 +290,22 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         model_type: str = "agent",
-    ) -> str:
-        """An EXTERNAL LoggedModel for the checkpoint stored at `uri` (s3://...); returns its model_id."""
-        mlflow = _mlflow()
+        wait: bool = False,
+    ) -> str | None:
+        """An EXTERNAL LoggedModel for the checkpoint stored at `uri` (s3://...); returns its model_id, or
+        None when the server is down and the model is buffered (it is created when the buffer flushes).
+        `wait=True`: flush the buffer first and retry until the model exists (TrackingError if it cannot)."""
         model_tags = {TAG_CHECKPOINT_URI: uri, TAG_SOURCE_RUN: run_id, **dict(tags or {})}
         model_params = {k: self._param_value(v) for k, v in (params or {}).items()}
-        model = self._call(
-            f"checkpoint '{name}' ({uri}) of run {run_id}",
-            lambda: mlflow.create_external_model(
-                name=name,
-                source_run_id=run_id,
-                tags=model_tags,
-                params=model_params,
-                model_type=model_type,
-                experiment_id=self.experiment_id,
-            ),
-        )
-        return model.model_id
+        what = f"checkpoint '{name}' ({uri}) of run {run_id}"
+        fields = {"name": name, "source_run_id": run_id, "tags": model_tags, "params": model_params,
+                  "model_type": model_type, "experiment_id": self.experiment_id}  # fmt: skip
+        if wait:
+            self.flush()
+            model = self._call(what, lambda: _OPS["create_external_model"](self, **fields))
+        else:
+            model = self._record(what, "create_external_model", **fields)
+        return model.model_id if model is not None else None
 
     def register(
         self,
@@ -362,15 +407,156 @@ class Tracker:
         limit = self.cfg.param_value_max_chars
         return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
 
-    def _call(self, what: str, func: Any) -> Any:
+    def _once(self, what: str, func: Any) -> Any:
+        """`func()` with MLflow's errors as TrackingError (TrackingUnavailable when the server is down)."""
         from mlflow.exceptions import MlflowException
 
         try:
             return func()
         except MlflowException as err:
-            raise TrackingError(f"{self.cfg.uri}: {what}: {err.message}") from err
+            # The REST client reports a refused connection as INTERNAL_ERROR (HTTP 500) too.
+            kind = TrackingUnavailable if err.get_http_status_code() >= 500 else TrackingError
+            raise kind(f"{self.cfg.uri}: {what}: {err.message}") from err
         except OSError as err:  # connection refused/reset, timeouts (requests' errors are OSErrors)
-            raise TrackingError(f"{self.cfg.uri}: {what}: tracking server unreachable: {err}") from err
+            raise TrackingUnavailable(f"{self.cfg.uri}: {what}: tracking server unreachable: {err}") from err
+
+    def _call(self, what: str, func: Any) -> Any:
+        """`func()`, retried while the server is unavailable (`tracking.retry_attempts`, bounded backoff)."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.cfg.retry_attempts),
+            wait=wait_exponential(multiplier=self.cfg.retry_backoff_s, max=self.cfg.retry_backoff_max_s),
+            retry=retry_if_exception_type(TrackingUnavailable),
+            reraise=True,
+        )
+        return retrying(lambda: self._once(what, func))
+
+    def _record(self, what: str, kind: str, **fields: Any) -> Any:
+        """A call that only records (`_OPS[kind](self, **fields)`): tried once; while the server is down it
+        joins the buffer (in order behind anything already buffered, and in the spool file) and None is
+        returned."""
+        with self._pending_lock:
+            if self._pending:
+                self._pending.append((what, kind, fields))
+                self._save_spool()
+                self._probe()
+                return None
+            try:
+                return self._apply((what, kind, fields))
+            except TrackingUnavailable as err:
+                log.warning("tracking: server unavailable, buffering calls until it answers: %s", err)
+                self._pending.append((what, kind, fields))
+                self._save_spool()
+                self._last_probe = time.monotonic()
+                return None
+
+    def _apply(self, op: tuple[str, str, dict[str, Any]]) -> Any:
+        what, kind, fields = op
+        return self._once(what, lambda: _OPS[kind](self, **fields))
+
+    # ---- the spool: buffered calls on disk, so a process that dies does not lose them -------------
+
+    def _spool_key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{self.cfg.uri}\n{self.cfg.experiment}".encode()).hexdigest()[:16]
+
+    def _save_spool(self) -> None:
+        """Write the buffer to this process's spool file (atomically); remove it once the buffer is empty."""
+        import pickle
+
+        if self._spool is None:
+            return
+        if not self._pending:
+            self._spool.unlink(missing_ok=True)
+            return
+        try:
+            self._spool.parent.mkdir(parents=True, exist_ok=True)
+            part = self._spool.with_suffix(".part")
+            part.write_bytes(pickle.dumps(self._pending))
+            part.replace(self._spool)
+        except (OSError, pickle.PicklingError, TypeError, AttributeError) as err:
+            log.warning("tracking: could not spool buffered calls to %s: %s", self._spool, err)
+
+    def _adopt_spools(self) -> None:
+        """Take over spool files left by earlier processes for this server and experiment (rename is atomic,
+        so two processes never both send them) and buffer their calls first."""
+        import pickle
+        import uuid
+        from pathlib import Path
+
+        if not self.cfg.spool_dir:
+            return
+        directory = Path(self.cfg.spool_dir)
+        key = self._spool_key()
+        self._spool = directory / f"{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pkl"
+        for path in sorted(directory.glob(f"{key}-*.pkl")) if directory.is_dir() else []:
+            claimed = path.with_suffix(".claimed")
+            try:
+                path.rename(claimed)
+                self._pending.extend(pickle.loads(claimed.read_bytes()))
+                claimed.unlink()
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+                log.warning("tracking: could not read spooled calls %s: %s", path, err)
+        if self._pending:
+            log.warning("tracking: %d call(s) left by an earlier process; sending them", len(self._pending))
+            self._save_spool()
+            self._probe()
+
+    def _probe(self) -> None:
+        """Try the buffer again, at most once per `tracking.retry_backoff_max_s` (the phase goes on meanwhile)."""
+        if time.monotonic() - self._last_probe < self.cfg.retry_backoff_max_s:
+            return
+        self._last_probe = time.monotonic()
+        try:
+            self._drain()
+        except TrackingUnavailable:
+            pass
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            while self._pending:
+                self._apply(self._pending[0])
+                self._pending.pop(0)
+                self._save_spool()
+        log.info("tracking: buffered calls flushed to %s", self.cfg.uri)
+
+    @property
+    def pending(self) -> int:
+        """Recording calls buffered while the server was down and not yet flushed."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send every buffered call, retrying with backoff for up to `timeout_s` (default
+        `tracking.flush_timeout_s`); TrackingError naming what is pending when the server never answers."""
+        timeout_s = self.cfg.flush_timeout_s if timeout_s is None else timeout_s
+        deadline, wait = time.monotonic() + timeout_s, max(self.cfg.retry_backoff_s, 0.1)
+        while self.pending:
+            try:
+                self._drain()
+            except TrackingUnavailable as err:
+                if time.monotonic() + wait > deadline:
+                    raise TrackingError(
+                        f"{self.cfg.uri}: {self.pending} tracking call(s) not logged after "
+                        f"{timeout_s:.0f} s of retries (first: {self._pending[0][0]}): {err}"
+                    ) from err
+                time.sleep(wait)
+                wait = min(wait * 2, max(self.cfg.retry_backoff_max_s, 0.1))
+
+
+# What a buffered call does, by kind: plain data in the buffer, so it can be spooled to disk.
+_OPS: dict[str, Any] = {
+    "log_batch": lambda t, run_id, **batch: t.client.log_batch(run_id, **batch),
+    "log_dict": lambda t, run_id, dictionary, artifact_file: t.client.log_dict(
+        run_id, dictionary, artifact_file
+    ),
+    "log_artifact": lambda t, run_id, local, to: t.client.log_artifact(run_id, local, to),
+    "log_artifacts": lambda t, run_id, local, to: t.client.log_artifacts(run_id, local, to),
+    "log_inputs": lambda t, run_id, datasets: t.client.log_inputs(run_id, datasets=datasets),
+    "create_external_model": lambda t, **fields: _mlflow().create_external_model(**fields),
+}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -112,6 +112,9 @@ class ExpertCall(Record):
     """Whether the call reached the expert and succeeded."""
     error: str = ""
     """Error text when status != ok."""
+    transient: bool = False
+    """status `error` only: the failure may pass (transport, overload, rate limit, malformed reply), so
+    synth runs the episode again on a rerun."""
     backend: str = ""
     """anthropic | openai | oracle."""
     model: str = ""

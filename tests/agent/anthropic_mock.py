@@ -48,6 +48,8 @@ class Canned:
     """Extra response headers (e.g. `retry-after-ms` to make SDK retries fast)."""
     delay_s: float = 0.0
     """Sleep this long before answering (to provoke client timeouts)."""
+    raw: bytes | None = None
+    """Send these bytes as the body instead of `body` as JSON (a malformed reply)."""
 
 
 @dataclass
@@ -115,6 +117,11 @@ def anthropic_error(
     """An Anthropic-style error (529 overloaded_error, 401 authentication_error, 400 invalid_request_error...)."""
     body = {"type": "error", "error": {"type": error_type, "message": message}}
     return Canned(status, body, dict(headers or {}))
+
+
+def malformed_reply(raw: bytes = b'{"id": "msg_1", "type": "mess') -> Canned:
+    """A 200 reply whose body is not valid JSON (a proxy or a torn connection garbled it)."""
+    return Canned(200, {}, raw=raw)
 
 
 def openai_text(
@@ -226,7 +233,7 @@ class MockLLMServer:
                 canned = server._answer(RecordedRequest("POST", self.path, headers, body))
                 if canned.delay_s:
                     time.sleep(canned.delay_s)
-                payload = json.dumps(canned.body).encode()
+                payload = canned.raw if canned.raw is not None else json.dumps(canned.body).encode()
                 try:
                     self.send_response(canned.status)
                     self.send_header("content-type", "application/json")

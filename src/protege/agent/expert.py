@@ -15,7 +15,9 @@ What the expert sees (METHOD §2), and exactly what `ExpertCall.context` records
 
 `ask` never raises for API trouble: refusals and failures come back as an `ExpertCall` whose status
 (`quota_exceeded`, `cost_limit`, `budget_exhausted`, `error`) and error text say what happened, and
-`observation(call)` turns any call into the tool observation the protégé reads.
+`observation(call)` turns any call into the tool observation the protégé reads. An `error` that may pass
+(transport, overload, rate limit, malformed reply; see `protege.agent.expert_backends`) has
+`transient=True`, so synthesis reruns that episode instead of keeping a trajectory without guidance.
 
 Response cache: content-addressed by sha256(backend + model + the exact request body), one JSON
 file per key under `cache_dir`, written atomically. `record` answers hits from the cache (cost 0,
@@ -272,7 +274,9 @@ class ExpertService:
         try:
             reply = self.backend.complete(request, task)
         except ExpertBackendError as err:
-            return self._result(status="error", error=str(err), latency_s=time.monotonic() - started)
+            return self._result(
+                status="error", error=str(err), transient=err.transient, latency_s=time.monotonic() - started
+            )
         else:
             if self.cfg.backend != "oracle":
                 actual = cost_usd(self.cfg.prices, reply.input_tokens, reply.output_tokens)

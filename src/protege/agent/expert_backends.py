@@ -12,7 +12,10 @@ Three backends, picked by `ExpertConfig.backend` through the literal dict `BACKE
   recorded as backend `oracle`.
 
 A backend never meters, caches or enforces limits (that is `protege.agent.expert`); it turns API
-trouble into `ExpertBackendError` with a readable message.
+trouble into `ExpertBackendError` with a readable message, marked `transient` when the same request may
+succeed later: transport errors and timeouts, overload and rate limits (408/409/429/5xx incl. 529) after
+the retries, and a 200 reply that is not the JSON the API promises (retried like an overload first).
+A `retry-after` header is obeyed up to `expert.retry_after_max_s`, never longer.
 """
 
 from __future__ import annotations
@@ -41,7 +44,44 @@ ORACLE_MAX_NAMES = 6
 
 
 class ExpertBackendError(RuntimeError):
-    """The backend could not produce a reply (timeout, overload after retries, auth, bad response)."""
+    """The backend could not produce a reply (timeout, overload after retries, auth, bad response).
+
+    `transient`: the same request may succeed later (transport, overload, rate limit, malformed reply);
+    False for what a retry cannot fix (bad request, authentication)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class MalformedReply(ValueError):
+    """A 200 reply whose body is not the JSON the API promises (retried, then transient)."""
+
+
+def retry_malformed(cfg: ExpertConfig, call: Any) -> Any:
+    """`call()`, again (up to `expert.max_retries` times, backoff from `expert.retry_backoff_s`) while it raises
+    `MalformedReply`: a garbled body is a transport fault, not an answer."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    retrying = Retrying(
+        stop=stop_after_attempt(cfg.max_retries + 1),
+        wait=wait_exponential(multiplier=cfg.retry_backoff_s, max=max(cfg.retry_after_max_s, 0.0)),
+        retry=retry_if_exception_type(MalformedReply),
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def retry_after_s(headers: Any, cap_s: float) -> float | None:
+    """The wait a reply's `retry-after-ms` / `retry-after` (seconds) header asks for, capped at `cap_s`;
+    None when it asks for nothing readable."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        try:
+            return min(max(float(value) / scale, 0.0), cap_s)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,7 +132,7 @@ class AnthropicBackend:
             raise ValueError(f"expert backend anthropic: no API key (set {env} or expert.api_key_env)")
         self.cfg = cfg
         self._anthropic = anthropic
-        self._client = anthropic.Anthropic(
+        self._client = _capped_client_class(anthropic, cfg.retry_after_max_s)(
             api_key=key, base_url=cfg.base_url or None, timeout=cfg.timeout_s, max_retries=cfg.max_retries
         )
 
@@ -109,22 +149,47 @@ class AnthropicBackend:
     def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
         errors = self._anthropic
         try:
-            response = self._client.messages.create(**self.payload(self.cfg, request))
+            return retry_malformed(self.cfg, lambda: self._create(request))
+        except MalformedReply as err:
+            raise ExpertBackendError(
+                f"anthropic malformed reply after {self.cfg.max_retries} retries: {err}", transient=True
+            ) from err
         except errors.APIStatusError as err:
             raise ExpertBackendError(
                 f"anthropic {type(err).__name__} (HTTP {err.status_code}) after up to "
-                f"{self.cfg.max_retries} retries: {err.message}"
+                f"{self.cfg.max_retries} retries: {err.message}",
+                transient=err.status_code in RETRYABLE_STATUSES,
             ) from err
         except errors.APITimeoutError as err:
             raise ExpertBackendError(
-                f"anthropic request timed out after {self.cfg.timeout_s}s ({self.cfg.max_retries} retries)"
+                f"anthropic request timed out after {self.cfg.timeout_s}s ({self.cfg.max_retries} retries)",
+                transient=True,
             ) from err
         except errors.APIConnectionError as err:
-            raise ExpertBackendError(f"anthropic connection error: {err}") from err
+            raise ExpertBackendError(f"anthropic connection error: {err}", transient=True) from err
         except errors.APIError as err:
             raise ExpertBackendError(f"anthropic {type(err).__name__}: {err}") from err
-        text = "".join(block.text for block in response.content if block.type == "text")
-        return BackendReply(text, response.usage.input_tokens, response.usage.output_tokens)
+
+    def _create(self, request: ExpertRequest) -> BackendReply:
+        """One SDK call (with the SDK's own retries); a body the SDK cannot read is `MalformedReply`."""
+        try:
+            response = self._client.messages.create(**self.payload(self.cfg, request))
+            text = "".join(block.text for block in response.content if block.type == "text")
+            return BackendReply(text, int(response.usage.input_tokens), int(response.usage.output_tokens))
+        except self._anthropic.APIError:
+            raise
+        except (ValueError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+            raise MalformedReply(f"{type(err).__name__}: {str(err)[:ERROR_BODY_CHARS]}") from err
+
+
+def _capped_client_class(anthropic: Any, cap_s: float) -> type:
+    """`anthropic.Anthropic` whose retries wait at most `cap_s` whatever a `retry-after` header asks."""
+
+    class CappedAnthropic(anthropic.Anthropic):
+        def _calculate_retry_timeout(self, *args: Any, **kwargs: Any) -> float:
+            return min(super()._calculate_retry_timeout(*args, **kwargs), cap_s)
+
+    return CappedAnthropic
 
 
 class OpenAIBackend:
@@ -158,6 +223,7 @@ class OpenAIBackend:
             headers["authorization"] = f"Bearer {self._key}"
         for attempt in range(self.cfg.max_retries + 1):
             last = attempt == self.cfg.max_retries
+            wait = self.cfg.retry_backoff_s * 2**attempt
             try:
                 with urllib.request.urlopen(
                     urllib.request.Request(self.url, data=body, headers=headers, method="POST"),
@@ -166,17 +232,27 @@ class OpenAIBackend:
                     return self._parse(response.read())
             except urllib.error.HTTPError as err:
                 detail = err.read()[:ERROR_BODY_CHARS].decode(errors="replace")
-                if last or err.code not in RETRYABLE_STATUSES:
+                retryable = err.code in RETRYABLE_STATUSES
+                if last or not retryable:
                     raise ExpertBackendError(
-                        f"openai-compatible server {self.url}: HTTP {err.code} after {attempt} retries: {detail}"
+                        f"openai-compatible server {self.url}: HTTP {err.code} after {attempt} retries: {detail}",
+                        transient=retryable,
                     ) from err
+                asked = retry_after_s(err.headers, self.cfg.retry_after_max_s)
+                wait = asked if asked is not None else wait
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 if last:
                     raise ExpertBackendError(
                         f"openai-compatible server {self.url}: {err} after {attempt} retries "
-                        f"(timeout {self.cfg.timeout_s}s)"
+                        f"(timeout {self.cfg.timeout_s}s)",
+                        transient=True,
                     ) from err
-            time.sleep(self.cfg.retry_backoff_s * 2**attempt)
+            except MalformedReply as err:
+                if last:
+                    raise ExpertBackendError(
+                        f"openai-compatible server {self.url}: {err} after {attempt} retries", transient=True
+                    ) from err
+            time.sleep(min(wait, self.cfg.retry_after_max_s))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _parse(self, raw: bytes) -> BackendReply:
@@ -184,11 +260,11 @@ class OpenAIBackend:
             data = json.loads(raw)
             text = data["choices"][0]["message"]["content"] or ""
             usage = data.get("usage") or {}
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-            raise ExpertBackendError(
-                f"openai-compatible server {self.url}: malformed response: {raw[:ERROR_BODY_CHARS]!r}"
-            ) from err
-        return BackendReply(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            return BackendReply(
+                text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+            raise MalformedReply(f"malformed response: {raw[:ERROR_BODY_CHARS]!r}") from err
 
 
 # --------------------------------------------------------------------------------------------------
