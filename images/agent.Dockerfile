@@ -13,6 +13,9 @@ ARG GIT_COMMIT=unknown
 # server with the CPU wheel where that index is unreachable (`protege docker images` sets both).
 ARG TORCH_INDEX_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 ARG PIP_FIND_LINKS=""
+# Debian bookworm's python is 3.11.2 and the lock was resolved on 3.11.7: one pin (soupsieve 4.1.2) declares
+# Requires-Python >=3.11.5. `protege docker images` sets --ignore-requires-python on the debootstrap base only.
+ARG LOCK_PIP_ARGS=""
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -43,11 +46,14 @@ COPY images/README.md images/build-ca*.crt /tmp/build-extra/
 RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
  && export PIP_CONSTRAINT=/opt/protege/constraints.txt \
  && pip install -c constraints.txt ${TORCH_INDEX_ARGS} torch==2.13.0 \
- && pip install -c constraints.txt -r requirements.lock \
+ && pip install -c constraints.txt ${LOCK_PIP_ARGS} -r requirements.lock \
  && rm -rf /tmp/build-extra
 COPY src/ src/
-RUN pip install -c constraints.txt --no-deps . \
- && pip check
+COPY images/README.md images/build-ca*.crt /tmp/build-extra/
+RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
+ && pip install -c constraints.txt --no-deps . \
+ && pip check \
+ && rm -rf /tmp/build-extra
 
 RUN groupadd --gid 10001 protege \
  && useradd --create-home --uid 10001 --gid 10001 protege \

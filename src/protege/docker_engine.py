@@ -552,8 +552,10 @@ def _cli_images(args: argparse.Namespace) -> int:
         if args.torch_wheels:
             build_args, server = _torch_wheel_args(args.torch_wheels)
         if args.cpu_trainer:
-            build_args["GPU_PACKAGES"] = ""
-            build_args["TRAINER_CONSTRAINTS"] = "constraints.txt"
+            build_args |= {"GPU_PACKAGES": "", "TRAINER_CONSTRAINTS": "requirements.lock"}
+        if (args.base or engine.base_image) == LOCAL_BASE:
+            # bookworm's python is 3.11.2; one locked pin (soupsieve 4.1.2) declares >=3.11.5
+            build_args["LOCK_PIP_ARGS"] = "--ignore-requires-python"
         unknown = [kind for kind in args.kinds if kind not in IMAGE_NAMES]
         if unknown:
             raise EngineError(f"unknown image kind '{unknown[0]}' (known: {', '.join(IMAGE_NAMES)})")
