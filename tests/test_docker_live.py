@@ -250,7 +250,7 @@ def test_the_agent_image_verifies_the_demo_set_from_s3(docker_engine, store, s3_
     import protege.demo
 
     source = store.upload_file(Path(protege.demo.__file__).parent / "tasks.jsonl",
-                               f"s3://{store.cfg.bucket}/tasks/demo.jsonl")  # fmt: skip
+                               f"s3://{store._cfg.bucket}/tasks/demo.jsonl")  # fmt: skip
     socket_path = docker_engine.removeprefix("unix://")
     cfg = s3_server.store_config()
     # --network host: the task set is on the host's loopback s3rver. The grading containers are siblings on
