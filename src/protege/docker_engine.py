@@ -94,8 +94,7 @@ def ping(host: str | None, timeout_s: float = 5.0) -> str | None:
     import docker
 
     try:
-        kwargs = {"base_url": host} if host else {}
-        client = docker.DockerClient(timeout=int(timeout_s), **kwargs) if host else docker.from_env()
+        client = docker.DockerClient(base_url=host, timeout=int(timeout_s)) if host else docker.from_env()
         client.ping()
         client.close()
         return None
@@ -150,20 +149,16 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _install_docker_io() -> None:
-    """apt-get install docker.io (root only); EngineError with apt's last lines on failure."""
+def _apt_install(package: str) -> None:
+    """apt-get install `package` (root only), with `apt-get update` first when the index is stale."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "install", "-y", "-q", "docker.io"], ["apt-get", "update", "-q"]):
+    install = ["apt-get", "install", "-y", "-q", package]
+    if subprocess.run(install, env=env, capture_output=True).returncode == 0:
+        return
+    for argv in (["apt-get", "update", "-q"], install):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        if argv[1] == "install" and result.returncode == 0:
-            return
-        if argv[1] == "update" and result.returncode != 0:
-            raise EngineError(f"apt-get update failed: {result.stderr.strip()[-400:]}")
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "docker.io"], env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise EngineError(f"apt-get install docker.io failed: {result.stderr.strip()[-400:]}")
+        if result.returncode != 0:
+            raise EngineError(f"{' '.join(argv[:2])} {package} failed: {result.stderr.strip()[-400:]}")
 
 
 def start_daemon(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = START_TIMEOUT_S) -> str:
@@ -177,7 +172,7 @@ def start_daemon(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = START_T
             "no Docker daemon answers and starting one needs root (run as root, or start Docker)"
         )
     if shutil.which("dockerd") is None:
-        _install_docker_io()
+        _apt_install("docker.io")
     pid = _read_pid(paths["pid"])
     if pid and _pid_alive(pid):
         raise EngineError(f"dockerd (pid {pid}) is running but does not answer at {host}; see {paths['log']}")
@@ -287,12 +282,7 @@ def _debootstrap(tarball: Path, log) -> None:
     if os.geteuid() != 0:
         raise EngineError("making the base image needs debootstrap as root")
     if shutil.which("debootstrap") is None:
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, text=True,
-            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise EngineError(f"apt-get install debootstrap failed: {result.stderr.strip()[-400:]}")
+        _apt_install("debootstrap")
     tarball.parent.mkdir(parents=True, exist_ok=True)
     mirror = debian_mirror()
     started = time.monotonic()
