@@ -336,7 +336,8 @@ DEMO_ENV_DOCKERFILE = f"""\
 ARG BASE_IMAGE
 FROM ${{BASE_IMAGE}}
 COPY build-ca.crt /tmp/build-ca.crt
-RUN python3 -m venv /opt/testbed-env \\
+RUN (command -v git >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends git)) \\
+ && python3 -m venv /opt/testbed-env \\
  && PIP_CERT=/tmp/build-ca.crt /opt/testbed-env/bin/pip install -q --no-cache-dir {DEMO_PYTEST} \\
  && rm /tmp/build-ca.crt \\
  && groupadd --gid {SANDBOX_UID} protege && useradd --create-home --uid {SANDBOX_UID} --gid {SANDBOX_UID} protege
@@ -429,8 +430,11 @@ def git_sha() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def build_images(kinds: list[str], base: str, build_args: dict[str, str], log=print) -> dict[str, dict]:
-    """`docker build` images/<kind>.Dockerfile for each kind, tagged image_ref(kind, git sha).
+def build_images(
+    kinds: list[str], base: str | None, build_args: dict[str, str], log=print
+) -> dict[str, dict]:
+    """`docker build` images/<kind>.Dockerfile for each kind, tagged image_ref(kind, git sha); `base` None
+    keeps each Dockerfile's own pinned base (a daemon that can pull).
 
     Returns {kind: {"image", "seconds", "size_mb"}}. Builds use `--network host` (pip and apt reach the
     package registries); the context is the repository root, filtered by .dockerignore.
@@ -447,9 +451,9 @@ def build_images(kinds: list[str], base: str, build_args: dict[str, str], log=pr
     return results
 
 
-def _build_one(kind: str, sha: str, base: str, build_args: dict[str, str], log) -> dict:
+def _build_one(kind: str, sha: str, base: str | None, build_args: dict[str, str], log) -> dict:
     ref = image_ref(kind, sha)
-    args = {"BASE_IMAGE": base, "GIT_COMMIT": sha, **build_args}
+    args = {"GIT_COMMIT": sha, **({"BASE_IMAGE": base} if base else {}), **build_args}
     argv = ["build", "--network", "host", "-f", f"images/{kind}.Dockerfile", "-t", ref]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
@@ -543,13 +547,14 @@ def _cli_images(args: argparse.Namespace) -> int:
             build_args, server = _torch_wheel_args(args.torch_wheels)
         if args.cpu_trainer:
             build_args |= {"GPU_PACKAGES": "", "TRAINER_CONSTRAINTS": "requirements.lock"}
-        if (args.base or engine.base_image) == LOCAL_BASE:
+        base = args.base or (engine.base_image if engine.managed else None)
+        if base == LOCAL_BASE:
             # bookworm's python is 3.11.2; one locked pin (soupsieve 4.1.2) declares >=3.11.5
             build_args["LOCK_PIP_ARGS"] = "--ignore-requires-python"
         unknown = [kind for kind in args.kinds if kind not in IMAGE_NAMES]
         if unknown:
             raise EngineError(f"unknown image kind '{unknown[0]}' (known: {', '.join(IMAGE_NAMES)})")
-        results = build_images(args.kinds or list(IMAGE_NAMES), args.base or engine.base_image, build_args)
+        results = build_images(args.kinds or list(IMAGE_NAMES), base, build_args)
     except EngineError as err:
         print(f"docker: {err}", file=sys.stderr)
         return 1
