@@ -297,13 +297,27 @@ def _debootstrap(tarball: Path, log) -> None:
             str(rootfs),
             mirror,
         ]
-        result = subprocess.run(argv, capture_output=True, text=True)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True)
+        finally:
+            _unmount_under(rootfs)  # a failed debootstrap can leave the chroot's /proc, /sys mounted
         if result.returncode != 0:
             raise EngineError(f"debootstrap failed ({result.returncode}): {result.stdout.strip()[-400:]}")
         partial = tarball.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
         partial.replace(tarball)  # atomic: a crashed run never leaves a half tarball under the final name
     log(f"docker: base rootfs made in {time.monotonic() - started:.0f} s")
+
+
+def _unmount_under(root: Path) -> None:
+    """Lazily unmount every mount point below `root` (deepest first); only paths under root are touched."""
+    prefix = str(root.resolve()) + "/"
+    try:
+        points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _docker(args: list[str], stdin=None, timeout: float | None = None) -> str:
