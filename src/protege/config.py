@@ -257,7 +257,8 @@ class SandboxConfig(Strict):
     container_pids_limit: int = Field(default=512, ge=16)
     """Docker: most processes (threads included) alive at once in a sandbox or grading container."""
     container_user: str = "10001:10001"
-    """Docker: uid:gid commands run as; the image's workdir must be writable by it (protege's images are)."""
+    """Docker: uid:gid commands and grading run as; the image's workdir must be writable by it (the demo
+    images' is). SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
     container_tmpfs_mb: int = Field(default=512, ge=16)
     """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
 
