@@ -185,6 +185,7 @@ def test_a_later_grading_attempt_is_not_the_first_attempts_cached_report(docker_
     # the harness would return the gold attempt's cached report if the folder were shared
     wrong = "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n@@ -1 +1,2 @@\n"
     logs = tmp_path / "logs"
+    _, volumes_before = leftovers()
     empty_run = grade(task, "", cfg, tmp_path, logs_dir=logs, run_tests_on_empty=True)
     gold = grade(task, task.patch, cfg, tmp_path, logs_dir=logs)
     again = grade(task, task.patch, cfg, tmp_path, logs_dir=logs)
@@ -193,6 +194,16 @@ def test_a_later_grading_attempt_is_not_the_first_attempts_cached_report(docker_
     assert not broken.resolved and broken.failure_reason == "patch_apply_failed"
     attempts = sorted(p.name for p in (logs / "grade" / "docker" / "grade.model").iterdir())
     assert attempts == ["attempt-1", "attempt-2", "attempt-3"]
+    assert leftovers() == ([], volumes_before)  # every container went, with its workdir volume
+
+
+def leftovers() -> tuple[list[str], int]:
+    """Grading containers still on the daemon, and the number of dangling volumes."""
+    import docker
+
+    client = docker.from_env()
+    names = [c.name for c in client.containers.list(all=True, filters={"name": "sweb.eval"})]
+    return names, len(client.volumes.list(filters={"dangling": True}))
 
 
 def outcome(result) -> tuple:
@@ -266,3 +277,4 @@ def test_the_agent_image_verifies_the_demo_set_from_s3(docker_engine, store, s3_
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "12/12 instance(s) ok" in done.stdout
+    assert leftovers()[0] == []  # the component removed its grading containers (no docker CLI in the image)

@@ -131,7 +131,8 @@ def test_harness_main_calls_swebench_run_instances(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_evaluation, "run_instances", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setattr("resource.setrlimit", lambda *a: None)
-    for name in ("CONTAINER_USER", "create_container", "copy_to_container", "exec_run_with_timeout"):
+    for name in ("CONTAINER_USER", "create_container", "copy_to_container", "exec_run_with_timeout",
+                 "cleanup_container"):  # fmt: skip
         monkeypatch.setattr(run_evaluation, name, getattr(run_evaluation, name))  # restored afterwards
     task = make_task()
     (tmp_path / "i.jsonl").write_text(json.dumps(task.to_swebench()) + "\n")
@@ -149,6 +150,7 @@ def test_harness_main_calls_swebench_run_instances(tmp_path, monkeypatch):
     assert run_evaluation.CONTAINER_USER == "10001:10001"
     assert run_evaluation.create_container.__module__ == "protege.grading_docker"
     assert run_evaluation.copy_to_container.__module__ == "protege.grading_docker"
+    assert run_evaluation.cleanup_container.__module__ == "protege.grading_docker"
 
 
 def test_a_later_attempt_is_graded_afresh_not_read_from_the_first_report(tmp_path):

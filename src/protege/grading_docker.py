@@ -15,7 +15,8 @@ The harness's containers are hardened in the child (`harden_harness`): the sandb
 network none, memory and pid limits, a read-only root filesystem with a tmpfs at /tmp and the workdir
 on an anonymous volume (initialised from the image), all capabilities dropped, no-new-privileges and
 Docker's default seccomp profile. Files the harness copies in are written through exec (`docker cp`
-cannot write to a tmpfs), and `/eval.sh` lives at `/tmp/eval.sh` (the root is read-only).
+cannot write to a tmpfs), `/eval.sh` lives at `/tmp/eval.sh` (the root is read-only), and containers are
+removed with their volume through the API (swebench's cleanup needs the docker CLI and keeps volumes).
 
     python -m protege.grading_docker SPEC.json     # what the child process runs
 """
@@ -139,7 +140,19 @@ def harden_harness(limits: dict[str, Any]) -> None:
             cmd = cmd.replace(old, new) if isinstance(cmd, str) else cmd
         return run_timed(container, cmd, timeout)
 
+    def cleanup_container(client, container, logger):
+        # swebench's shells out to the docker CLI (absent from the agent image) and keeps the volume
+        if container is None:
+            return
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as err:
+            logger.error(f"could not remove container {container.name}: {err}")
+
     harness.CONTAINER_USER = limits["user"]
+    harness.cleanup_container = cleanup_container
     harness.create_container = create_container
     harness.copy_to_container = copy_to_container
     harness.exec_run_with_timeout = exec_run_with_timeout
