@@ -99,7 +99,12 @@ def ping(host: str | None, timeout_s: float = 5.0) -> str | None:
         client.close()
         return None
     except Exception as err:  # DockerException, requests' errors, FileNotFoundError ...
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        text = str(err)
+        for marker, short in (("FileNotFoundError", "no such socket"), ("ConnectionRefused", "connection refused"),
+                              ("PermissionError", "permission denied")):  # fmt: skip
+            if marker in text:
+                return short
+        return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
 def managed_host(state_dir: Path = DEFAULT_STATE_DIR) -> str:
