@@ -39,9 +39,9 @@ RUN apt-get update \
 
 WORKDIR /opt/protege
 COPY constraints.txt requirements.lock pyproject.toml README.md ./
-# build-ca*.crt: the build host's CA bundle when `protege docker images` puts one there (a TLS-inspecting
-# proxy); README.md keeps the COPY valid when there is none. Removed in the same layer that uses it.
-COPY images/README.md images/build-ca*.crt /tmp/build-extra/
+# images/build-ca/build-ca.crt: the build host's CA bundle when `protege docker images` puts one there (a
+# TLS-inspecting proxy); the directory's README keeps the COPY valid otherwise. Removed in the layer using it.
+COPY images/build-ca/ /tmp/build-extra/
 # torch first, then the lock; the same order as `make setup`. PIP_CONSTRAINT reaches sdist build envs too.
 RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
  && export PIP_CONSTRAINT=/opt/protege/constraints.txt \
@@ -49,7 +49,7 @@ RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-ext
  && pip install -c constraints.txt ${LOCK_PIP_ARGS} -r requirements.lock \
  && rm -rf /tmp/build-extra
 COPY src/ src/
-COPY images/README.md images/build-ca*.crt /tmp/build-extra/
+COPY images/build-ca/ /tmp/build-extra/
 RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
  && pip install -c constraints.txt --no-deps . \
  && pip check \

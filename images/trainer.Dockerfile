@@ -40,8 +40,8 @@ RUN apt-get update \
 WORKDIR /opt/protege
 COPY constraints.txt requirements.lock pyproject.toml README.md ./
 COPY images/trainer.constraints.txt images/
-# build-ca*.crt: see agent.Dockerfile.
-COPY images/README.md images/build-ca*.crt /tmp/build-extra/
+# images/build-ca/: see agent.Dockerfile.
+COPY images/build-ca/ /tmp/build-extra/
 # The GPU set resolves differently from the CPU lock (vllm 0.30 caps numpy), so it has its own pins;
 # torch comes from PyPI's default CUDA wheel unless TORCH_INDEX_ARGS/PIP_FIND_LINKS say otherwise.
 RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
@@ -51,7 +51,7 @@ RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-ext
       peft==0.21.2 accelerate==1.15.0 \
  && rm -rf /tmp/build-extra
 COPY src/ src/
-COPY images/README.md images/build-ca*.crt /tmp/build-extra/
+COPY images/build-ca/ /tmp/build-extra/
 RUN if [ -s /tmp/build-extra/build-ca.crt ]; then export PIP_CERT=/tmp/build-extra/build-ca.crt; fi \
  && pip install -c constraints.txt -c ${TRAINER_CONSTRAINTS} ${LOCK_PIP_ARGS} . \
  && pip check \

@@ -460,7 +460,7 @@ def build_images(
     """
     sha = git_sha()
     results = {}
-    ca = PROJECT_ROOT / "images" / "build-ca.crt"  # gitignored; the Dockerfiles COPY it when present
+    ca = PROJECT_ROOT / "images" / "build-ca" / "build-ca.crt"  # gitignored; the Dockerfiles COPY the folder
     _copy_ca(ca)
     try:
         for kind in kinds:
