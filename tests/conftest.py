@@ -8,6 +8,10 @@
   `mlflow_server.tracking_config()`. About 15-20 s to start on 2 cores, so only request it when needed.
 - `store` (function): an `S3ArtifactStore` on a fresh, empty bucket of `s3_server`.
 
+- `docker_engine` (session): the DOCKER_HOST of a live Docker daemon (`DOCKER_HOST`, the one `protege
+  docker up` started, or the default socket) with the demo instance images built. Where none answers,
+  the `docker` tier is skipped with the reason, which the report header also prints.
+
 A missing s3rver fails loudly (the error says to run `make setup`): these are not optional tests.
 """
 
@@ -28,6 +32,38 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 TEST_ACCESS_KEY = "protege-test-key"
 TEST_SECRET_KEY = "protege-test-secret"
+
+
+def _docker_state() -> tuple[str | None, str]:
+    from protege.docker_engine import engine_host
+
+    if not hasattr(_docker_state, "cached"):
+        _docker_state.cached = engine_host()
+    return _docker_state.cached
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    host, account = _docker_state()
+    if host is None:
+        return f"docker tier: SKIPPED: {account}; `make test` starts an engine as root (protege docker up)"
+    return f"docker tier: {account}"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """DOCKER_HOST of a live daemon, with the demo instance images present; skips the test when none answers."""
+    from protege.docker_engine import LOCAL_BASE, PUBLIC_BASE, build_demo_images
+
+    host, account = _docker_state()
+    if host is None:
+        pytest.skip(f"docker tier: {account}; `make test` starts an engine as root (protege docker up)")
+    os.environ["DOCKER_HOST"] = host
+    import docker
+
+    client = docker.from_env()
+    local = any(LOCAL_BASE in image.tags for image in client.images.list(name=LOCAL_BASE.split(":")[0]))
+    build_demo_images(LOCAL_BASE if local else PUBLIC_BASE, log=lambda line: None)
+    return host
 
 
 @pytest.fixture(scope="session")

@@ -188,6 +188,11 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("path", nargs="?", help=forms + " (default: the profile's train and eval sets)")
     verify.add_argument("--workers", type=count(1), help="gradings in parallel (default: eval.workers)")
+    verify.add_argument(
+        "--backend",
+        choices=["local", "docker", "kubernetes"],
+        help="grading backend (default: agent.sandbox.backend)",
+    )
     _profile_args(verify)
     verify.set_defaults(func=_tasks_verify)
 

@@ -18,4 +18,5 @@ MODULES: list[str] = [
     "protege.kfp_local",
     "protege.quickstart",
     "protege.lineage",
+    "protege.docker_engine",
 ]

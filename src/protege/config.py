@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from protege.image_refs import image_ref
+
 PROFILES_DIR = Path(__file__).parent / "configs"
 
 
@@ -329,6 +331,13 @@ class SandboxConfig(Strict):
         ". /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed; fi"
     )
     """Docker/kubernetes: shell line run before every command (SWE-bench images keep the env in conda `testbed`)."""
+    container_pids_limit: int = Field(default=512, ge=16)
+    """Docker: most processes (threads included) alive at once in a sandbox or grading container."""
+    container_user: str = "10001:10001"
+    """Docker: uid:gid commands and grading run as; the image's workdir must be writable by it (the demo
+    images' is). SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
+    container_tmpfs_mb: int = Field(default=512, ge=16)
+    """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
 
 
 class ExpertPrices(Strict):
@@ -744,9 +753,9 @@ class PipelineConfig(Strict):
 
     name: str = "protege"
     """Name of the compiled pipeline (and of its KFP experiment when none is given)."""
-    agent_image: str = "ghcr.io/protege-ai/protege-agent:0.1.0"
+    agent_image: str = image_ref("agent")
     """Image of the CPU steps (anthropic, swebench, docker/kubernetes clients, protege); pin a digest on clusters."""
-    trainer_image: str = "ghcr.io/protege-ai/protege-trainer:0.1.0"
+    trainer_image: str = image_ref("trainer")
     """Image of sft/rl1/rl2 (CUDA, torch, trl, deepspeed, vllm, protege); pin a digest on clusters."""
     cpu_step_cpu: str = "2"
     """CPU request of a CPU step (verify, synth, eval, register)."""

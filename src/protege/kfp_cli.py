@@ -63,14 +63,23 @@ def _stable_defaults(line: str) -> str:
     return f"{match['head']}[Default: {_sorted_repr(ast.literal_eval(match['value']))}]"
 
 
-def compile_pipeline(path: Path) -> Path:
-    """Compile the pipeline to `path`; the output depends only on the sources (no timestamps, sorted keys)."""
+def compile_pipeline(path: Path, images_tag: str | None = None) -> Path:
+    """Compile the pipeline to `path`; the output depends only on the sources (no timestamps, sorted keys).
+
+    `images_tag` (e.g. the git SHA `make images` tagged with) replaces the release tag of the agent and
+    trainer images: both names come from protege.image_refs, the one place `make images` reads too.
+    """
     from kfp import compiler
+
+    from protege.image_refs import IMAGE_NAMES, image_ref
 
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(load_pipeline(), str(path))
-    text = path.read_text()
-    path.write_text("\n".join(_stable_defaults(line) for line in text.split("\n")))
+    text = "\n".join(_stable_defaults(line) for line in path.read_text().split("\n"))
+    if images_tag:
+        for kind in IMAGE_NAMES:
+            text = text.replace(f"image: {image_ref(kind)}\n", f"image: {image_ref(kind, images_tag)}\n")
+    path.write_text(text)
     return path
 
 
@@ -164,8 +173,8 @@ def _compile_cli(args: argparse.Namespace) -> int:
             return 1
         print(f"{target} is up to date")
         return 0
-    compile_pipeline(target)
-    print(f"wrote {target}")
+    compile_pipeline(target, args.images)
+    print(f"wrote {target}" + (f" (images tagged {args.images})" if args.images else ""))
     return 0
 
 
@@ -209,6 +218,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     comp = sub.add_parser("compile", help="compile the KFP pipeline into pipelines/protege_pipeline.yaml")
     comp.add_argument("--check", action="store_true", help="exit 1 when the committed YAML is stale")
     comp.add_argument("--output", default=str(PIPELINE_YAML), help=argparse.SUPPRESS)
+    comp.add_argument(
+        "--images",
+        metavar="TAG",
+        help="tag of the agent/trainer images, e.g. the git SHA `make images` built",
+    )
     comp.set_defaults(func=_compile_cli)
     run = sub.add_parser("submit", help="start one pipeline run on a KFP cluster")
     _run_args(run)

@@ -205,6 +205,8 @@ def run_cli(args: Any) -> int:
     from protege.cli import CLIError, load_cfg
     from protege.tasksets import ensure_local_repos, load_task_set
 
+    if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
+        args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
     cfg = load_cfg(args)
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)

@@ -1,4 +1,4 @@
-"""The docker sandbox against a fake docker client at the API boundary (no daemon exists here).
+"""The docker sandbox against a fake docker client at the API boundary (the live daemon: test_docker_live.py).
 
 The fake records every call (container kwargs, exec argv) and runs each exec argv with bash on this
 host, with the container's /testbed mapped to a clone of a real repository: the shell snippets
@@ -130,18 +130,27 @@ def test_container_has_limits_no_network_and_the_instance_image(image):
         pass
     (kwargs,) = client.created
     assert re.fullmatch(r"protege-owner-calc-1-[0-9a-f]{8}", kwargs.pop("name"))
+    ((mount,),) = [kwargs.pop("mounts")]
+    assert (mount["Target"], mount["Type"], mount.get("Source")) == ("/testbed", "volume", None)
     assert kwargs == {
         "image": "registry.local/swebench/sweb.eval.x86_64.owner_1776_calc-1:latest",
         "command": ["sleep", "infinity"],
         "detach": True,
         "working_dir": "/testbed",
-        "network_disabled": True,
+        "network_mode": "none",
         "mem_limit": "2048m",
         "memswap_limit": "2048m",
         "nano_cpus": 1_500_000_000,
+        "pids_limit": 512,
+        "user": "10001:10001",
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "environment": {"HOME": "/tmp"},
         "labels": {"protege.ai/sandbox": "true", "protege.ai/instance-id": "owner__calc-1"},
     }
-    assert client.container is not None and client.container.removals == [{"force": True}]
+    assert client.container is not None and client.container.removals == [{"force": True, "v": True}]
 
 
 def test_start_strips_history_past_base_commit(image):
@@ -211,7 +220,7 @@ def test_image_not_at_base_commit_is_a_sandbox_error_and_the_container_goes(imag
         SandboxError, match=f"owner__calc-1: history cleanup failed.*not base_commit {shas['base']}"
     ):
         DockerSandbox(SandboxConfig(backend="docker"), with_image(make_task(shas["base"])), client=client)
-    assert client.container is not None and client.container.removals == [{"force": True}]
+    assert client.container is not None and client.container.removals == [{"force": True, "v": True}]
 
 
 def test_dropped_sandbox_removes_its_container(image):
@@ -222,7 +231,7 @@ def test_dropped_sandbox_removes_its_container(image):
     )
     del sandbox
     gc.collect()
-    assert client.container is not None and client.container.removals == [{"force": True}]
+    assert client.container is not None and client.container.removals == [{"force": True, "v": True}]
 
 
 def test_throttled_create_is_retried_and_a_bad_request_is_not(image):

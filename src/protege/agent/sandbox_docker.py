@@ -1,7 +1,10 @@
 """Docker sandbox: the task's SWE-bench instance image, commands through the docker exec API.
 
-The container runs `sleep infinity` with the network disabled and memory/CPU limits; every command
-is `bash -c` wrapped in `timeout -s KILL` (which kills the command's whole process group) and its
+The container runs `sleep infinity` hardened: network none, memory (no swap), CPU and pid limits, the
+sandbox user (`sandbox.container_user`, not root), a read-only root filesystem with a tmpfs at /tmp and
+the workdir on an anonymous volume initialised from the image (removed with the container), all
+capabilities dropped, no-new-privileges, Docker's default seccomp profile, and no host environment
+(only HOME=/tmp). Every command is `bash -c` wrapped in `timeout -s KILL` (which kills the command's whole process group) and its
 output is streamed through the same cap as the local backend. At start `CLEANUP_SCRIPT` strips the
 image's repository of everything past base_commit (remotes, later refs, reflogs, unreachable
 objects); the container is removed on close, on garbage collection and at interpreter exit.
@@ -179,7 +182,9 @@ def with_backoff(
 
 
 def container_kwargs(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) -> dict[str, Any]:
-    """Keyword arguments of `client.containers.run` for a sandbox container."""
+    """Keyword arguments of `client.containers.run` for a sandbox container (hardened: module docstring)."""
+    from docker.types import Mount
+
     memory = f"{cfg.memory_limit_mb}m"
     return {
         "image": image,
@@ -187,10 +192,19 @@ def container_kwargs(cfg: SandboxConfig, task: TaskInstance, image: str, name: s
         "name": name,
         "detach": True,
         "working_dir": cfg.workdir,
-        "network_disabled": True,
+        "network_mode": "none",
         "mem_limit": memory,
         "memswap_limit": memory,  # no swap on top of the memory limit
         "nano_cpus": int(cfg.cpu_limit * NANO),
+        "pids_limit": cfg.container_pids_limit,
+        "user": cfg.container_user,
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={cfg.container_tmpfs_mb}m"},
+        # an anonymous volume is filled from the image's workdir: writable on a read-only root
+        "mounts": [Mount(target=cfg.workdir, source=None, type="volume")],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "environment": {"HOME": "/tmp"},
         "labels": {cfg.pod_label: SANDBOX_LABEL_VALUE, INSTANCE_ANNOTATION: task.instance_id},
     }
 
@@ -199,7 +213,7 @@ def _remove_container(container: Any) -> None:
     import docker.errors
 
     try:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # v: the workdir's anonymous volume too
     except docker.errors.NotFound:
         return
     except docker.errors.DockerException as err:
