@@ -35,7 +35,7 @@ PIDS = 64
 
 def docker_sandbox_cfg(**extra: object) -> SandboxConfig:
     return SandboxConfig(backend="docker", command_timeout_s=60, memory_limit_mb=MEMORY_MB,
-                         container_pids_limit=PIDS, **extra)  # fmt: skip
+                         max_processes=PIDS, **extra)  # fmt: skip
 
 
 def demo_task(name: str = "csvcols") -> TaskInstance:

@@ -200,9 +200,9 @@ def test_grading_pod_has_the_sandbox_pods_security_settings():
     spec = pod_manifest(task(1), cfg, "grade-x")["spec"]
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     (container,) = spec["containers"]

@@ -276,7 +276,8 @@ class SandboxConfig(Strict):
     the process make one, and an address-space ulimit per process in any case)."""
     max_processes: int = Field(default=512, ge=16)
     """Process (and thread) limit: local, a pids cgroup per sandbox where available plus RLIMIT_NPROC per
-    command; kubernetes, a `ulimit -u` per command (pod-wide pids are the kubelet's podPidsLimit)."""
+    command; docker, the container's pids limit (sandbox and grading); kubernetes, a `ulimit -u` per
+    command (pod-wide pids are the kubelet's podPidsLimit)."""
     disk_limit_mb: int = Field(default=2048, ge=16)
     """Size limit of the work tree with /tmp and HOME: local, a tmpfs of this size when the process is root
     (else a size check after every command: over it is a sandbox_error) and RLIMIT_FSIZE per file;
@@ -293,8 +294,6 @@ class SandboxConfig(Strict):
     uid_base + uid_count), one per sandbox, never root (a non-root process runs them as itself)."""
     uid_count: int = Field(default=65_536, ge=1)
     """Size of that uid range."""
-    pod_run_as_user: int = Field(default=1000, ge=1)
-    """Kubernetes: the uid (and gid, fsGroup) of sandbox and grading pods (runAsNonRoot)."""
     pod_writable_paths: list[str] = ["/tmp"]
     """Kubernetes: paths besides `workdir` that stay writable under the read-only root filesystem; each is
     an emptyDir filled from the image by an init container (add a conda env here if eval reinstalls into it)."""
@@ -331,11 +330,10 @@ class SandboxConfig(Strict):
         ". /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed; fi"
     )
     """Docker/kubernetes: shell line run before every command (SWE-bench images keep the env in conda `testbed`)."""
-    container_pids_limit: int = Field(default=512, ge=16)
-    """Docker: most processes (threads included) alive at once in a sandbox or grading container."""
-    container_user: str = "10001:10001"
-    """Docker: uid:gid commands and grading run as; the image's workdir must be writable by it (the demo
-    images' is). SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
+    container_user: str = Field(default="10001:10001", pattern=r"^\d+:\d+$")
+    """Docker/kubernetes: uid:gid that commands and grading run as (kubernetes: runAsUser, runAsGroup and
+    fsGroup; runAsNonRoot unless `0:0`); the image's workdir must be writable by it (the demo images' is).
+    SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
     container_tmpfs_mb: int = Field(default=512, ge=16)
     """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
 

@@ -190,7 +190,7 @@ def container_limits(cfg: ProtegeConfig) -> dict[str, Any]:
     return {
         "user": sandbox.container_user,
         "memory_mb": sandbox.memory_limit_mb,
-        "pids": sandbox.container_pids_limit,
+        "pids": sandbox.max_processes,
         "cpus": sandbox.cpu_limit,
         "tmpfs_mb": sandbox.container_tmpfs_mb,
     }

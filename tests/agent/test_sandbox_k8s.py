@@ -174,9 +174,9 @@ def open_pod(core: FakeCore, task: TaskInstance, **over: Any) -> KubernetesSandb
 # The hardened part of every sandbox and grading pod (sandbox_k8s.harden), at the defaults.
 POD_SECURITY = {
     "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 1000,
-    "fsGroup": 1000,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY = {

@@ -196,7 +196,7 @@ def container_kwargs(cfg: SandboxConfig, task: TaskInstance, image: str, name: s
         "mem_limit": memory,
         "memswap_limit": memory,  # no swap on top of the memory limit
         "nano_cpus": int(cfg.cpu_limit * NANO),
-        "pids_limit": cfg.container_pids_limit,
+        "pids_limit": cfg.max_processes,
         "user": cfg.container_user,
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={cfg.container_tmpfs_mb}m"},

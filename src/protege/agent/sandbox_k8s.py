@@ -4,13 +4,14 @@ The pod (`pod_manifest`) runs `sleep infinity` with resource requests = limits, 
 token, no service links, `activeDeadlineSeconds` (the backstop if this process is SIGKILLed), and the
 `sandbox.pod_label` label that the namespace's deny-egress NetworkPolicy selects (the cluster, not
 this code, enforces "no network"). `harden` (shared with the grading pod) makes it non-root
-(`pod_run_as_user`), without privilege escalation or capabilities, under the runtime's default seccomp
+(`container_user`), without privilege escalation or capabilities, under the runtime's default seccomp
 profile, on a read-only root filesystem: the work tree and `pod_writable_paths` are emptyDirs
 (`disk_limit_mb` each, and as ephemeral-storage limit) that an init container fills from the image.
 Kubernetes has no per-pod process limit in the pod spec (that is the kubelet's `podPidsLimit`), so
-every exec runs under `ulimit -u max_processes` (RLIMIT_NPROC counts the uid's processes on the node). Creation holds a process-wide slot (`max_concurrent_starts`) until
-the pod is Running, and is retried with exponential backoff on 409/429/5xx. The pod is deleted on
-close, on garbage collection, at interpreter exit, and when the start itself fails.
+every exec runs under `ulimit -u max_processes` (RLIMIT_NPROC counts the uid's processes on the
+node). Creation holds a process-wide slot (`max_concurrent_starts`) until the pod is Running, and is
+retried with exponential backoff on 409/429/5xx. The pod is deleted on close, on garbage collection,
+at interpreter exit, and when the start itself fails.
 
 Commands run as `bash -c` under `timeout -s KILL` (see `sandbox_docker.ContainerShell`), streamed
 through the exec websocket with a client-side deadline of timeout + `exec_grace_s`.
@@ -59,7 +60,8 @@ _INIT_MOUNT = "/protege-writable"
 def harden(cfg: SandboxConfig, spec: dict[str, Any]) -> dict[str, Any]:
     """`spec` (a pod spec with one container) made non-root, capability-less, seccomp'd, on a read-only
     root with emptyDir copies of the writable paths; returns it."""
-    uid, size = cfg.pod_run_as_user, f"{cfg.disk_limit_mb}Mi"
+    uid, gid = (int(part) for part in cfg.container_user.split(":"))
+    size = f"{cfg.disk_limit_mb}Mi"
     container = spec["containers"][0]
     paths = list(dict.fromkeys([cfg.workdir, *cfg.pod_writable_paths]))
     volumes = [{"name": f"writable-{i}", "emptyDir": {"sizeLimit": size}} for i in range(len(paths))]
@@ -74,10 +76,10 @@ def harden(cfg: SandboxConfig, spec: dict[str, Any]) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
     }
     spec["securityContext"] = {
-        "runAsNonRoot": True,
+        "runAsNonRoot": uid != 0,
         "runAsUser": uid,
-        "runAsGroup": uid,
-        "fsGroup": uid,
+        "runAsGroup": gid,
+        "fsGroup": gid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     spec["volumes"] = volumes
