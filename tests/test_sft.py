@@ -334,6 +334,35 @@ def test_resume_from_the_stored_checkpoint_continues_exactly(
     assert step3["learning_rate"] == pytest.approx(uninterrupted[STEPS]["learning_rate"])
 
 
+def _lr_probe():
+    """Records the optimizer's learning rate as each step begins (the rate that step runs at)."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self) -> None:
+            self.rates: dict[int, float] = {}
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    return Probe()
+
+
+def test_resume_with_more_steps_runs_at_the_stretched_schedules_rate(tiny_dir, dataset_dir, tmp_path):
+    import math
+
+    lr, base = 0.003, (*TRAIN_ARGS, "sft.lr_scheduler=cosine", "run_name=sft-stretch")
+    short = sft_cfg(tiny_dir, tmp_path, "sft.max_steps=2", *base)
+    sft.run(short, str(dataset_dir), tmp_path / "out")  # a finished cosine schedule: its last rate is 0
+    probe = _lr_probe()
+    longer = sft_cfg(tiny_dir, tmp_path, "sft.max_steps=4", *base)
+    resumed = sft.run(longer, str(dataset_dir), tmp_path / "out", callbacks=[probe])
+    assert resumed["resumed_from"] and resumed["global_step"] == 4
+    # Step 3 of a 4-step cosine runs at half the peak, not at the stale 0 of the 2-step schedule.
+    assert probe.rates[3] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    assert probe.rates[4] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+
+
 # --------------------------------------------------------------------------------------------------
 # Launching: torchrun on one node (API boundary: no GPUs here), a TrainJob for several nodes
 # --------------------------------------------------------------------------------------------------
