@@ -250,7 +250,8 @@ def data_metrics(report: dict[str, Any], vocab_size: int) -> dict[str, float]:
         "data/examples": report["examples"], "data/kept": report["kept"],
         "data/dropped_too_long": report["dropped_too_long"],
         "data/dropped_no_targets": len(report["dropped_no_targets"]),
-        "data/target_tokens": report["target_tokens"], "data/uniform_loss": math.log(vocab_size),
+        "data/target_tokens": report["target_tokens"], "data/max_length": report["max_length"],
+        "data/uniform_loss": math.log(vocab_size),
     }  # fmt: skip
 
 
