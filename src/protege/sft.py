@@ -6,14 +6,18 @@
 
 What it does, top to bottom:
 1. Loads the synth export (JSONL chat records: `messages` with per-message `provenance`, `tools`; local
-   path or s3://) and renders each record with TRL's Qwen2.5 *training* chat template (the template with
-   `{% generation %}` markers). Labels are -100 everywhere except the assistant turns whose provenance is
-   `policy`: the protégé's own text, tool calls and `<|im_end|>`. The template's newline glue around a
-   turn (`\\n` after `<|im_start|>assistant`, `\\n` after `<|im_end|>`) is context too: at inference the
-   prompt supplies the first and generation stops before the second. System prompt, task, tool
-   observations and expert guidance are never targets.
-2. A record longer than `sft.max_length` tokens is never cut mid-turn: it is dropped and reported (count
-   and ids, `sft.truncation=drop`) or fails the phase (`error`). The report is `sft_data.json`.
+   path or s3://) and renders each record through protege.agent.render, the renderer the agent and RL use
+   (same tool schemas in the same order, same history view: `agent.history_view` `full` gives one example
+   per trajectory, `collapsed` one per policy turn with the view the agent had), with TRL's Qwen2.5
+   *training* chat template (the same text plus `{% generation %}` markers). Labels are -100 everywhere
+   except the assistant turns whose provenance is `policy`: the protégé's own text, tool calls and
+   `<|im_end|>`. The template's newline glue around a turn (`\\n` after `<|im_start|>assistant`, `\\n` after
+   `<|im_end|>`) is context too: at inference the prompt supplies the first and generation stops before the
+   second. System prompt, task, tool observations and expert guidance are never targets.
+2. An example longer than `sft.max_length` tokens is never cut mid-turn: it is dropped (`sft.truncation=drop`)
+   or fails the phase (`error`). Every drop is counted, by reason and id, in `sft_data.json`, in the
+   dataset card SFT writes beside the model (`dataset_card.json`: the synth card plus an `sft` section, also
+   uploaded to `<store>/<run_name>/sft/`), in the run's `data/*` metrics and in the pipeline summary.
 3. Trains with trl's `SFTTrainer` on the pre-tokenized examples (full fine-tuning; `sft.lora=true` for a
    peft LoRA adapter). bf16 and activation checkpointing on GPU only; padding-free batches when the
    attention kernel is `flash_attention_2` on GPU (it handles flattened sequences; sdpa on CPU does not).
@@ -22,7 +26,10 @@ What it does, top to bottom:
    with a MANIFEST (sha256 per file) and logged as an MLflow external LoggedModel tagged with the
    dataset digest. A rerun resumes from the latest checkpoint, local or stored, whichever is further.
    The final model (weights + tokenizer, no optimizer) goes to `<store>/<run_name>/sft/model`.
-5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together).
+5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together), and
+   `data/*`: records, trained_on, examples, dropped_too_long, dropped_no_targets, target_tokens, max_length
+   and uniform_loss (ln of the vocabulary size: the loss of a uniform guess, the line to beat).
+   A resumed run with a larger `sft.max_steps` runs at the stretched schedule's rate from its first step.
 
 Multi-GPU: with more than one visible GPU and no distributed environment, `run` re-executes itself under
 `torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.sft_launch); the DeepSpeed configs
