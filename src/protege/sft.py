@@ -262,6 +262,13 @@ def data_metrics(report: dict[str, Any], vocab_size: int) -> dict[str, float]:
     }  # fmt: skip
 
 
+def output_vocab_size(model_dir: Path) -> int:
+    """The size of the model's output distribution (its config's vocab_size; the tokenizer may hold fewer)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).vocab_size)
+
+
 def write_card(out_dir: Path, dataset_file: Path, report: dict[str, Any]) -> Path:
     """The dataset card with SFT's section (what was trained on and every drop, by reason and id), written
     to `<out_dir>/dataset_card.json` beside the model: the synth card's counts stay, SFT's are added."""
@@ -561,7 +568,7 @@ def train(
         tracker.log_dataset(
             run_id, "sft-dataset", data.source, digest=mlflow_digest, tags={"sha256": data.digest}
         )
-        tracker.log_metrics(run_id, data_metrics(report, len(tokenizer)))
+        tracker.log_metrics(run_id, data_metrics(report, output_vocab_size(model_dir)))
         tracker.log_artifacts(run_id, out_dir / CARD_FILE)
     metrics_cb, checkpoint_cb = make_callbacks(lineage)
     trainer = SFTTrainer(
