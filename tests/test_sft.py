@@ -302,10 +302,8 @@ def test_local_sft_lowers_the_loss_and_publishes_checkpoints(full_run, module_st
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(run.data.metrics)
 
 
-def test_the_sft_run_counts_its_data_in_mlflow_and_stores_the_card(full_run, module_store, tiny_dir):
+def test_the_sft_run_counts_its_data_in_mlflow_and_stores_the_card(full_run, module_store):
     import math
-
-    from transformers import AutoTokenizer
 
     result, tracker = full_run
     metrics = tracker.get_run(result["mlflow_run_id"]).data.metrics
@@ -314,9 +312,8 @@ def test_the_sft_run_counts_its_data_in_mlflow_and_stores_the_card(full_run, mod
         6,
         0,
     )
-    # ln of the model's output vocabulary, which the tokenizer does not fill
+    # ln of the model's output vocabulary (the demo's tokenizer holds fewer tokens than its model predicts)
     assert metrics["data/uniform_loss"] == pytest.approx(math.log(TINY.vocab_size))
-    assert len(AutoTokenizer.from_pretrained(tiny_dir)) < TINY.vocab_size
     assert module_store.exists(module_store.uri("sft-test/sft/dataset_card.json"))
     assert result["data"]["trained_on"] == 6
 
