@@ -7,8 +7,8 @@ For a sample of the policy turns of the SFT dataset (evenly spread over every re
 context the agent would show at that turn (protege.agent.render.policy_view under `agent.history_view`, the
 tool schemas in definition order) goes through the agent's own `TransformersPolicy` (greedy, the profile's
 `agent.policy.max_new_tokens`), and the completion is parsed as the agent parses it. Reported: the share of
-turns with exactly one well-formed tool call, the share calling the same tool as the trajectory did, and
-the format errors seen. Written to `bench/results/sft_format_check.json` with the machine's load.
+turns with exactly one well-formed tool call, the share calling the same tool as the trajectory did, the
+format errors seen and the start of the first failed completions. Written to `bench/results/sft_format_check.json` with the machine's load.
 Not part of `make bench` (it needs a trained model): run it after `make demo`.
 """
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "sft_format_check"
+SAMPLES, SAMPLE_CHARS = 3, 160
+"""The first few failed completions are kept (their first characters), to see what the model does instead."""
 
 
 def to_messages(record: dict[str, Any]) -> list[Any]:
@@ -73,7 +75,7 @@ def check(cfg: Any, model_dir: str, dataset: str, count: int) -> dict[str, Any]:
     policy = TransformersPolicy(model.eval(), tokenizer, policy_cfg, model_id=model_dir)
     well_formed = same_tool = 0
     errors: Counter[str] = Counter()
-    seconds = []
+    seconds, failures = [], []
     samples = sample_turns(data.records, count)
     for _rid, history, turn in samples:
         view = policy_view(history, cfg.agent.history_view, cfg.agent.keep_last_observations)
@@ -86,10 +88,12 @@ def check(cfg: Any, model_dir: str, dataset: str, count: int) -> dict[str, Any]:
         same_tool += ok and out.tool_calls[0].name == expected
         if not ok:
             errors[out.format_error or f"{len(out.tool_calls)} tool calls"] += 1
+            failures.append(out.text[:SAMPLE_CHARS])
     return {
         "model": model_dir, "dataset_digest": data.digest, "history_view": cfg.agent.history_view,
         "turns": len(samples), "well_formed": well_formed, "well_formed_share": well_formed / max(len(samples), 1),
         "same_tool_share": same_tool / max(len(samples), 1), "format_errors": dict(errors.most_common()),
+        "failed_samples": failures[:SAMPLES],
         "seconds_per_turn": sum(seconds) / max(len(seconds), 1), "load_average_1m": os.getloadavg()[0],
     }  # fmt: skip
 
