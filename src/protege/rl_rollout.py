@@ -8,8 +8,8 @@ observation or expert guidance and the next assistant header; env_mask 0). The p
 turn from that very sequence, so the context a token was sampled in is the context it is trained in and
 the GRPO importance ratio is exact. Consequence: RL needs `agent.history_view=full` (protege.agent.render:
 the view the agent and SFT use too; a collapsed view would rewrite the prefix and make the sampled tokens
-off-policy, so `check_history_view` refuses it); observations are still truncated at insertion and the episode ends as
-`context_overflow` when the sequence fills `agent.policy.context_window`.
+off-policy, so `check_history_view` refuses it); observations are still truncated at insertion and the
+episode ends as `context_overflow` when the sequence fills `agent.policy.context_window`.
 
 A rollout that cannot be trusted (its sandbox died, generation failed, the rollout or the grading timed out,
 the run's expert budget ran out) is `failed`: it keeps its reason, has no reward (trl gives an unscorable

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from protege import sft
+from protege import rl, sft
 from protege.agent.agent import Agent
 from protege.agent.expert import ExpertService
 from protege.agent.policies import TransformersPolicy
 from protege.agent.sandbox import open_sandbox
 from protege.agent.tools import TOOL_SCHEMAS
+from protege.rl import RLError
 from protege.rl_rollout import check_history_view, run_rollouts
 from protege.sft_data import export_dataset, read_dataset
 from protege.tasksets import load_task_set
@@ -208,6 +209,8 @@ def test_collapsed_view_trains_each_turn_on_the_agents_view(repos, tokenizer, ta
         assert ids[len(prompt) : len(prompt) + len(turn.token_ids)] == turn.token_ids
     with pytest.raises(ValueError, match="agent.history_view=collapsed: RL rollouts need `full`"):
         check_history_view(cfg)
+    with pytest.raises(RLError, match="agent.history_view=collapsed"):  # the phase refuses before any work
+        rl.run(cfg, 1, str(tmp_path / "no-model"), tmp_path / "rl1")
 
 
 def test_qwen25_coder_template_gets_trl_training_variant(tiny_tokenizer):
