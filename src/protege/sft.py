@@ -269,13 +269,13 @@ def output_vocab_size(model_dir: Path) -> int:
     return int(AutoConfig.from_pretrained(model_dir).vocab_size)
 
 
-def write_card(out_dir: Path, dataset_file: Path, report: dict[str, Any]) -> Path:
+def write_card(out_dir: Path, dataset_file: Path | None, report: dict[str, Any]) -> Path:
     """The dataset card with SFT's section (what was trained on and every drop, by reason and id), written
     to `<out_dir>/dataset_card.json` beside the model: the synth card's counts stay, SFT's are added."""
     from protege.sft_data import CARD_FILE
 
-    source = dataset_file.parent / CARD_FILE
-    card = json.loads(source.read_text()) if source.is_file() else {}
+    source = dataset_file.parent / CARD_FILE if dataset_file is not None else None
+    card = json.loads(source.read_text()) if source is not None and source.is_file() else {}
     card["sft"] = {**report, "summary": drop_summary(report)}
     path = out_dir / CARD_FILE
     path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -531,7 +531,7 @@ def prepare_examples(
     )  # fmt: skip
     if main:
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
-        write_card(out_dir, data.file or out_dir / "missing", report)
+        write_card(out_dir, data.file, report)
     return examples, report
 
 
