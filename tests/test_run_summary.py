@@ -100,3 +100,22 @@ def test_a_failed_step_stops_the_table_there_without_inventing_figures() -> None
     text = render(summary, "local")
     assert "registered model:  none (register did not finish)" in text
     assert "MLflow parent run: (none" in text and "protege lineage" not in text
+
+
+def test_sft_names_what_it_trained_on_every_drop_and_the_uniform_guess() -> None:
+    facts = _facts()
+    data = {
+        "data/records": 8.0,
+        "data/trained_on": 4.0,
+        "data/max_length": 4096.0,
+        "data/uniform_loss": 8.318,
+    }
+    facts["sft"].metrics.update({**data, "data/dropped_too_long": 4.0, "data/dropped_no_targets": 0.0})
+    rows = {row.step: row for row in summarize(CFG, _clock(dict.fromkeys(TASKS, "SUCCESS")), facts, 1.0).rows}
+    assert rows["sft"].figures == (
+        "trained on 4/8 trajectories: 4 over max_length 4096; "
+        "loss 4.500 -> 1.250 (uniform guess 8.32), model s3://b/r/sft/model"
+    )
+    facts["sft"].metrics.update({"data/trained_on": 8.0, "data/dropped_too_long": 0.0})
+    rows = {row.step: row for row in summarize(CFG, _clock(dict.fromkeys(TASKS, "SUCCESS")), facts, 1.0).rows}
+    assert rows["sft"].figures.startswith("trained on 8/8 trajectories, none dropped; loss 4.500 -> 1.250")

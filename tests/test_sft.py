@@ -189,6 +189,30 @@ def test_overlong_records_are_dropped_and_reported_or_fail(tokenizer, template):
         sft.build_examples(tokenizer, template, records, limit, "error")
 
 
+def test_every_drop_is_named_in_the_dataset_card_sft_writes(tokenizer, template, tmp_path):
+    records = [chat_record(0), chat_record(1, extra_turns=6), chat_record(2)]
+    limit = len(sft.render_example(tokenizer, template, records[0])["input_ids"]) + 8
+    _, report = sft.build_examples(tokenizer, template, records, limit, "drop")
+    assert (report["records"], report["trained_on"], report["examples"]) == (3, 2, 3)
+    source = write_dataset(tmp_path / "ds", records)
+    card = json.loads(sft.write_card(tmp_path, source / "sft.jsonl", report).read_text())
+    assert card["records"] == 3 and card["sft"]["too_long"] == {"traj-1": report["too_long"]["traj-1"]}
+    assert card["sft"]["summary"] == f"trained on 2/3 trajectories: 1 over max_length {limit}"
+
+
+def test_collapsed_view_trains_one_example_per_policy_turn(tokenizer, template):
+    record = chat_record(0, extra_turns=3)
+    turns = sum(m["provenance"] == "policy" for m in record["messages"])
+    examples, report = sft.build_examples(tokenizer, template, [record], 10**6, "drop", "collapsed", 1)
+    assert (report["examples"], report["kept"], report["trained_on"]) == (turns, turns, 1)
+    full = sft.render_example(tokenizer, template, record)
+    assert [len(target_runs(e)) for e in examples] == [1] * turns  # each example: its own turn only
+    assert [tokenizer.decode(target_runs(e)[0]) for e in examples] == [
+        tokenizer.decode(run) for run in target_runs(full)
+    ]
+    assert "Old environment output" in tokenizer.decode(examples[-1]["input_ids"])
+
+
 def test_dataset_digest_is_checked_against_the_card(tmp_path: Path):
     root = write_dataset(tmp_path / "ds", [chat_record(0)])
     data = sft.load_dataset(str(root), tmp_path / "work")
@@ -278,6 +302,22 @@ def test_local_sft_lowers_the_loss_and_publishes_checkpoints(full_run, module_st
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(run.data.metrics)
 
 
+def test_the_sft_run_counts_its_data_in_mlflow_and_stores_the_card(full_run, module_store):
+    import math
+
+    result, tracker = full_run
+    metrics = tracker.get_run(result["mlflow_run_id"]).data.metrics
+    assert (metrics["data/records"], metrics["data/trained_on"], metrics["data/dropped_too_long"]) == (
+        6,
+        6,
+        0,
+    )
+    # ln of the model's output vocabulary (the demo's tokenizer holds fewer tokens than its model predicts)
+    assert metrics["data/uniform_loss"] == pytest.approx(math.log(TINY.vocab_size))
+    assert module_store.exists(module_store.uri("sft-test/sft/dataset_card.json"))
+    assert result["data"]["trained_on"] == 6
+
+
 def _stop_after(steps: int):
     from transformers import TrainerCallback
 
@@ -332,6 +372,35 @@ def test_resume_from_the_stored_checkpoint_continues_exactly(
     step3 = next(h for h in resumed["history"] if "loss" in h)
     assert step3["loss"] == pytest.approx(uninterrupted[STEPS]["loss"], rel=1e-4)
     assert step3["learning_rate"] == pytest.approx(uninterrupted[STEPS]["learning_rate"])
+
+
+def _lr_probe():
+    """Records the optimizer's learning rate as each step begins (the rate that step runs at)."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self) -> None:
+            self.rates: dict[int, float] = {}
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    return Probe()
+
+
+def test_resume_with_more_steps_runs_at_the_stretched_schedules_rate(tiny_dir, dataset_dir, tmp_path):
+    import math
+
+    lr, base = 0.003, (*TRAIN_ARGS, "sft.lr_scheduler=cosine", "run_name=sft-stretch")
+    short = sft_cfg(tiny_dir, tmp_path, "sft.max_steps=2", *base)
+    sft.run(short, str(dataset_dir), tmp_path / "out")  # a finished cosine schedule: its last rate is 0
+    probe = _lr_probe()
+    longer = sft_cfg(tiny_dir, tmp_path, "sft.max_steps=4", *base)
+    resumed = sft.run(longer, str(dataset_dir), tmp_path / "out", callbacks=[probe])
+    assert resumed["resumed_from"] and resumed["global_step"] == 4
+    # Step 3 of a 4-step cosine runs at half the peak, not at the stale 0 of the 2-step schedule.
+    assert probe.rates[3] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    assert probe.rates[4] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
 
 
 # --------------------------------------------------------------------------------------------------

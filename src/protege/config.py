@@ -431,8 +431,13 @@ class AgentConfig(Strict):
     """Per-episode wall-clock limit."""
     max_format_errors: int = Field(default=3, ge=1)
     """Consecutive unparsable policy turns before the episode ends as format_errors."""
+    history_view: Literal["full", "collapsed"] = "full"
+    """What the policy is shown of its history, the same at inference, in RL rollouts and in SFT examples
+    (protege.agent.render): `full` (every observation as inserted) or `collapsed` (METHOD §1: older tool
+    observations as a placeholder; SFT then trains one example per turn, and RL refuses it)."""
     keep_last_observations: int = Field(default=5, ge=0)
-    """Tool observations kept in full; older ones collapse to a placeholder (expert guidance never collapses)."""
+    """With history_view=collapsed: tool observations kept in full; older ones collapse to a placeholder
+    (expert guidance never collapses)."""
     observation_max_chars: int = Field(default=16_000, ge=100)
     """Observations are truncated at insertion to this many characters, with a marker."""
     sandbox: SandboxConfig = SandboxConfig()

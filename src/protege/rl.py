@@ -285,7 +285,12 @@ def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tra
     "reference_model_uri", "parent_checkpoint_uri", "resumed_from", "dropped_tasks", "history", "mlflow_run_id"}.
     """
     from protege import sft_launch
+    from protege.rl_rollout import check_history_view
 
+    try:
+        check_history_view(cfg)
+    except ValueError as err:
+        raise RLError(str(err)) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_stage(cfg, stage, model_uri, out_dir, store)  # once, here: ranks of a relaunch reuse it

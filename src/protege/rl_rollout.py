@@ -6,10 +6,10 @@ template with the tool schemas), then for every turn the ids the generator produ
 (env_mask 1), then the chat-template rendering of what the environment added before the next turn (tool
 observation or expert guidance and the next assistant header; env_mask 0). The policy generates every
 turn from that very sequence, so the context a token was sampled in is the context it is trained in and
-the GRPO importance ratio is exact. Consequence: in RL the older observations are not collapsed
-retroactively (METHOD §1's history processing is an inference-time view; a rewritten prefix would make
-the sampled tokens off-policy); observations are still truncated at insertion and the episode ends as
-`context_overflow` when the sequence fills `agent.policy.context_window`.
+the GRPO importance ratio is exact. Consequence: RL needs `agent.history_view=full` (protege.agent.render:
+the view the agent and SFT use too; a collapsed view would rewrite the prefix and make the sampled tokens
+off-policy, so `check_history_view` refuses it); observations are still truncated at insertion and the
+episode ends as `context_overflow` when the sequence fills `agent.policy.context_window`.
 
 A rollout that cannot be trusted (its sandbox died, generation failed, the rollout or the grading timed out,
 the run's expert budget ran out) is `failed`: it keeps its reason, has no reward (trl gives an unscorable
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protege.agent.policies import ContextOverflow, PolicyError, parse_completion, to_chat_messages
+from protege.agent.policies import ContextOverflow, PolicyError, parse_completion
 from protege.agent.protocols import PolicyTurn, Sandbox, SandboxError
+from protege.agent.render import chat_messages, render_text
 from protege.config import ProtegeConfig, RewardConfig
 from protege.rl_generation import Generator
 from protege.tasks import TaskInstance
@@ -75,6 +76,15 @@ class TokenTrace:
         return TokenTrace(self.prompt_ids, self.completion_ids, [0] * len(self.env_mask), self.logprobs)
 
 
+def check_history_view(cfg: ProtegeConfig) -> None:
+    """Refuse a history view under which a rollout's append-only sequence would not be its context."""
+    if cfg.agent.history_view != "full":
+        raise ValueError(
+            f"agent.history_view={cfg.agent.history_view}: RL rollouts need `full` (an append-only sequence keeps "
+            "the GRPO importance ratio exact; a collapsed history rewrites earlier context)"
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # The policy a rollout acts with
 # --------------------------------------------------------------------------------------------------
@@ -98,9 +108,9 @@ class TracePolicy:
         self._call_ids = itertools.count()
 
     def _render(self, messages: list[Message], tools: list[dict[str, Any]], generation_prompt: bool) -> str:
-        chat = to_chat_messages(messages, arguments_as_json=False)
-        return self.tokenizer.apply_chat_template(
-            chat, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
+        # protege.agent.render: the agent's and SFT's render, so a rollout's context is theirs token for token.
+        return render_text(
+            self.tokenizer, chat_messages(messages), tools, generation_prompt=generation_prompt
         )
 
     def _extend(self, messages: list[Message], tools: list[dict[str, Any]]) -> None:

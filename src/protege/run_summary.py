@@ -71,10 +71,30 @@ def _synth_figures(f: Facts) -> str:
             f"{m.get('expert_calls_per_trajectory', 0):.1f} expert calls/trajectory, dataset sha256 {digest}")  # fmt: skip
 
 
+def _sft_data(m: dict[str, float]) -> str:
+    """ "trained on 4/8 trajectories: 4 over max_length 4096; " from the data/* figures (protege.sft)."""
+    if "data/trained_on" not in m:
+        return ""
+    head = f"trained on {m['data/trained_on']:.0f}/{m.get('data/records', 0):.0f} trajectories"
+    drops = []
+    if m.get("data/dropped_too_long"):
+        limit = f" {m['data/max_length']:.0f}" if "data/max_length" in m else ""
+        drops.append(f"{m['data/dropped_too_long']:.0f} over max_length{limit}")
+    if m.get("data/dropped_no_targets"):
+        drops.append(f"{m['data/dropped_no_targets']:.0f} without policy turns")
+    return f"{head}: {', '.join(drops)}; " if drops else f"{head}, none dropped; "
+
+
 def _sft_figures(f: Facts) -> str:
+    data = _sft_data(f.metrics)
     if "loss" not in f.metrics:  # nothing trained now (a resumed run past its last step), or no output
-        return f"model {f.outputs['model_uri']} (no training logged)" if "model_uri" in f.outputs else ""
-    return f"loss {f.first['loss']:.3f} -> {f.metrics['loss']:.3f}, model {f.outputs.get('model_uri', '?')}"
+        return (
+            f"{data}model {f.outputs['model_uri']} (no training logged)" if "model_uri" in f.outputs else data
+        )
+    uniform = f.metrics.get("data/uniform_loss")
+    guess = f" (uniform guess {uniform:.2f})" if uniform is not None else ""
+    loss = f"loss {f.first['loss']:.3f} -> {f.metrics['loss']:.3f}{guess}"
+    return f"{data}{loss}, model {f.outputs.get('model_uri', '?')}"
 
 
 def _rl_figures(f: Facts) -> str:

@@ -6,14 +6,18 @@
 
 What it does, top to bottom:
 1. Loads the synth export (JSONL chat records: `messages` with per-message `provenance`, `tools`; local
-   path or s3://) and renders each record with TRL's Qwen2.5 *training* chat template (the template with
-   `{% generation %}` markers). Labels are -100 everywhere except the assistant turns whose provenance is
-   `policy`: the protégé's own text, tool calls and `<|im_end|>`. The template's newline glue around a
-   turn (`\\n` after `<|im_start|>assistant`, `\\n` after `<|im_end|>`) is context too: at inference the
-   prompt supplies the first and generation stops before the second. System prompt, task, tool
-   observations and expert guidance are never targets.
-2. A record longer than `sft.max_length` tokens is never cut mid-turn: it is dropped and reported (count
-   and ids, `sft.truncation=drop`) or fails the phase (`error`). The report is `sft_data.json`.
+   path or s3://) and renders each record through protege.agent.render, the renderer the agent and RL use
+   (same tool schemas in the same order, same history view: `agent.history_view` `full` gives one example
+   per trajectory, `collapsed` one per policy turn with the view the agent had), with TRL's Qwen2.5
+   *training* chat template (the same text plus `{% generation %}` markers). Labels are -100 everywhere
+   except the assistant turns whose provenance is `policy`: the protégé's own text, tool calls and
+   `<|im_end|>`. The template's newline glue around a turn (`\\n` after `<|im_start|>assistant`, `\\n` after
+   `<|im_end|>`) is context too: at inference the prompt supplies the first and generation stops before the
+   second. System prompt, task, tool observations and expert guidance are never targets.
+2. An example longer than `sft.max_length` tokens is never cut mid-turn: it is dropped (`sft.truncation=drop`)
+   or fails the phase (`error`). Every drop is counted, by reason and id, in `sft_data.json`, in the
+   dataset card SFT writes beside the model (`dataset_card.json`: the synth card plus an `sft` section, also
+   uploaded to `<store>/<run_name>/sft/`), in the run's `data/*` metrics and in the pipeline summary.
 3. Trains with trl's `SFTTrainer` on the pre-tokenized examples (full fine-tuning; `sft.lora=true` for a
    peft LoRA adapter). bf16 and activation checkpointing on GPU only; padding-free batches when the
    attention kernel is `flash_attention_2` on GPU (it handles flattened sequences; sdpa on CPU does not).
@@ -22,7 +26,10 @@ What it does, top to bottom:
    with a MANIFEST (sha256 per file) and logged as an MLflow external LoggedModel tagged with the
    dataset digest. A rerun resumes from the latest checkpoint, local or stored, whichever is further.
    The final model (weights + tokenizer, no optimizer) goes to `<store>/<run_name>/sft/model`.
-5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together).
+5. Metrics on the MLflow `sft` run: loss, learning_rate, grad_norm, tokens_per_s (all ranks together), and
+   `data/*`: records, trained_on, examples, dropped_too_long, dropped_no_targets, target_tokens, max_length
+   and uniform_loss (ln of the vocabulary size: the loss of a uniform guess, the line to beat).
+   A resumed run with a larger `sft.max_steps` runs at the stretched schedule's rate from its first step.
 
 Faults: each checkpoint gets `checkpoint_manifest.json` (size and sha256 of every file) once the Trainer has
 written it; before a resume the checkpoint is verified against it, and a corrupted, truncated or incomplete
@@ -68,6 +75,8 @@ DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 DATA_REPORT = "sft_data.json"
+CARD_FILE = "dataset_card.json"
+"""The synth card plus SFT's section (trained on, dropped by reason), written beside the model."""
 TAG_DATASET_DIGEST = "protege.dataset_digest"
 TAG_DATASET_URI = "protege.dataset_uri"
 MLFLOW_DIGEST_CHARS = 32
@@ -96,6 +105,8 @@ class SFTDataset:
     """sha256 of the export's sft.jsonl (the card's `sha256`)."""
     source: str
     """Where it came from (the URI or path given to `run`)."""
+    file: Path | None = None
+    """The local sft.jsonl (its dataset_card.json lies beside it)."""
 
 
 def load_dataset(dataset: str, work_dir: Path, store: Any = None) -> SFTDataset:
@@ -123,7 +134,7 @@ def load_dataset(dataset: str, work_dir: Path, store: Any = None) -> SFTDataset:
     claimed = json.loads(card.read_text()).get("sha256") if card.is_file() else None
     if claimed and claimed != digest:
         raise SFTError(f"dataset {dataset}: {file.name} has sha256 {digest}, its {CARD_FILE} says {claimed}")
-    return SFTDataset(records, digest, dataset)
+    return SFTDataset(records, digest, dataset, file)
 
 
 def record_id(record: dict[str, Any]) -> str:
@@ -160,14 +171,19 @@ def _runs(mask: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def render_example(tokenizer: Any, template: str, record: dict[str, Any]) -> dict[str, list[int]]:
-    """{"input_ids", "labels"} of one record; labels are -100 except on the policy's own turns."""
+def render_example(
+    tokenizer: Any, template: str, record: dict[str, Any], messages: list[dict[str, Any]] | None = None
+) -> dict[str, list[int]]:
+    """{"input_ids", "labels"} of one record (or of `messages`, one of its training conversations); labels are
+    -100 except on the policy's own turns. The text is protege.agent.render's (the agent's and RL's render):
+    the training template differs from the tokenizer's only by its generation markers."""
     rid = record_id(record)
-    targets = _targets(record, rid)
+    messages = record["messages"] if messages is None else messages
+    targets = _targets({"messages": messages}, rid)
     tools = record.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     out = tokenizer.apply_chat_template(
-        record["messages"], tools=tools or None, chat_template=template, tokenize=True,
+        messages, tools=tools or None, chat_template=template, tokenize=True,
         return_dict=True, return_assistant_tokens_mask=True,
     )  # fmt: skip
     ids = list(out["input_ids"])
@@ -190,35 +206,93 @@ def render_example(tokenizer: Any, template: str, record: dict[str, Any]) -> dic
 
 
 def build_examples(
-    tokenizer: Any, template: str, records: list[dict[str, Any]], max_length: int, truncation: str
-) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
-    """Render every record; drop (and report) those longer than `max_length` or without targets.
-    With `truncation == "error"` an over-long record raises `SFTError` naming every such record."""
-    kept, too_long, no_targets = [], {}, []
+    tokenizer: Any, template: str, records: list[dict[str, Any]], max_length: int, truncation: str,
+    view: str = "full", keep_last: int = 5,
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:  # fmt: skip
+    """Render every record under the history `view` (protege.agent.render.training_conversations: one
+    example per trajectory with `full`, one per policy turn with `collapsed`); drop (and report) examples
+    longer than `max_length` or without targets. With `truncation == "error"` an over-long example raises
+    `SFTError` naming every one. The report counts trajectories and examples, trained and dropped by reason."""
+    from protege.agent.render import training_conversations
+
+    kept, too_long, no_targets, trained = [], {}, [], set()
+    examples = 0
     for record in records:
-        example = render_example(tokenizer, template, record)
-        if len(example["input_ids"]) > max_length:
-            too_long[record_id(record)] = len(example["input_ids"])
-        elif all(label == IGNORE_INDEX for label in example["labels"]):
-            no_targets.append(record_id(record))
-        else:
-            kept.append(example)
+        rid = record_id(record)
+        conversations = training_conversations(record["messages"], view, keep_last)  # type: ignore[arg-type]
+        for turn, messages in enumerate(conversations):
+            examples += 1
+            name = rid if view == "full" else f"{rid}@turn{turn}"
+            example = render_example(tokenizer, template, record, messages)
+            if len(example["input_ids"]) > max_length:
+                too_long[name] = len(example["input_ids"])
+            elif all(label == IGNORE_INDEX for label in example["labels"]):
+                no_targets.append(name)
+            else:
+                kept.append(example)
+                trained.add(rid)
     if too_long and truncation == "error":
         listing = ", ".join(f"{rid} ({n} tokens)" for rid, n in too_long.items())
         raise SFTError(f"{len(too_long)} record(s) longer than sft.max_length={max_length}: {listing}")
     if not kept:
         raise SFTError(f"no usable record: {len(too_long)} too long, {len(no_targets)} without policy turns")
     report = {
-        "records": len(records), "kept": len(kept), "max_length": max_length,
+        "records": len(records), "trained_on": len(trained), "history_view": view, "examples": examples,
+        "kept": len(kept), "max_length": max_length,
         "dropped_too_long": len(too_long), "too_long": too_long, "dropped_no_targets": no_targets,
         "tokens": sum(len(e["input_ids"]) for e in kept),
         "target_tokens": sum(sum(x != IGNORE_INDEX for x in e["labels"]) for e in kept),
     }  # fmt: skip
     if too_long:
         log.warning(
-            "sft: dropped %d record(s) longer than %d tokens: %s", len(too_long), max_length, too_long
+            "sft: dropped %d example(s) longer than %d tokens: %s", len(too_long), max_length, too_long
         )
     return kept, report
+
+
+def drop_summary(report: dict[str, Any]) -> str:
+    """One line for people: "trained on 4/8 trajectories: 4 over max_length 4096" (or "..., none dropped")."""
+    head = f"trained on {report['trained_on']}/{report['records']} trajectories"
+    drops = []
+    if report["dropped_too_long"]:
+        drops.append(f"{report['dropped_too_long']} over max_length {report['max_length']}")
+    if report["dropped_no_targets"]:
+        drops.append(f"{len(report['dropped_no_targets'])} without policy turns")
+    return f"{head}: {', '.join(drops)}" if drops else f"{head}, none dropped"
+
+
+def data_metrics(report: dict[str, Any], vocab_size: int) -> dict[str, float]:
+    """The MLflow figures of the data report; `data/uniform_loss` is ln(vocab), a uniform guess's loss."""
+    import math
+
+    return {
+        "data/records": report["records"], "data/trained_on": report["trained_on"],
+        "data/examples": report["examples"], "data/kept": report["kept"],
+        "data/dropped_too_long": report["dropped_too_long"],
+        "data/dropped_no_targets": len(report["dropped_no_targets"]),
+        "data/target_tokens": report["target_tokens"], "data/max_length": report["max_length"],
+        "data/uniform_loss": math.log(vocab_size),
+    }  # fmt: skip
+
+
+def output_vocab_size(model_dir: Path) -> int:
+    """The size of the model's output distribution (its config's vocab_size; the tokenizer may hold fewer)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).vocab_size)
+
+
+def write_card(out_dir: Path, dataset_file: Path | None, report: dict[str, Any]) -> Path:
+    """The dataset card with SFT's section (what was trained on and every drop, by reason and id), written
+    to `<out_dir>/dataset_card.json` beside the model: the synth card's counts stay, SFT's are added."""
+    from protege.sft_data import CARD_FILE
+
+    source = dataset_file.parent / CARD_FILE if dataset_file is not None else None
+    card = json.loads(source.read_text()) if source is not None and source.is_file() else {}
+    card["sft"] = {**report, "summary": drop_summary(report)}
+    path = out_dir / CARD_FILE
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,6 +566,28 @@ def _check_weights(model: Any, step: int, when: str) -> None:
                 raise SFTError(f"step {step}: weight {name} is not finite {when}; training stopped")
 
 
+def schedule_lr_callback() -> Any:
+    """A TrainerCallback that, on a resumed run, sets every optimizer group's learning rate to the schedule's
+    value at the resumed step before the first step runs. The Trainer restores the optimizer's saved rate,
+    which at the end of a finished cosine schedule is 0: a rerun with a larger `sft.max_steps` (a schedule
+    stretched over more steps) would otherwise take its first step at that stale rate."""
+
+    class ScheduleLR(_callback_base()):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):  # noqa: ANN001
+            scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if state.global_step == 0 or optimizer is None or not lambdas:
+                return
+            rates = [
+                base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)
+            ]
+            for group, rate in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate
+            scheduler._last_lr = rates  # what get_last_lr() and the Trainer's logs report
+
+    return ScheduleLR()
+
+
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
@@ -582,6 +678,21 @@ def _ensure_process_group_env(cfg: ProtegeConfig) -> None:
             os.environ.setdefault(key, value)
 
 
+def prepare_examples(
+    cfg: ProtegeConfig, tokenizer: Any, template: str, data: SFTDataset, out_dir: Path, main: bool
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
+    """The training examples under `agent.history_view` and their report; the main process writes the report
+    (`sft_data.json`) and the dataset card with SFT's section (`dataset_card.json`) into `out_dir`."""
+    examples, report = build_examples(
+        tokenizer, template, data.records, cfg.sft.max_length, cfg.sft.truncation,
+        view=cfg.agent.history_view, keep_last=cfg.agent.keep_last_observations,
+    )  # fmt: skip
+    if main:
+        (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
+        write_card(out_dir, data.file, report)
+    return examples, report
+
+
 def train(
     cfg: ProtegeConfig, dataset: str, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
     extra_callbacks: Sequence[Any] = (),
@@ -605,11 +716,7 @@ def train(
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = get_training_chat_template(tokenizer) or tokenizer.chat_template
-    examples, report = build_examples(
-        tokenizer, template, data.records, cfg.sft.max_length, cfg.sft.truncation
-    )
-    if args.process_index == 0:
-        (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
+    examples, report = prepare_examples(cfg, tokenizer, template, data, out_dir, args.process_index == 0)
     lineage = Lineage(cfg, data, store, tracker, run_id)
     report_fallback(fallback, tracker, run_id)
     earlier = publish_missing(lineage, out_dir / CHECKPOINTS) if args.process_index == 0 else []
@@ -619,13 +726,13 @@ def train(
         tracker.log_dataset(
             run_id, "sft-dataset", data.source, digest=mlflow_digest, tags={"sha256": data.digest}
         )
-        tracker.log_metrics(
-            run_id, {"data/kept": report["kept"], "data/dropped_too_long": report["dropped_too_long"]}
-        )
+        tracker.log_metrics(run_id, data_metrics(report, output_vocab_size(model_dir)))
+        tracker.log_artifacts(run_id, out_dir / CARD_FILE)
     metrics_cb, checkpoint_cb = make_callbacks(lineage)
     trainer = SFTTrainer(
         model=str(model_dir), args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-        peft_config=_peft_config(cfg), callbacks=[metrics_cb, finite_guard(), checkpoint_cb, *extra_callbacks],
+        peft_config=_peft_config(cfg),
+        callbacks=[metrics_cb, finite_guard(), checkpoint_cb, schedule_lr_callback(), *extra_callbacks],
     )  # fmt: skip
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer (LoRA: the adapter), no optimizer
@@ -634,6 +741,8 @@ def train(
         if args.process_index == 0
         else {}
     )
+    if store is not None and args.process_index == 0:  # after the final model: the store has answered
+        store.upload_file(out_dir / CARD_FILE, f"{lineage.prefix}/{CARD_FILE}")
     losses = [h["loss"] for h in metrics_cb.history if "loss" in h]
     speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
     return {

@@ -14,8 +14,10 @@ tool observations as `role: tool` messages. `provenance` says who produced each 
 `policy` messages are training targets (`target_mask`): the system prompt, the task, tool
 observations and expert guidance (a tool message with provenance `expert`) are context only
 (METHOD §4). Messages are the full record of the episode (observations as inserted, i.e. already
-truncated to the agent's cap); the history collapsing the agent applies at generation time is not
-replayed here. Nothing time-dependent is exported, so the same trajectories give the same bytes and
+truncated to the agent's cap); SFT applies `agent.history_view` when it renders them
+(protege.agent.render.training_conversations), so it trains on the view the agent is shown. `tools` are
+written in the agent's definition order and no key is ever sorted: key order is part of the rendered
+prompt. Nothing time-dependent is exported, so the same trajectories give the same bytes and
 the same `digest` (sha256 of `sft.jsonl`).
 
 Beside it: `dataset_card.json` (what the run tried, kept and rejected, by reason; expert calls per
@@ -61,12 +63,12 @@ class DatasetExport:
 def chat_messages(trajectory: Trajectory) -> list[dict[str, Any]]:
     """The trajectory's messages in HF chat format, each with its provenance.
 
-    The same conversion the in-process policy renders its prompts with, so training data and inference
-    prompts cannot drift apart; provenance is placed right after role/content.
+    protege.agent.render's conversion, the one the agent and RL render their prompts with (a test compares
+    the three paths token for token); provenance is placed right after role/content.
     """
-    from protege.agent.policies import to_chat_messages
+    from protege.agent.render import chat_messages as render_chat
 
-    chat = to_chat_messages(trajectory.messages, arguments_as_json=False)
+    chat = render_chat(trajectory.messages)
     return [
         {"role": item["role"], "content": item["content"], "provenance": message.provenance, **item}
         for item, message in zip(chat, trajectory.messages, strict=True)
@@ -167,7 +169,9 @@ def export_dataset(
     path = out_dir / DATASET_FILE
     with path.open("w") as handle:
         for trajectory in ordered:
-            handle.write(json.dumps(to_record(trajectory, tools), ensure_ascii=False, sort_keys=True) + "\n")
+            # Never sort_keys: key order is rendered (tool schemas in the system prompt, tool-call arguments
+            # through `tojson`), so the record keeps the agent's order and SFT renders the agent's tokens.
+            handle.write(json.dumps(to_record(trajectory, tools), ensure_ascii=False) + "\n")
     digest = sha256_file(path)
     card = build_card(ordered, summary, digest)
     card_path = out_dir / CARD_FILE

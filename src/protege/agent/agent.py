@@ -1,8 +1,9 @@
 """The agent loop (METHOD §1): one small class, `run -> step -> query / execute`, ended by exceptions.
 
-Each step asks the policy for one assistant turn on the *processed* history (older tool observations
-collapsed to a one-line placeholder, the last `keep_last_observations` kept in full, expert guidance
-never collapsed), parses exactly one tool call from it and executes it in the sandbox. The
+Each step asks the policy for one assistant turn on its view of the history (protege.agent.render:
+`agent.history_view` is `full`, every observation as inserted, or `collapsed`, older tool observations
+as a one-line placeholder, the last `keep_last_observations` kept in full, expert guidance never
+collapsed; the same render RL and SFT use), parses exactly one tool call from it and executes it in the sandbox. The
 trajectory keeps the *full* record: every message as inserted (observations truncated at insertion
 to `observation_max_chars`, with a marker), every action with its base command (METHOD §6), every
 expert call, the policy's token counts and exact token ids.
@@ -25,6 +26,12 @@ from protege.agent.loops import base_command
 from protege.agent.policies import ContextOverflow, PolicyError
 from protege.agent.protocols import Expert, PatchTooLarge, Policy, PolicyTurn, Sandbox, SandboxError
 from protege.agent.qwen_format import split_completion
+from protege.agent.render import (  # noqa: F401 - COLLAPSED_TEMPLATE and process_history are re-exported
+    COLLAPSED_TEMPLATE,
+    policy_view,
+    process_history,
+    tool_schemas,
+)
 from protege.agent.tools import TOOL_SCHEMAS, ToolBox
 from protege.config import AgentConfig
 from protege.tasks import TaskInstance
@@ -56,9 +63,6 @@ Format error: {reason}. Every turn must contain exactly one tool call, written a
 </tool_call>
 with one of the tools: {tools}."""
 
-COLLAPSED_TEMPLATE = "Old environment output: ({lines} lines omitted)"
-"""What an older tool observation becomes in the policy's view (SWE-agent's placeholder)."""
-
 TRUNCATION_MARKER = "\n<observation truncated: {cut} of {total} characters omitted>\n"
 
 
@@ -75,19 +79,6 @@ def truncate_observation(text: str, max_chars: int) -> str:
     tail = max_chars - head
     marker = TRUNCATION_MARKER.format(cut=len(text) - max_chars, total=len(text))
     return text[:head] + marker + text[len(text) - tail :]
-
-
-def process_history(messages: list[Message], keep_last: int) -> list[Message]:
-    """The policy's view: tool observations (provenance `tool`) older than the last `keep_last` become a
-    one-line placeholder; expert guidance (provenance `expert`) and every other message stay whole."""
-    observations = [i for i, m in enumerate(messages) if m.provenance == "tool"]
-    collapse = set(observations[: len(observations) - keep_last])
-    return [
-        m.model_copy(update={"content": COLLAPSED_TEMPLATE.format(lines=len(m.content.splitlines()))})
-        if i in collapse
-        else m
-        for i, m in enumerate(messages)
-    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,9 +207,9 @@ class Agent:
             raise EpisodeEnd("cost_limit", f"spent ${cost:.4f}, the cap is ${self.cfg.cost_limit_usd:.2f}")
 
     def query(self) -> PolicyTurn:
-        view = process_history(self.messages, self.cfg.keep_last_observations)
+        view = policy_view(self.messages, self.cfg.history_view, self.cfg.keep_last_observations)
         try:
-            turn = self.policy.generate(view, TOOL_SCHEMAS)
+            turn = self.policy.generate(view, tool_schemas())
         except ContextOverflow as err:
             raise EpisodeEnd("context_overflow", str(err)) from None
         except PolicyError as err:

@@ -22,6 +22,7 @@ from typing import Any
 
 from protege.agent.protocols import PolicyTurn
 from protege.agent.qwen_format import render_tool_call, split_completion
+from protege.agent.render import chat_messages, prompt_ids
 from protege.config import PolicyConfig, ProtegeConfig
 from protege.trajectory import Message, ToolCall
 
@@ -40,28 +41,9 @@ class ContextOverflow(PolicyError):
 
 
 def to_chat_messages(messages: Sequence[Message], *, arguments_as_json: bool) -> list[dict[str, Any]]:
-    """OpenAI-style chat messages. `arguments_as_json`: tool-call arguments as a JSON string (the wire
-    format of the API) rather than a dict (what HF chat templates render with `tojson`)."""
-    chat: list[dict[str, Any]] = []
-    for message in messages:
-        item: dict[str, Any] = {"role": message.role, "content": message.content}
-        if message.tool_calls:
-            item["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {
-                        "name": call.name,
-                        "arguments": json.dumps(call.arguments) if arguments_as_json else call.arguments,
-                    },
-                }
-                for call in message.tool_calls
-            ]
-        if message.role == "tool":
-            item["tool_call_id"] = message.tool_call_id
-            item["name"] = message.name
-        chat.append(item)
-    return chat
+    """OpenAI-style chat messages (protege.agent.render.chat_messages, the one conversion every path uses).
+    `arguments_as_json`: tool-call arguments as a JSON string (the API's wire format) rather than a dict."""
+    return chat_messages(messages, arguments_as_json=arguments_as_json)
 
 
 def parse_completion(text: str, call_ids: itertools.count, **fields: Any) -> PolicyTurn:
@@ -171,12 +153,9 @@ class TransformersPolicy:
         self._ids = itertools.count()
 
     def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
-        """The chat template rendered with the tools and the generation prompt, as token ids."""
-        chat = to_chat_messages(messages, arguments_as_json=False)
-        encoded = self.tokenizer.apply_chat_template(
-            chat, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return list(encoded["input_ids"])
+        """The chat template rendered with the tools and the generation prompt, as token ids
+        (protege.agent.render.prompt_ids: the same render as RL's and SFT's)."""
+        return prompt_ids(self.tokenizer, messages, tools)
 
     def generate(self, messages: list[Message], tools: list[dict[str, Any]]) -> PolicyTurn:
         import torch
