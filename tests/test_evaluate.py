@@ -197,6 +197,27 @@ def test_empty_submissions_resolve_nothing(repos_dir, tmp_path):
     assert summary["median_expert_cost_per_resolved_task"] is None
 
 
+def test_an_unreachable_policy_server_fails_eval_with_the_reason(repos_dir, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "eval"
+    overrides = ["agent.policy.backend=openai", f"agent.policy.base_url=http://127.0.0.1:{port}/v1",
+                 "agent.policy.model=served", "agent.policy.max_retries=0", f"tasks.repos_dir={repos_dir}",
+                 f"expert.cache_dir={tmp_path / 'expert-cache'}", f"eval.grade_logs_dir={tmp_path / 'grading'}"]  # fmt: skip
+    argv = ["eval", "--profile", "local", "--model", "served", "--out", str(out), "--no-track", "--no-upload"]
+    assert main([*argv, *overrides]) == 3  # FAILED, not a score
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert error[0].startswith("error: eval: 4/4 episode(s) failed on infrastructure (policy_error 4)")
+    assert "eval.max_infra_failure_share=0.1; no Pass@1 reported; first: " in error[0]
+    assert f"127.0.0.1:{port}" in error[0] or "Connection refused" in error[0]
+    report = json.loads((out / "report.json").read_text())  # the results are kept all the same
+    assert report["summary"]["failures"]["policy_error"] == 4
+
+
 def test_resuming_with_another_model_is_refused(repos_dir, tmp_path):
     cfg = local_cfg(repos_dir, tmp_path)
     run(cfg, "empty", tmp_path / "eval", script="empty", progress=lambda line: None)

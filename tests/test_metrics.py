@@ -201,14 +201,27 @@ def test_no_resolved_episode_has_no_resolved_cost(four):
         ("submitted", PATCH, "sandbox_error", "sandbox_error"),
         ("submitted", PATCH, "timeout", "timeout"),
         ("submitted", PATCH, "", "other"),
-        ("policy_error", PATCH, "something new", "other"),
-        ("policy_error", "", "crashed", "other"),
+        ("policy_error", PATCH, "something new", "policy_error"),
+        ("policy_error", "", "crashed", "policy_error"),
         ("sandbox_error", "", "crashed", "sandbox_error"),
     ],
 )
 def test_failure_reason(status, patch, grade_reason, expected):
     trajectory = episode("t", False, status=status, patch=patch, extra={"grade_reason": grade_reason})
     assert failure_reason(trajectory) == expected
+
+
+def test_an_expert_outage_is_its_own_failure_and_infrastructure_is_counted():
+    outage = episode("o", False, status="submitted", patch=PATCH, expert_calls=[call(0, 0, 0.0, "error")],
+                     extra={"grade_reason": "tests_failed"})  # fmt: skip
+    lost = episode("p", False, status="policy_error")
+    failed = episode("f", False, status="submitted", patch=PATCH, extra={"grade_reason": "tests_failed"})
+    figures = summarize(
+        [outage, lost, failed, episode("r", True, status="submitted", patch=PATCH)], 0.95, LOOP
+    )
+    assert failure_reason(outage) == "expert_error"
+    assert figures["failures"]["policy_error"] == 1 and figures["failures"]["tests_failed"] == 1
+    assert figures["infra_failure_share"] == 0.5
 
 
 def test_resolved_and_ungraded_episodes_in_the_breakdown():

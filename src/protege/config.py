@@ -736,6 +736,11 @@ class EvalConfig(Strict):
     """Kubernetes grading: pods alive at once (one per graded instance)."""
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
+    max_infra_failure_share: float = Field(default=0.1, ge=0, le=1)
+    """Infrastructure failures are not scores: when more than this share of the episodes failed on
+    `policy_error` (the policy server did not answer), `sandbox_error` or `expert_error` (an expert call
+    failed), eval fails with the counts and the first reason instead of reporting a Pass@1 (its results
+    and report are still written and uploaded; the MLflow run ends FAILED). 1.0 never fails."""
 
 
 class RegisterConfig(Strict):

@@ -50,6 +50,9 @@ PHASE = "eval"
 GOLD_HEREDOC = "PROTEGE_GOLD_PATCH_EOF"
 """Heredoc delimiter of the gold-replay script (no SWE-bench patch contains this line)."""
 
+TAG_FAILURE = "protege.failure"
+"""Tag of a FAILED eval run: why its Pass@1 is not a score."""
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000 characters
 Key = tuple[str, int]
 Progress = Callable[[str], None]
 
@@ -253,6 +256,31 @@ class EvalError(ValueError):
     """The evaluation cannot start as configured; the message names the bad item."""
 
 
+class InfraFailure(RuntimeError):
+    """Too many episodes failed on infrastructure (policy server, sandbox, expert) for a Pass@1 to mean
+    anything; the message gives the counts, the limit and the first such episode's reason."""
+
+
+def infra_failure(summary: dict[str, Any], out_dir: Path, limit: float) -> str | None:
+    """Why the run's Pass@1 must not be reported (None when the infrastructure failure share is within
+    `limit`, `eval.max_infra_failure_share`): a one-line reason naming counts and the first failure."""
+    from protege.metrics import INFRA_FAILURES, failure_reason
+
+    share = summary["infra_failure_share"]
+    if share <= limit:
+        return None
+    counts = ", ".join(f"{c} {summary['failures'][c]}" for c in INFRA_FAILURES if summary["failures"][c])
+    first = next(
+        (t for t in read_trajectories(out_dir / TRAJECTORIES) if failure_reason(t) in INFRA_FAILURES), None
+    )
+    detail = f"; first: {first.instance_id}: {first.status_detail}" if first and first.status_detail else ""
+    failed = round(share * summary["episodes"])
+    return (
+        f"eval: {failed}/{summary['episodes']} episode(s) failed on infrastructure ({counts}), above "
+        f"eval.max_infra_failure_share={limit:g}; no Pass@1 reported{detail}"
+    ).replace("\n", " ")
+
+
 def eval_config(cfg: ProtegeConfig, model: str) -> ProtegeConfig:
     """The run's config: the policy model set to `model`, the gold patch hidden from the expert."""
     return cfg.model_copy(
@@ -365,6 +393,9 @@ def run(
 ) -> dict[str, Any]:
     """Evaluate `model` on the eval split into `out_dir` (resuming what is there); report; log; upload.
 
+    Raises InfraFailure (after the report is written, uploaded and logged on a FAILED MLflow run) when
+    more than `eval.max_infra_failure_share` of the episodes failed on infrastructure.
+
     `tracker`: a protege.tracking.Tracker (metrics and report files go to its nested `eval` run);
     `store`: an S3ArtifactStore (the results directory is uploaded to s3://<bucket>/<run_name>/eval).
     `policy_for` replaces the configured policy (tests). Returns {"metrics", "summary", "out_dir",
@@ -388,19 +419,25 @@ def run(
     result = {"metrics": numeric_metrics(summary), "summary": summary, "out_dir": str(out_dir),
               "report": {name: str(path) for name, path in paths.items()}, "graded_now": len(pairs),
               "skipped": skipped, "uri": None, "mlflow_run_id": None}  # fmt: skip
+    failure = infra_failure(summary, out_dir, cfg.eval.max_infra_failure_share)
     if store is not None:
         result["uri"] = store.uri(f"{cfg.run_name}/{PHASE}")
         store.upload_dir(out_dir, result["uri"])
     if tracker is not None:
-        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir)
+        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir, failure)
+    if failure:
+        raise InfraFailure(failure)
     progress(
         f"eval: Pass@1 {summary['pass_at_1']:.3f} over {summary['episodes']} episode(s); report {paths['report_md']}"
     )
     return result
 
 
-def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out_dir: Path) -> str:
-    """Metrics and the report files on the phase's nested run (opening the pipeline run if needed)."""
+def log_to_tracker(
+    tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out_dir: Path, failure: str | None = None
+) -> str:
+    """Metrics and the report files on the phase's nested run (opening the pipeline run if needed);
+    with a `failure` the run is tagged with it and ends FAILED (InfraFailure raised)."""
     from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD
 
     tracker.ensure_pipeline(cfg.run_name, cfg)
@@ -412,6 +449,9 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out
         for name in (REPORT_JSON, REPORT_MD, RUN_INFO):
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
+        if failure:
+            tracker.set_tags(phase.run_id, {TAG_FAILURE: failure[:MAX_TAG_CHARS]})
+            raise InfraFailure(failure)
         return phase.run_id
 
 

@@ -28,10 +28,17 @@ FAILURE_CATEGORIES = (
     "no_submission",
     "patch_apply_failed",
     "tests_failed",
-    "sandbox_error",
     "timeout",
+    "policy_error",
+    "sandbox_error",
+    "expert_error",
     "other",
 )
+
+INFRA_FAILURES = ("policy_error", "sandbox_error", "expert_error")
+"""Categories that say the infrastructure failed, not the policy: the policy server did not answer, a
+sandbox could not run, the expert was out. They are not scores: above `eval.max_infra_failure_share` of
+such episodes the eval phase fails instead of reporting a Pass@1 (protege.evaluate)."""
 
 # An episode that ended on one of these statuses failed for that reason, whatever its patch did.
 STATUS_FAILURES = {
@@ -39,6 +46,7 @@ STATUS_FAILURES = {
     "cost_limit": "cost_limit",
     "budget_exhausted": "cost_limit",
     "sandbox_error": "sandbox_error",
+    "policy_error": "policy_error",
     "timeout": "timeout",
 }
 
@@ -146,8 +154,9 @@ def failure_reason(trajectory: Trajectory) -> str | None:
     """The failure-breakdown category of an unresolved episode; None for a resolved one.
 
     The episode's terminal status decides first (a step-limit episode failed for its step limit even if
-    its partial patch was graded); then a crashed pair is `other`; then an empty patch is a missing
-    submission; then the grading reason.
+    its partial patch was graded; a `policy_error` episode lost its policy server); then a crashed pair
+    is `other`; then an episode with an expert call that failed (`error`: transport, overload, outage)
+    is an `expert_error`; then an empty patch is a missing submission; then the grading reason.
     """
     if trajectory.resolved:
         return None
@@ -155,6 +164,8 @@ def failure_reason(trajectory: Trajectory) -> str | None:
         return STATUS_FAILURES[trajectory.status]
     if trajectory.extra.get(GRADE_REASON_KEY) == CRASHED:
         return "other"
+    if any(call.status == "error" for call in trajectory.expert_calls):
+        return "expert_error"
     if not trajectory.patch.strip():
         return "no_submission"
     return GRADE_FAILURES.get(str(trajectory.extra.get(GRADE_REASON_KEY, "")), "other")
@@ -191,6 +202,11 @@ def failure_breakdown(trajectories: Sequence[Trajectory]) -> dict[str, int]:
     return {category: counts.get(category, 0) for category in FAILURE_CATEGORIES}
 
 
+def infra_failures(breakdown: dict[str, int]) -> int:
+    """Episodes of a failure breakdown that failed on infrastructure (INFRA_FAILURES)."""
+    return sum(breakdown.get(category, 0) for category in INFRA_FAILURES)
+
+
 def _median_or_none(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -202,7 +218,8 @@ def summarize(trajectories: Sequence[Trajectory], confidence: float, loop: LoopC
     expert_token_share, total_tokens_per_task, steps_per_task, loop_rate_gt_<L> for each L of
     loop.metric_lengths (share of episodes whose longest run of equal base commands exceeds L),
     median_expert_cost_per_task, median_expert_cost_per_resolved_task (None with no resolved episode),
-    median_total_cost_per_task, failures (category -> count).
+    median_total_cost_per_task, failures (category -> count), infra_failure_share (share of episodes
+    in an INFRA_FAILURES category).
     """
     if not trajectories:
         raise MetricsError("no graded trajectories to summarise")
@@ -229,6 +246,7 @@ def summarize(trajectories: Sequence[Trajectory], confidence: float, loop: LoopC
             "failures": failure_breakdown(trajectories),
         }
     )
+    figures["infra_failure_share"] = infra_failures(figures["failures"]) / len(rows)
     return figures
 
 
