@@ -184,11 +184,14 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     for step in ("verify", "synth", "sft", "rl1", "rl2", "eval", "register"):
         assert any(line.startswith(f"{step} ") and " SUCCESS " in line for line in out.splitlines()), step
     assert "kept 2/2 trajectories" in out and "Pass@1 " in out
-    assert f"protege lineage --profile local agent-{tag}@champion" in out
+    # The tiny model resolves nothing: registered, never champion, and the summary says why (issue 15).
+    assert f"agent-{tag} v1, no alias (Pass@1 0.0000 resolves no eval instance" in out
+    assert f"protege lineage --profile local agent-{tag}/1" in out
 
     cfg = load_config("local", overrides=overrides)
     tracker = Tracker(cfg.tracking)
-    version = tracker.model_version("champion", f"agent-{tag}")
+    version = tracker.client.get_model_version(f"agent-{tag}", 1)
+    assert version.aliases == []
     parent = tracker.get_run(version.tags["protege.pipeline_run_id"])
     assert parent.info.run_name == f"r-{tag}" and parent.info.status == "FINISHED"
     phases = [run.info.run_name for run in tracker.nested_runs(parent.info.run_id)]
@@ -221,7 +224,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     assert tags["protege.base_model"] == "tiny" and len(tags["protege.reward_config_hash"]) == 64
     assert tags["protege.checkpoint_uri"].startswith(f"s3://run-{tag}/r-{tag}/rl2")
 
-    lines = "\n".join(chain(tracker, f"agent-{tag}@champion"))
+    lines = "\n".join(chain(tracker, f"agent-{tag}/1"))
     assert f"model agent-{tag} v{version.version}" in lines
     assert f"pipeline run r-{tag} {parent.info.run_id}" in lines
     for phase in ("synth", "sft", "rl1", "rl2", "eval", "register"):

@@ -14,6 +14,7 @@ from protege.register import (
     CHAMPION,
     TAG_PROMOTION,
     RegisterError,
+    current_champion,
     decide,
     eval_figures,
     lineage_tags,
@@ -32,6 +33,14 @@ GATE_CASES = [
     (0.15, 0.10, 0.20, True, False, True, "champion's 0.2000"),
     (0.10, 0.10, None, False, True, True, "no champion yet"),
     (0.15, 0.10, 0.90, False, True, True, "another eval set"),
+    # A run that resolves nothing is never champion, whatever the floor says.
+    (0.0, None, None, True, True, False, "resolves no eval instance"),
+    (0.0, 0.0, None, True, True, False, "resolves no eval instance"),
+    # No configured floor: the baseline is the champion's Pass@1 on the same eval set.
+    (0.25, None, None, True, True, True, "no champion yet; Pass@1 0.2500 resolves at least one"),
+    (0.15, None, 0.20, True, False, False, "below the champion's 0.2000"),
+    (0.20, None, 0.20, True, False, True, ">= champion's 0.2000"),
+    (0.05, None, 0.20, False, True, True, "another eval set; Pass@1 0.0500 resolves at least one"),
 ]
 
 
@@ -111,6 +120,26 @@ def registered(mlflow_server: LocalServices) -> tuple[Tracker, list[dict[str, ob
         tracker.end_pipeline()
         results.append({**out, "parent": parent})
     return tracker, results
+
+
+def test_a_first_run_that_resolves_nothing_is_registered_but_never_champion(mlflow_server):
+    suffix = uuid.uuid4().hex[:8]
+    tracking = mlflow_server.tracking_config(
+        TrackingConfig(experiment=f"zero-{suffix}", registered_model=f"agent-{suffix}")
+    )
+    cfg = load_config("local").model_copy(update={"tracking": tracking})  # default floor: the baseline
+    assert cfg.register.pass_at_1_floor is None
+    tracker = Tracker(cfg.tracking)
+    tracker.start_pipeline("zero")
+    out = run(cfg, model_uri="s3://protege/runs/z/rl2/checkpoint", eval_report=report(0.0),
+              lineage=lineage(), tracker=tracker)  # fmt: skip
+    tracker.end_pipeline()
+    assert (out["version"], out["promoted"], out["champion_version"]) == (1, False, None)
+    assert current_champion(tracker, out["name"]) is None
+    version = tracker.client.get_model_version(out["name"], 1)
+    assert version.tags[TAG_PROMOTION] == (
+        "refused: Pass@1 0.0000 resolves no eval instance: a run that resolves nothing is never champion"
+    )
 
 
 def test_champion_follows_the_gate(registered):

@@ -746,10 +746,12 @@ class EvalConfig(Strict):
 class RegisterConfig(Strict):
     """Phase register: the champion gate."""
 
-    pass_at_1_floor: float = Field(default=0.0, ge=0, le=1)
-    """A new version becomes `champion` only when Pass@1 clears this floor ..."""
+    pass_at_1_floor: float | None = Field(default=None, ge=0, le=1)
+    """The baseline a new version must reach to become `champion` (e.g. the base model's measured
+    Pass@1). None (default): the baseline is the current champion's Pass@1 on the same eval set. Either
+    way a version that resolved no eval instance (Pass@1 0) is never promoted."""
     require_not_below_champion: bool = True
-    """... and is not below the current champion's Pass@1 on the same eval set."""
+    """With a configured floor, also require Pass@1 not below the current champion's on the same eval set."""
 
 
 class PipelineConfig(Strict):

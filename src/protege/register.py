@@ -4,9 +4,11 @@ The final checkpoint (already in the artifact store at an s3:// URI) becomes an 
 nested `register` run and a new version of `tracking.registered_model`, tagged with its lineage (KFP run,
 pipeline version, git commit, image digests, base model, dataset digests, expert model, reward-config
 hash, eval report URI, eval-set digest, Pass@1). The version gets the alias `champion` only when `decide`
-says so: Pass@1 clears `register.pass_at_1_floor` and, when `register.require_not_below_champion`, is not
-below the current champion's Pass@1 measured on the same eval set (same eval-set digest). A refused
-version stays registered, with the reason in the tag `protege.promotion`.
+says so: it resolved at least one eval instance (Pass@1 > 0: a run that resolves nothing is never
+champion), Pass@1 clears the baseline, which is `register.pass_at_1_floor` when configured and otherwise
+the current champion's Pass@1 measured on the same eval set (same eval-set digest), and, when
+`register.require_not_below_champion`, is not below that champion's either. A refused version stays
+registered, with the reason in the tag `protege.promotion`.
 
 Simplification: one metric (Pass@1) decides; its confidence interval is reported by eval, not used here.
 Runs inside the pipeline's `register` step (components/register); `protege lineage MODEL@champion` reads
@@ -59,22 +61,29 @@ class Decision:
 
 def decide(
     pass_at_1: float,
-    floor: float,
+    floor: float | None,
     champion_pass_at_1: float | None,
     same_eval_set: bool,
     require_not_below_champion: bool,
 ) -> Decision:
-    """The champion gate (pure). `champion_pass_at_1` is None when there is no champion yet; the
-    champion is compared against only when it was evaluated on the same eval set (`same_eval_set`)."""
-    if pass_at_1 < floor:
-        return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the floor {floor:.4f}")
-    if champion_pass_at_1 is None:
-        return Decision(True, f"no champion yet; Pass@1 {pass_at_1:.4f} clears the floor {floor:.4f}")
-    if not same_eval_set:
+    """The champion gate (pure). A run that resolved nothing (Pass@1 0: the mean of per-task resolved
+    shares is 0 only when no attempt resolved) is never promoted. `floor` is the configured baseline
+    (`register.pass_at_1_floor`); None means the baseline is the current champion's Pass@1.
+    `champion_pass_at_1` is None when there is no champion yet; the champion is compared against only
+    when it was evaluated on the same eval set (`same_eval_set`), and then whenever `floor` is None or
+    `require_not_below_champion`."""
+    if pass_at_1 <= 0:
         return Decision(
-            True, f"champion was evaluated on another eval set; Pass@1 {pass_at_1:.4f} clears the floor"
+            False, "Pass@1 0.0000 resolves no eval instance: a run that resolves nothing is never champion"
         )
-    if require_not_below_champion and pass_at_1 < champion_pass_at_1:
+    if floor is not None and pass_at_1 < floor:
+        return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the floor {floor:.4f}")
+    cleared = f"clears the floor {floor:.4f}" if floor is not None else "resolves at least one instance"
+    if champion_pass_at_1 is None:
+        return Decision(True, f"no champion yet; Pass@1 {pass_at_1:.4f} {cleared}")
+    if not same_eval_set:
+        return Decision(True, f"champion was evaluated on another eval set; Pass@1 {pass_at_1:.4f} {cleared}")
+    if (floor is None or require_not_below_champion) and pass_at_1 < champion_pass_at_1:
         return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the champion's {champion_pass_at_1:.4f}")
     return Decision(
         True, f"Pass@1 {pass_at_1:.4f} >= champion's {champion_pass_at_1:.4f} on the same eval set"
