@@ -238,6 +238,7 @@ def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str,
         "executors"
     ]
     assert "tolerations" in executors["exec-sft"]  # the Kubernetes placement travels with the run
+    assert run["service_account"] == "protege-pipeline"  # the default, manifests/base/rbac.yaml's
     assert run["runtime_config"]["parameters"] == {
         "profile": "cluster", "base_model": "s3://models/qwen", "gpu_count": 4,
         "overrides": json.dumps(["rl.group_size=4", "eval.workers=2"]), "gpu_node_selector": {"pool": "h100"},
@@ -247,7 +248,7 @@ def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str,
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
 def test_schedule_posts_a_recurring_run_with_kfp_cron_in_the_experiment(kfp_api: str, capsys) -> None:
     argv = ["schedule", "--host", kfp_api, "--cron", "0 3 * * 1", "--experiment", "retrain",
-            "--train-tasks", "s3://t/train"]  # fmt: skip
+            "--train-tasks", "s3://t/train", "--service-account", "retrainer"]  # fmt: skip
     assert main(argv) == 0
     assert "scheduled recurring run rr-1 on '0 0 3 * * 1'" in capsys.readouterr().out
     assert _posted("/apis/v2beta1/experiments")["display_name"] == "retrain"
@@ -258,7 +259,22 @@ def test_schedule_posts_a_recurring_run_with_kfp_cron_in_the_experiment(kfp_api:
         job["no_catchup"] is True and int(job["max_concurrency"]) == PipelineConfig().schedule_max_concurrency
     )
     assert job["runtime_config"]["parameters"] == {"profile": "cluster", "train_tasks": "s3://t/train"}
+    assert job["service_account"] == "retrainer"
     assert job["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == PipelineConfig().name
+
+
+def test_submit_and_schedule_default_to_the_namespace_and_account_of_the_manifests() -> None:
+    root = Path(__file__).resolve().parents[1] / "manifests"
+    rbac = list(yaml.safe_load_all((root / "base" / "rbac.yaml").read_text()))
+    account = next(doc for doc in rbac if doc["kind"] == "ServiceAccount")["metadata"]
+    recurring = yaml.safe_load((root / "recurring-run" / "recurring-run.yaml").read_text())
+    for argv in (["submit"], ["schedule", "--cron", "0 3 * * 0"]):
+        args = _parse(argv)
+        assert (args.namespace, args.service_account) == (account["namespace"], account["name"])
+        assert (args.namespace, args.service_account) == (
+            recurring["namespace"],
+            recurring["service_account"],
+        )
 
 
 @pytest.mark.parametrize(

@@ -792,6 +792,12 @@ class PipelineConfig(Strict):
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)
     """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""
+    namespace: str = "protege"
+    """Namespace `protege submit`/`schedule` run in by default: where manifests/ put the steps' RBAC and
+    Secrets (`--namespace` overrides it)."""
+    service_account: str = "protege-pipeline"
+    """Service account the steps' pods run as by default (manifests/base/rbac.yaml binds it to the sandbox
+    namespace; `--service-account` overrides it)."""
     scope_to_kfp_run: bool = True
     """sft, rl1, rl2, eval and register work under `<run_name>-<KFP run id>`, so a scheduled run trains afresh
     instead of resuming an earlier run's checkpoints (a retried KFP run keeps its id, so it resumes). verify

@@ -139,7 +139,7 @@ def submit(args: argparse.Namespace, client_factory: ClientFactory = make_client
         package = compile_pipeline(Path(tmp) / PIPELINE_YAML.name)
         return client.create_run_from_pipeline_package(
             str(package), arguments=params, run_name=args.run_name, experiment_name=args.experiment,
-            namespace=args.namespace,
+            namespace=args.namespace, service_account=args.service_account,
         )  # fmt: skip
 
 
@@ -156,7 +156,7 @@ def schedule(args: argparse.Namespace, client_factory: ClientFactory = make_clie
         return client.create_recurring_run(
             experiment_id=experiment.experiment_id, job_name=args.name, cron_expression=cron,
             params=params, pipeline_package_path=str(package), no_catchup=True,
-            max_concurrency=PipelineConfig().schedule_max_concurrency,
+            max_concurrency=PipelineConfig().schedule_max_concurrency, service_account=args.service_account,
         )  # fmt: skip
 
 
@@ -195,7 +195,18 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     from protege.config import PipelineConfig
 
     parser.add_argument("--host", help="KFP API endpoint (default: kfp.Client's, e.g. in-cluster)")
-    parser.add_argument("--namespace", help="KFP namespace (multi-user installs only)")
+    defaults = PipelineConfig()
+    parser.add_argument(
+        "--namespace",
+        default=defaults.namespace,
+        help=f"namespace of the run, where the RBAC and Secrets live (default: {defaults.namespace})",
+    )
+    parser.add_argument(
+        "--service-account",
+        dest="service_account",
+        default=defaults.service_account,
+        help=f"service account the steps run as (default: {defaults.service_account}, manifests/base/rbac.yaml)",
+    )
     parser.add_argument("--experiment", default=PipelineConfig().name, help="KFP experiment")
     parser.add_argument(
         "--profile", default="cluster", help="config profile the steps load (default: cluster)"
