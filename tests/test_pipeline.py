@@ -368,6 +368,19 @@ def test_verify_component_runs_under_kfp_local(store, tmp_path: Path, monkeypatc
     assert len(task.outputs["tasks_digest"]) == 64
 
 
+def test_the_git_commit_comes_from_the_image_build_argument_else_from_git(monkeypatch) -> None:
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=kfp_steps.SOURCE_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    monkeypatch.delenv(kfp_steps.GIT_COMMIT_ENV, raising=False)
+    assert kfp_steps.git_commit() == head and len(head) == 40
+    monkeypatch.setenv(kfp_steps.GIT_COMMIT_ENV, "unknown")  # an image built without GIT_COMMIT
+    assert kfp_steps.git_commit() == head
+    monkeypatch.setenv(kfp_steps.GIT_COMMIT_ENV, "f" * 40)
+    assert kfp_steps.git_commit() == "f" * 40
+
+
 def test_lineage_gives_register_every_tag_it_needs(monkeypatch) -> None:
     from protege import register
 
@@ -377,6 +390,10 @@ def test_lineage_gives_register_every_tag_it_needs(monkeypatch) -> None:
     tags = register.lineage_tags(found)
     assert tags["protege.git_commit"] == "abc123" and tags["protege.kfp_run_id"] == "kfp-1"
     assert json.loads(tags["protege.dataset_digests"]) == {"synth": "d" * 64}
+    pinned = "ghcr.io/protege-ai/protege-agent@sha256:" + "a" * 64
+    cfg = kfp_steps.step_config("local", f'["pipeline.agent_image={pinned}"]')
+    images = kfp_steps.lineage(cfg, kfp_run_id="k", dataset_digest="d", eval_set_digest="e")["image_digests"]
+    assert images == {"agent": "sha256:" + "a" * 64, "trainer": cfg.pipeline.trainer_image}  # tag: no digest
     changed = kfp_steps.step_config("local", '["rl.stage2.w_follow=3.0"]')
     again = kfp_steps.lineage(changed, kfp_run_id="kfp-1", dataset_digest="d" * 64, eval_set_digest="e" * 64)
     assert again["reward_config_hash"] != found["reward_config_hash"]

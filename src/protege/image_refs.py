@@ -20,3 +20,16 @@ def image_ref(kind: str, tag: str = RELEASE_TAG, registry: str = REGISTRY) -> st
     if kind not in IMAGE_NAMES:
         raise ValueError(f"unknown image kind '{kind}' (known: {', '.join(IMAGE_NAMES)})")
     return f"{registry.rstrip('/')}/{IMAGE_NAMES[kind]}:{tag}"
+
+
+def image_digest(ref: str) -> str:
+    """The `sha256:<hex>` digest a reference is pinned to (`name@sha256:...`), or '' for a tag reference,
+    whose content a registry may change under the same name."""
+    _, at, digest = ref.partition("@")
+    return digest if at and digest.startswith("sha256:") else ""
+
+
+def recorded_images(refs: dict[str, str]) -> dict[str, str]:
+    """What lineage records of each image: its digest when the reference is pinned to one, else the
+    reference itself (a tag: the best that is known without asking the registry)."""
+    return {kind: image_digest(ref) or ref for kind, ref in refs.items()}

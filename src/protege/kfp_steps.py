@@ -32,7 +32,8 @@ TAG_DATASET_URI = "protege.dataset_uri"
 TAG_STEP_RECORD = "protege.step_record"
 TAG_ADOPTED_FROM = "protege.adopted_from_run_id"
 VERIFY_REPORT = "verify.json"
-GIT_COMMIT_ENV = "PROTEGE_GIT_COMMIT"  # set by images/*.Dockerfile from the build's git SHA
+GIT_COMMIT_ENV = "PROTEGE_GIT_COMMIT"  # set by images/*.Dockerfile from the build argument GIT_COMMIT
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class StepError(RuntimeError):
@@ -193,23 +194,42 @@ def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
     return {"report_uri": uri, "tasks_digest": digest, "eval_set_digest": reports["eval"]["digest"]}
 
 
+def git_commit() -> str:
+    """The commit of the code that runs: the images' build argument (`$PROTEGE_GIT_COMMIT`) in a container,
+    else `git rev-parse HEAD` of this source checkout; '' when neither is known."""
+    import subprocess
+
+    baked = os.environ.get(GIT_COMMIT_ENV, "")
+    if baked and baked != "unknown":  # the Dockerfiles' default when built without GIT_COMMIT
+        return baked
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True,
+                               timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
 def lineage(
     cfg: ProtegeConfig, *, kfp_run_id: str, dataset_digest: str, eval_set_digest: str
 ) -> dict[str, Any]:
     """The inputs a registered version is traced back to (protege.register.LINEAGE_TAGS keys).
 
-    Image "digests" are the configured image references: pinned `@sha256:` references on clusters, so
-    the reference is the digest; a pod cannot read its own image digest without extra RBAC.
+    Images are recorded by digest when their configured reference is pinned (`@sha256:`, as on
+    clusters), else by the reference (a tag); a pod cannot read its own image digest without extra RBAC.
     """
     from protege import __version__
     from protege.config import public_dict
+    from protege.image_refs import recorded_images
 
     rewards = {"stage1": public_dict(cfg.rl.stage1), "stage2": public_dict(cfg.rl.stage2)}
     return {
         "kfp_run_id": kfp_run_id,
         "pipeline_version": __version__,
-        "git_commit": os.environ.get(GIT_COMMIT_ENV, ""),
-        "image_digests": {"agent": cfg.pipeline.agent_image, "trainer": cfg.pipeline.trainer_image},
+        "git_commit": git_commit(),
+        "image_digests": recorded_images(
+            {"agent": cfg.pipeline.agent_image, "trainer": cfg.pipeline.trainer_image}
+        ),
         "base_model": cfg.model.base,
         "dataset_digests": {"synth": dataset_digest},
         "expert_model": f"{cfg.expert.backend}:{cfg.expert.model}",
