@@ -4,10 +4,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.images import AGENT_IMAGE
+from components.images import TRAINER_IMAGE
 
 
-@dsl.component(base_image=AGENT_IMAGE)
+@dsl.component(base_image=TRAINER_IMAGE)  # vLLM and CUDA: the step serves the model it evaluates
 def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13), the KFP task name too
     profile: str,
     overrides: str,
@@ -17,13 +17,16 @@ def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13
     parent_run_id: str,
     kfp_run_id: str,
 ) -> NamedTuple("Outputs", [("report_uri", str), ("pass_at_1", float), ("mlflow_run_id", str)]):
-    """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id."""
-    from protege import evaluate, kfp_steps
+    """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id. On the GPU pool
+    (`eval.serve: vllm`, cluster profile) a vLLM server of `model_uri` answers for the policy meanwhile."""
+    from protege import evaluate, kfp_steps, serving
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
     )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     store = kfp_steps.open_store(cfg)
-    result = evaluate.run(cfg, model_uri, kfp_steps.work_dir(cfg, "eval"), tracker, store)
+    work = kfp_steps.work_dir(cfg, "eval")
+    with serving.served_policy(cfg, model_uri, store, work) as served:
+        result = evaluate.run(served, model_uri, work, tracker, store)
     return (result["uri"], float(result["summary"]["pass_at_1"]), result["mlflow_run_id"] or "")

@@ -34,7 +34,7 @@ def protege_pipeline(
     gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
 ) -> None:
     """Empty `base_model`/`*_tasks`/`expert_model` keep the profile's; `overrides` is a JSON list of
-    `dotted.key=value`; the `gpu_*` parameters choose the pool of the GPU steps (sft, rl1, rl2)."""
+    `dotted.key=value`; the `gpu_*` parameters choose the pool of the GPU steps (sft, rl1, rl2, eval)."""
     pool = GpuPool(gpu_type, gpu_count, gpu_node_selector, gpu_tolerations)
     common = {"profile": profile, "overrides": overrides}
 

@@ -5,7 +5,9 @@ submissions -> 0.0, a re-run grades nothing new, an interrupted run is re-graded
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -216,6 +218,34 @@ def test_an_unreachable_policy_server_fails_eval_with_the_reason(repos_dir, tmp_
     assert f"127.0.0.1:{port}" in error[0] or "Connection refused" in error[0]
     report = json.loads((out / "report.json").read_text())  # the results are kept all the same
     assert report["summary"]["failures"]["policy_error"] == 4
+
+
+def test_eval_serves_the_model_it_evaluates_through_vllm(repos_dir, tmp_path, monkeypatch, capsys):
+    from tests.test_serving import FAKE, calls
+
+    bin_dir, record, model = tmp_path / "bin", tmp_path / "vllm-calls.jsonl", tmp_path / "rl2-model"
+    bin_dir.mkdir()
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    (bin_dir / "vllm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
+    out = tmp_path / "eval"
+    argv = ["eval", "--profile", "local", "--model", str(model), "--out", str(out), "--no-track", "--no-upload",
+            "eval.serve=vllm", f"tasks.repos_dir={repos_dir}", "tasks.eval_ids=[protege-demo__minitemplate-1]",
+            f"expert.cache_dir={tmp_path / 'expert-cache'}", f"eval.grade_logs_dir={tmp_path / 'grading'}"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    [call] = calls(record)
+    assert call["argv"][:2] == ["serve", str(model)]
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["policy_backend"] == "openai"
+    # The served model submitted at once (the fake's one completion): a real score, not an outage.
+    assert (
+        report["summary"]["failures"]["no_submission"] == 1 and report["summary"]["infra_failure_share"] == 0
+    )
+    [trajectory] = read_trajectories(out / TRAJECTORIES)
+    assert trajectory.status == "submitted" and trajectory.policy_input_tokens == 10
 
 
 def test_resuming_with_another_model_is_refused(repos_dir, tmp_path):

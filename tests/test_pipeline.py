@@ -21,7 +21,7 @@ from protege.config import ConfigError, PipelineConfig
 from protege.kfp_placement import GpuPool, PlacementError, place
 
 CHAIN = ["verify-tasks", "synth", "sft", "rl1", "rl2", "eval", "register"]
-GPU_TASKS = {"sft", "rl1", "rl2"}
+GPU_TASKS = {"sft", "rl1", "rl2", "eval"}
 CPU_TASKS = set(CHAIN) - GPU_TASKS
 STEP_OF = {"verify-tasks": "verify"} | {name: name for name in CHAIN[1:]}
 S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -72,6 +72,20 @@ def test_gpu_steps_request_accelerators_from_pipeline_parameters(spec: dict[str,
         assert inputs["pipelinechannel--gpu_count"]["componentInputParameter"] == "gpu_count"
     for task in CPU_TASKS:
         assert "accelerator" not in _container(spec, task).get("resources", {}), task
+
+
+def test_eval_runs_on_the_gpu_pool_and_serves_the_model_it_evaluates(spec: dict[str, Any]) -> None:
+    container = _container(spec, "eval")
+    accel = container["resources"]["accelerator"]
+    assert "gpu_type" in accel["resourceType"] and "gpu_count" in accel["resourceCount"]
+    assert container["image"] == PipelineConfig().trainer_image  # the image with vLLM and CUDA
+    code = "\n".join(container["command"] + container.get("args", []))
+    # The step's code starts the server of the model it evaluates (rl2's output) and evaluates through it.
+    assert "with serving.served_policy(cfg, model_uri, store, work) as served:" in code
+    assert "evaluate.run(served, model_uri, work, tracker, store)" in code
+    model_uri = _tasks(spec)["eval"]["inputs"]["parameters"]["model_uri"]
+    assert model_uri["taskOutputParameter"]["producerTask"] == "rl2"
+    assert "nodeSelector" in spec["platform"]["exec-eval"] and "tolerations" in spec["platform"]["exec-eval"]
 
 
 def test_gpu_pool_node_selector_and_tolerations_are_pipeline_parameters(spec: dict[str, Any]) -> None:

@@ -736,6 +736,21 @@ class EvalConfig(Strict):
     """Kubernetes grading: pods alive at once (one per graded instance)."""
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
+    serve: Literal["in_process", "vllm"] = "in_process"
+    """How the model under evaluation answers (protege.serving): `in_process` runs the configured policy
+    backend as is (local: transformers on CPU); `vllm` (cluster profile: the eval step runs on the GPU
+    pool) starts `vllm serve` of the evaluated model on loopback for the run and points the openai backend
+    at it, tool calls parsed from the text the way training parses them."""
+    vllm_executable: str = "vllm"
+    """eval.serve=vllm: the `vllm` command (a path or a name on PATH)."""
+    serve_port: int = Field(default=0, ge=0, le=65535)
+    """eval.serve=vllm: loopback port of the server (0 = a free port)."""
+    serve_args: list[str] = []
+    """eval.serve=vllm: extra `vllm serve` arguments, e.g. ["--tensor-parallel-size", "8"]."""
+    serve_start_timeout_s: float = Field(default=1800.0, gt=0)
+    """eval.serve=vllm: how long the server may take to answer /v1/models (weights load, CUDA graphs)."""
+    serve_stop_timeout_s: float = Field(default=60.0, gt=0)
+    """eval.serve=vllm: grace after SIGTERM before the server's process group is killed."""
     max_infra_failure_share: float = Field(default=0.1, ge=0, le=1)
     """Infrastructure failures are not scores: when more than this share of the episodes failed on
     `policy_error` (the policy server did not answer), `sandbox_error` or `expert_error` (an expert call
@@ -768,11 +783,11 @@ class PipelineConfig(Strict):
     trainer_image: str = image_ref("trainer")
     """Image of sft/rl1/rl2 (CUDA, torch, trl, deepspeed, vllm, protege); pin a digest on clusters."""
     cpu_step_cpu: str = "2"
-    """CPU request of a CPU step (verify, synth, eval, register)."""
+    """CPU request of a CPU step (verify, synth, register)."""
     cpu_step_memory: str = "8Gi"
     """Memory request of a CPU step."""
     gpu_step_cpu: str = "16"
-    """CPU request of a GPU step (sft, rl1, rl2)."""
+    """CPU request of a GPU step (sft, rl1, rl2, eval)."""
     gpu_step_memory: str = "200Gi"
     """Memory request of a GPU step."""
     anthropic_secret: str = "protege-anthropic"

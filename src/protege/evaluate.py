@@ -477,7 +477,10 @@ def _eval_cli(args: argparse.Namespace) -> int:
         cfg = load_cfg(args)
         out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
         tracker, store = tracker_and_store(cfg, args.track, args.upload)
-        result = run(cfg, args.model, out, tracker, store, script=args.script)
+        from protege.serving import served_policy
+
+        with served_policy(cfg, args.model, store, out) as served:
+            result = run(served, args.model, out, tracker, store, script=args.script)
     except EvalError as err:
         raise CLIError(str(err)) from None
     print(

@@ -15,7 +15,8 @@ from typing import Any
 from protege.config import PipelineConfig
 
 STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "register")
-GPU_STEPS = frozenset({"sft", "rl1", "rl2"})
+# eval serves the model it evaluates (protege.serving), so it runs on the GPU pool too.
+GPU_STEPS = frozenset({"sft", "rl1", "rl2", "eval"})
 # verify and synth are pure functions of their inputs (task sets, config, expert): safe to reuse.
 CACHED_STEPS = frozenset({"verify", "synth"})
 # Steps that talk to sandboxes or the expert, where a retry can succeed after a transient failure.
