@@ -103,10 +103,20 @@ def test_a_failed_run_closes_its_parent_run_as_failed(mlflow_server, monkeypatch
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
     cfg = load_config("local", overrides=[f"tracking.uri={mlflow_server.mlflow_url}",
                                           f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}"])  # fmt: skip
-    parent = Tracker(cfg.tracking).start_pipeline("failing")
-    kfp_local.fail_parent_run(cfg, "")  # no parent yet (sft never ran): nothing to close
-    kfp_local.fail_parent_run(cfg, parent)
-    assert Tracker(cfg.tracking).get_run(parent).info.status == "FAILED"
+    tracker = Tracker(cfg.tracking)
+    parent = tracker.start_pipeline("failing")
+    for phase in ("sft", "rl1"):
+        with tracker.phase(phase):
+            pass
+    killed = tracker.client.create_run(tracker.experiment_id, run_name="rl2", tags={  # a pod killed mid-phase
+        "mlflow.parentRunId": parent, "protege.phase": "rl2", "protege.pipeline_run_id": parent}).info.run_id  # fmt: skip
+    assert kfp_local.fail_parent_run(cfg, "") == ""  # no parent yet (sft never ran): nothing to close
+    assert kfp_local.fail_parent_run(cfg, parent, "local run r: rl2 failed") == "rl2"
+    run = Tracker(cfg.tracking).get_run(parent)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[kfp_steps.TAG_FAILED_STEP] == "rl2"
+    assert run.data.tags[kfp_steps.TAG_FAILURE] == "local run r: rl2 failed"
+    assert tracker.get_run(killed).info.status == "FAILED"  # never left RUNNING
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +247,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 def test_local_runs_clear_retries_only_while_they_run() -> None:
     from protege.kfp_cli import load_pipeline
 
-    pipeline = load_pipeline()
+    pipeline = load_pipeline("local_pipeline")  # what kfp.local runs (no exit handler)
     tasks = pipeline.pipeline_spec.root.dag.tasks
     before = {name for name, task in tasks.items() if task.HasField("retry_policy")}
     assert before == {"verify-tasks", "synth", "rl1", "rl2", "eval"}

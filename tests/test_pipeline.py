@@ -48,7 +48,14 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _tasks(spec: dict[str, Any]) -> dict[str, Any]:
-    return spec["pipeline"]["root"]["dag"]["tasks"]
+    """The steps: every one runs inside the exit handler's group."""
+    return spec["pipeline"]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def _root_param(spec: dict[str, Any], channel: str) -> str:
+    """The pipeline parameter a step's input channel comes from, through the exit handler's group."""
+    group = spec["pipeline"]["root"]["dag"]["tasks"]["exit-handler-1"]["inputs"]["parameters"]
+    return group[channel]["componentInputParameter"]
 
 
 def _container(spec: dict[str, Any], task: str) -> dict[str, Any]:
@@ -68,8 +75,9 @@ def test_gpu_steps_request_accelerators_from_pipeline_parameters(spec: dict[str,
         accel = _container(spec, task)["resources"]["accelerator"]
         assert "gpu_type" in accel["resourceType"] and "gpu_count" in accel["resourceCount"]
         inputs = tasks[task]["inputs"]["parameters"]
-        assert inputs["pipelinechannel--gpu_type"]["componentInputParameter"] == "gpu_type"
-        assert inputs["pipelinechannel--gpu_count"]["componentInputParameter"] == "gpu_count"
+        for name in ("gpu_type", "gpu_count"):
+            channel = inputs[f"pipelinechannel--{name}"]["componentInputParameter"]
+            assert _root_param(spec, channel) == name
     for task in CPU_TASKS:
         assert "accelerator" not in _container(spec, task).get("resources", {}), task
 
@@ -88,6 +96,48 @@ def test_eval_runs_on_the_gpu_pool_and_serves_the_model_it_evaluates(spec: dict[
     assert "nodeSelector" in spec["platform"]["exec-eval"] and "tolerations" in spec["platform"]["exec-eval"]
 
 
+def test_an_exit_handler_closes_the_parent_run_whatever_the_steps_did(spec: dict[str, Any]) -> None:
+    root = spec["pipeline"]["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "close-run"}
+    closer = root["close-run"]
+    assert closer["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs after failures too
+    assert closer["dependentTasks"] == ["exit-handler-1"] and closer["cachingOptions"] == {}  # never cached
+    assert "{{$.pipeline_job_uuid}}" in str(closer["inputs"]["parameters"]["kfp_run_id"])
+    component = spec["pipeline"]["components"]["comp-close-run"]["inputDefinitions"]["parameters"]
+    assert component["status"]["parameterType"] == "TASK_FINAL_STATUS"
+    container = _container(spec, "close-run")
+    code = "\n".join(container["command"] + container.get("args", []))
+    assert "kfp_steps.close_pipeline_run(cfg, kfp_run_id, status.state, status.error_message)" in code
+    executor = spec["platform"]["exec-close-run"]
+    assert {item["envVar"] for secret in executor["secretAsEnv"] for item in secret["keyToEnv"]} == MLFLOW_ENV
+    assert int(executor["activeDeadlineSeconds"]) == PipelineConfig().timeouts_s["close"]
+
+
+def test_the_exit_handler_closes_a_failed_runs_parent_run_failed_with_the_failing_step(mlflow_server) -> None:
+    import uuid
+
+    from protege.tracking import Tracker
+
+    cfg = kfp_steps.step_config("local", json.dumps([f"tracking.uri={mlflow_server.mlflow_url}",
+                                                     f"tracking.experiment=exit-{uuid.uuid4().hex[:8]}"]))  # fmt: skip
+    tracker = Tracker(cfg.tracking)
+    parent = tracker.start_pipeline("r", tags={kfp_steps.TAG_KFP_RUN: "kfp-9"})
+    with tracker.phase("sft"):
+        pass
+    with pytest.raises(RuntimeError), tracker.phase("rl1"):
+        raise RuntimeError("CUDA out of memory")
+    done = kfp_steps.close_pipeline_run(cfg, "kfp-9", "FAILED", "task rl1 failed")
+    assert done == f"KFP run kfp-9 ended FAILED: MLflow run {parent} closed FAILED at step rl1"
+    run = tracker.get_run(parent)
+    assert run.info.status == "FAILED" and run.data.tags[kfp_steps.TAG_FAILED_STEP] == "rl1"
+    assert run.data.tags[kfp_steps.TAG_FAILURE] == "KFP run kfp-9 ended FAILED: task rl1 failed"
+    # A run that failed before sft has no MLflow run to close; a succeeded one was closed by register.
+    assert "before sft opened its MLflow run" in kfp_steps.close_pipeline_run(cfg, "kfp-other", "FAILED")
+    other = Tracker(cfg.tracking).start_pipeline("ok", tags={kfp_steps.TAG_KFP_RUN: "kfp-ok"})
+    assert "closed by register" in kfp_steps.close_pipeline_run(cfg, "kfp-ok", kfp_steps.SUCCEEDED)
+    assert tracker.get_run(other).info.status == "RUNNING"
+
+
 def test_gpu_pool_node_selector_and_tolerations_are_pipeline_parameters(spec: dict[str, Any]) -> None:
     params = spec["pipeline"]["root"]["inputDefinitions"]["parameters"]
     assert params["gpu_tolerations"]["defaultValue"] == [
@@ -96,8 +146,10 @@ def test_gpu_pool_node_selector_and_tolerations_are_pipeline_parameters(spec: di
     assert params["gpu_node_selector"]["parameterType"] == "STRUCT"
     for task in GPU_TASKS:
         executor = spec["platform"][f"exec-{task}"]
-        assert executor["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
-        assert executor["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
+        selector = executor["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+        tolerations = executor["tolerations"][0]["tolerationJson"]["componentInputParameter"]
+        assert _root_param(spec, selector) == "gpu_node_selector"
+        assert _root_param(spec, tolerations) == "gpu_tolerations"
     for task in CPU_TASKS:
         assert "nodeSelector" not in spec["platform"][f"exec-{task}"], task
         assert "tolerations" not in spec["platform"][f"exec-{task}"], task
@@ -247,7 +299,9 @@ def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str,
     run = _posted("/apis/v2beta1/runs")
     assert run["display_name"] == "r1" and run["experiment_id"] == "exp-7"
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == PipelineConfig().name
-    assert set(run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]) == set(CHAIN)
+    posted = run["pipeline_spec"]["pipeline_spec"]
+    assert set(posted["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
+    assert set(posted["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == set(CHAIN)
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"][
         "executors"
     ]

@@ -36,15 +36,16 @@ class KFPError(ValueError):
     """Bad input to compile/submit/schedule; the message names it."""
 
 
-def load_pipeline() -> Any:
-    """The `protege_pipeline` function from pipelines/protege_pipeline.py of this checkout."""
+def load_pipeline(name: str = "protege_pipeline") -> Any:
+    """A pipeline of pipelines/protege_pipeline.py of this checkout: `protege_pipeline` (clusters, with
+    its exit handler) or `local_pipeline` (kfp.local)."""
     if not PIPELINE_SOURCE.is_file():
         raise KFPError(f"{PIPELINE_SOURCE}: not found (compile/submit/schedule need a source checkout)")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # `components` and `pipelines` are top-level directories
     import importlib
 
-    return importlib.import_module("pipelines.protege_pipeline").protege_pipeline
+    return getattr(importlib.import_module("pipelines.protege_pipeline"), name)
 
 
 def _sorted_repr(value: Any) -> str:

@@ -206,7 +206,7 @@ def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
 
     from protege.kfp_cli import load_pipeline
 
-    pipeline = load_pipeline()
+    pipeline = load_pipeline("local_pipeline")
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
     local.init(
@@ -233,12 +233,14 @@ def run_pipeline(arguments: dict[str, Any], pipeline_root: Path) -> LocalRun:
     return run
 
 
-def fail_parent_run(cfg: ProtegeConfig, parent_run_id: str) -> None:
-    """Close the MLflow parent run as FAILED after a failed run (on success `register` closes it)."""
-    if parent_run_id:
-        from protege.kfp_steps import attach_tracker
+def fail_parent_run(cfg: ProtegeConfig, parent_run_id: str, failure: str = "") -> str:
+    """Close the MLflow parent run as FAILED, tagged with the failing step, after a failed run (on
+    success `register` closes it): what the cluster pipeline's exit handler does. Returns that step."""
+    if not parent_run_id:
+        return ""
+    from protege.kfp_steps import attach_tracker, fail_pipeline_run
 
-        attach_tracker(cfg, parent_run_id).end_pipeline("FAILED")
+    return fail_pipeline_run(attach_tracker(cfg, parent_run_id), parent_run_id, failure)
 
 
 def collect(cfg: ProtegeConfig, run: LocalRun) -> Summary:
@@ -283,7 +285,9 @@ def run_cli(args: argparse.Namespace) -> int:
     run = run_pipeline(pipeline_arguments(args.profile, overrides, run_name, params), root)
     print(render(collect(cfg, run), args.profile))
     if not run.succeeded:
-        fail_parent_run(cfg, run.outputs["sft"].get("parent_run_id", ""))
+        failed = [task for task in TASKS if run.clock.step(task)[0] == "FAILURE"]
+        failure = f"local run {run_name}: {', '.join(failed) or 'a step'} failed"
+        fail_parent_run(cfg, run.outputs["sft"].get("parent_run_id", ""), failure)
         print(f"a step failed (its log is above); fix it, then resume: protege run --run-name {run_name} ...")
     return 0 if run.succeeded else 1
 

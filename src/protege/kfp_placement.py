@@ -14,7 +14,8 @@ from typing import Any
 
 from protege.config import PipelineConfig
 
-STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "register")
+STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "register", "close")
+"""The pipeline's steps in order; `close` is its exit handler (components/close_run)."""
 # eval serves the model it evaluates (protege.serving), so it runs on the GPU pool too.
 GPU_STEPS = frozenset({"sft", "rl1", "rl2", "eval"})
 # verify and synth are pure functions of their inputs (task sets, config, expert): safe to reuse.
@@ -38,6 +39,7 @@ STEP_SECRETS: dict[str, tuple[str, ...]] = {
     "rl2": ("anthropic_secret", "s3_secret", "mlflow_secret"),
     "eval": ("anthropic_secret", "s3_secret", "mlflow_secret"),
     "register": ("s3_secret", "mlflow_secret"),
+    "close": ("mlflow_secret",),
 }
 
 
@@ -59,6 +61,19 @@ class GpuPool:
     """Tolerations as a list of Kubernetes toleration dicts."""
 
 
+def _expose_to_groups(task: Any, *values: Any) -> None:
+    """Make the pipeline parameters behind a task's accelerator settings reach it through enclosing
+    groups (the exit handler): kfp's compiler passes a group only the channels of its tasks' arguments,
+    so an accelerator type/count parameter would otherwise name an input the group does not have."""
+    from kfp.dsl import pipeline_channel
+
+    for value in values:
+        # By identity: `==` on a channel builds a KFP condition, it does not compare.
+        known = any(value is channel for channel in task.channel_inputs)
+        if isinstance(value, pipeline_channel.PipelineChannel) and not known:
+            task.channel_inputs.append(value)
+
+
 def place(task: Any, step: str, cfg: PipelineConfig, pool: GpuPool) -> Any:
     """Apply resources, GPU pool, secrets, caching, retries and timeout of `step` to the KFP `task`."""
     from kfp import kubernetes
@@ -71,6 +86,7 @@ def place(task: Any, step: str, cfg: PipelineConfig, pool: GpuPool) -> Any:
     if step in GPU_STEPS:
         task.set_cpu_request(cfg.gpu_step_cpu).set_memory_request(cfg.gpu_step_memory)
         task.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
+        _expose_to_groups(task, pool.accelerator, pool.count)
         kubernetes.add_node_selector_json(task, pool.node_selector)
         kubernetes.add_toleration_json(task, pool.tolerations)
     else:

@@ -236,3 +236,68 @@ def lineage(
         "reward_config_hash": sha256_text(json.dumps(rewards, sort_keys=True)),
         "eval_set_digest": eval_set_digest,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Closing the parent run of a failed pipeline run (the exit handler on clusters, kfp_local locally)
+# --------------------------------------------------------------------------------------------------
+
+TAG_FAILED_STEP = "protege.failed_step"
+TAG_FAILURE = "protege.failure"
+MAX_FAILURE_CHARS = 5000  # MLflow's limit on a tag value is 8000 characters
+SUCCEEDED = "SUCCEEDED"
+"""PipelineTaskFinalStatus.state of a pipeline run whose every step succeeded."""
+
+
+def find_pipeline_run(tracker: Any, kfp_run_id: str) -> str:
+    """The MLflow parent run `sft` opened for KFP run `kfp_run_id`; '' when there is none (the run failed
+    before sft)."""
+    found = tracker._call(
+        f"pipeline run of KFP run {kfp_run_id}",
+        lambda: tracker.client.search_runs(
+            [tracker.experiment_id], filter_string=f"tags.`{TAG_KFP_RUN}` = '{kfp_run_id}'"
+        ),
+    )
+    parents = [run for run in found if "mlflow.parentRunId" not in run.data.tags]
+    return parents[0].info.run_id if parents else ""
+
+
+def fail_pipeline_run(tracker: Any, parent_run_id: str, failure: str = "") -> str:
+    """Close the parent run FAILED, tagged with the failing step and `failure`; returns that step.
+
+    Phase runs left RUNNING (a pod killed mid-phase: OOM, deadline, eviction) are closed FAILED too. The
+    failing step is the first such run, else the first phase after `synth` (sft opens the parent run)
+    with no finished phase run: it failed before recording anything."""
+    from protege.tracking import PHASES, TAG_PHASE
+
+    nested = tracker.nested_runs(parent_run_id)
+    finished = {run.data.tags.get(TAG_PHASE) for run in nested if run.info.status == "FINISHED"}
+    unfinished = [run for run in nested if run.info.status != "FINISHED"]
+    for run in unfinished:
+        if run.info.status == "RUNNING":
+            tracker._call(f"close phase run {run.info.run_id}", lambda r=run: tracker.client.set_terminated(r.info.run_id, "FAILED"))  # fmt: skip
+    failed = [run.data.tags.get(TAG_PHASE, run.info.run_name) for run in unfinished]
+    step = failed[0] if failed else next((s for s in PHASES[1:] if s not in finished), "")
+    tags = {TAG_FAILED_STEP: step or "unknown"} | (
+        {TAG_FAILURE: failure[:MAX_FAILURE_CHARS]} if failure else {}
+    )
+    tracker.set_tags(parent_run_id, tags)
+    tracker.flush()
+    tracker._call(f"close pipeline run {parent_run_id}", lambda: tracker.client.set_terminated(parent_run_id, "FAILED"))  # fmt: skip
+    return step
+
+
+def close_pipeline_run(cfg: ProtegeConfig, kfp_run_id: str, state: str, error: str = "") -> str:
+    """The exit handler's work: after a KFP run that did not succeed, its MLflow parent run is closed
+    FAILED with the failing step (on success `register` has closed it FINISHED). Returns what was done,
+    one line for the step's log."""
+    from protege.tracking import Tracker
+
+    if state == SUCCEEDED:
+        return f"KFP run {kfp_run_id} succeeded: its MLflow run was closed by register"
+    tracker = Tracker(cfg.tracking)
+    parent = find_pipeline_run(tracker, kfp_run_id)
+    if not parent:
+        return f"KFP run {kfp_run_id} ended {state} before sft opened its MLflow run: nothing to close"
+    step = fail_pipeline_run(tracker, parent, f"KFP run {kfp_run_id} ended {state}: {error}".strip(": "))
+    return f"KFP run {kfp_run_id} ended {state}: MLflow run {parent} closed FAILED at step {step or '?'}"
