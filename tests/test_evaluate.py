@@ -220,6 +220,24 @@ def test_an_unreachable_policy_server_fails_eval_with_the_reason(repos_dir, tmp_
     assert report["summary"]["failures"]["policy_error"] == 4
 
 
+def test_an_infrastructure_failure_ends_the_eval_mlflow_run_failed_with_the_reason(
+    repos_dir, tmp_path, mlflow_server
+):
+    from protege.evaluate import TAG_FAILURE, InfraFailure
+    from protege.tracking import Tracker
+
+    cfg = local_cfg(repos_dir, tmp_path, "run_name=infra", "agent.policy.backend=openai", "agent.policy.model=m",
+                    "agent.policy.base_url=http://127.0.0.1:9/v1", "agent.policy.max_retries=0",
+                    "tasks.eval_ids=[protege-demo__minitemplate-1]")  # fmt: skip
+    tracker = Tracker(mlflow_server.tracking_config())
+    with pytest.raises(InfraFailure, match=r"1/1 episode\(s\) failed on infrastructure \(policy_error 1\)"):
+        run(cfg, "m", tmp_path / "eval", tracker, progress=lambda line: None)
+    [phase] = tracker.nested_runs()
+    assert phase.info.run_name == "eval" and phase.info.status == "FAILED"
+    assert phase.data.tags[TAG_FAILURE].startswith("eval: 1/1 episode(s) failed on infrastructure")
+    assert phase.data.metrics["failures.policy_error"] == 1.0  # the figures are kept, not reported as a score
+
+
 def test_eval_serves_the_model_it_evaluates_through_vllm(repos_dir, tmp_path, monkeypatch, capsys):
     from tests.test_serving import FAKE, calls
 
