@@ -218,6 +218,18 @@ def test_an_unreachable_policy_server_fails_eval_with_the_reason(repos_dir, tmp_
     assert f"127.0.0.1:{port}" in error[0] or "Connection refused" in error[0]
     report = json.loads((out / "report.json").read_text())  # the results are kept all the same
     assert report["summary"]["failures"]["policy_error"] == 4
+    # Once the server is back (here: a scripted policy), a rerun plays the four outages again.
+    lines = []
+    cfg = local_cfg(repos_dir, tmp_path)
+    again = run(cfg, "served", out, script="empty", progress=lines.append)
+    assert lines[0].startswith(
+        "eval: 4 episode(s) to run (4 again after an infrastructure failure), 0 already"
+    )
+    assert (
+        again["summary"]["failures"]["policy_error"] == 0
+        and again["summary"]["failures"]["no_submission"] == 4
+    )
+    assert _lines(out / PREDICTIONS) == _lines(out / TRAJECTORIES) == _lines(out / GRADES) == 4
 
 
 def test_an_infrastructure_failure_ends_the_eval_mlflow_run_failed_with_the_reason(

@@ -8,8 +8,12 @@ For each (task, attempt) not yet graded, `cfg.eval.workers` threads run one epis
 its patch in a fresh sandbox (`protege.grading.grade`). Results are appended as they come, so a run
 can stop at any point and resume: `predictions.jsonl` (SWE-bench format; attempt k >= 1 goes to
 `predictions.attempt-k.jsonl` because SWE-bench keys predictions by instance id),
-`trajectories.jsonl` and `grades.jsonl`. A re-run skips every graded pair and re-grades (without
-re-running) an episode whose trajectory was written but whose grading was not.
+`trajectories.jsonl` and `grades.jsonl`. A re-run skips every graded pair, re-grades (without
+re-running) an episode whose trajectory was written but whose grading was not, and plays again the pairs
+that failed on infrastructure (an outage is not their score).
+
+Infrastructure failures are not scores: above `eval.max_infra_failure_share` of such episodes the phase
+raises InfraFailure (one line: counts, limit, first reason) instead of reporting a Pass@1.
 
 A pair that runs past `cfg.eval.instance_timeout_s` is recorded as `timeout` and abandoned (its thread
 is a daemon and whatever it produces later is dropped); a pair that raises is recorded as `crashed`
@@ -151,6 +155,39 @@ def ungraded_trajectories(out_dir: Path) -> dict[Key, Trajectory]:
     path = out_dir / TRAJECTORIES
     found = {(t.instance_id, t.attempt): t for t in read_trajectories(path)} if path.is_file() else {}
     return {key: trajectory for key, trajectory in found.items() if key not in graded}
+
+
+def _rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSONL file with only the rows `keep` accepts (through a temporary file, then rename)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{row}\n" for row in rows))
+    tmp.replace(path)
+
+
+def drop_infra_failures(out_dir: Path) -> list[Key]:
+    """Forget the graded pairs that failed on infrastructure (policy server, sandbox, expert), so a rerun
+    plays them again instead of keeping an outage as their score: their trajectory, grading and prediction
+    rows are removed. Returns the pairs dropped."""
+    from protege.metrics import INFRA_FAILURES, failure_reason
+    from protege.report import load_results
+
+    if not (out_dir / GRADES).is_file():
+        return []
+    episodes = load_results(out_dir).episodes
+    keys = {(t.instance_id, t.attempt) for t in episodes if failure_reason(t) in INFRA_FAILURES}
+    if not keys:
+        return []
+    for name in (TRAJECTORIES, GRADES):
+        _rewrite_jsonl(
+            out_dir / name, lambda row: (row["instance_id"], int(row.get("attempt", 0))) not in keys
+        )
+    for attempt in {attempt for _, attempt in keys}:
+        ids = {instance for instance, a in keys if a == attempt}
+        _rewrite_jsonl(predictions_file(out_dir, attempt), lambda row, ids=ids: row["instance_id"] not in ids)
+    return sorted(keys)
 
 
 def pending_pairs(
@@ -405,9 +442,13 @@ def run(
     out_dir = Path(out_dir)
     info = write_run_info(cfg, model, out_dir)
     tasks = eval_tasks(cfg, store)
+    retried = drop_infra_failures(out_dir)
     pairs = pending_pairs(tasks, cfg.eval.attempts, out_dir)
     skipped = len(tasks) * cfg.eval.attempts - len(pairs)
-    progress(f"eval: {len(pairs)} episode(s) to run, {skipped} already graded, {cfg.eval.workers} worker(s)")
+    again = f" ({len(retried)} again after an infrastructure failure)" if retried else ""
+    progress(
+        f"eval: {len(pairs)} episode(s) to run{again}, {skipped} already graded, {cfg.eval.workers} worker(s)"
+    )
     if pairs:
         work = make_work(
             cfg, policy_for or policy_source(cfg, script, store), out_dir, ungraded_trajectories(out_dir)
