@@ -392,18 +392,28 @@ def run(
         result["uri"] = store.uri(f"{cfg.run_name}/{PHASE}")
         store.upload_dir(out_dir, result["uri"])
     if tracker is not None:
-        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir)
+        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir, tasks)
     progress(
         f"eval: Pass@1 {summary['pass_at_1']:.3f} over {summary['episodes']} episode(s); report {paths['report_md']}"
     )
     return result
 
 
-def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out_dir: Path) -> str:
-    """Metrics and the report files on the phase's nested run (opening the pipeline run if needed)."""
-    from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD
+def log_to_tracker(
+    tracker: Any,
+    cfg: ProtegeConfig,
+    result: dict[str, Any],
+    out_dir: Path,
+    tasks: Sequence[TaskInstance] = (),
+) -> str:
+    """Metrics, the report files, the eval set as a dataset input and every graded episode as a trace on
+    the phase's nested run (opening the pipeline run if needed); the headline figures and the eval set on
+    the pipeline run too, where a reviewer looks first."""
+    from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD, load_results
+    from protege.tasksets import log_task_set
+    from protege.traces import log_episode_traces
 
-    tracker.ensure_pipeline(cfg.run_name, cfg)
+    parent = tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"model": cfg.model.base, "eval_tasks": cfg.tasks.eval, "attempts": cfg.eval.attempts}
     with tracker.phase(
         PHASE, params=params, tags={"protege.results_uri": result["uri"] or str(out_dir)}
@@ -412,7 +422,19 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out
         for name in (REPORT_JSON, REPORT_MD, RUN_INFO):
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
+        if tasks:
+            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, list(tasks), "evaluation")
+        episodes = load_results(out_dir).episodes
+        log_episode_traces(tracker, phase.run_id, episodes, model=cfg.model.base)
+        tracker.log_metrics(parent, headline_metrics(result["metrics"]))
         return phase.run_id
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The figures the pipeline run carries: Pass@1 with its interval, resolved and episode counts,
+    expert calls and token share, steps, loop rates and costs per task (the per-reason failure counts
+    stay on the eval run)."""
+    return {key: value for key, value in metrics.items() if "." not in key}
 
 
 # --------------------------------------------------------------------------------------------------
