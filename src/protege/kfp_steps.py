@@ -154,6 +154,14 @@ def adopt_run(tracker: Any, source_run_id: str) -> str:
     return copy
 
 
+def publish_artifact(artifact: Any, uri: str, **metadata: Any) -> None:
+    """Point a step's output artifact (dsl.Output[Model] / [Dataset] / [Artifact]) at the object the step
+    already wrote to the artifact store, so the KFP UI lists it at its s3:// URI with its digest or MLflow
+    model id, instead of a copy under the pipeline root. Empty metadata values are left out."""
+    artifact.uri = uri
+    artifact.metadata.update({key: value for key, value in metadata.items() if value not in ("", None)})
+
+
 def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
     """Grade gold and empty patches of the selected train and eval tasks; fail naming every broken one.
 
