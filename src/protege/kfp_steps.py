@@ -4,7 +4,8 @@ The components in `components/` are thin (STYLE lesson 2): each imports this mod
 calls `run`. Everything here is plain Python, testable without KFP.
 
 Lineage across steps: large outputs stay in the artifact store; steps pass their `s3://` URIs and sha256
-digests as KFP output parameters. The MLflow parent run of a KFP run is opened by `sft`, the first step
+digests as KFP output parameters, and output Dataset/Model artifacts pointing at the same objects
+(`publish_artifact`) so the KFP UI lists them. The MLflow parent run of a KFP run is opened by `sft`, the first step
 that is never cached (`verify` and `synth` are cached by their inputs, so a parent run opened there would
 be shared by every KFP run that reuses their cached outputs); its id travels to the later steps as an
 output parameter and re-enters MLflow through `$PROTEGE_PARENT_RUN_ID` (protege.tracking).

@@ -12,7 +12,9 @@ and modules that merely import this one stay fast. Telemetry is off.
 - Datasets are logged as run inputs with a digest (`log_dataset`), checkpoints as EXTERNAL
   LoggedModels whose tag `protege.checkpoint_uri` holds their s3:// URI (`log_checkpoint`; never the
   transformers flavor, which is broken with transformers 5), and `register` versions a LoggedModel
-  in the registry with lineage tags and aliases.
+  in the registry with lineage tags and aliases (`find_checkpoint`: the phase's own model for a URI, so the
+  registered version is the trained model itself). `link_model` tags the pipeline run with each phase's final
+  model. Agent episodes become MLflow traces (`log_trace`, specs from protege.traces) linked to their run.
 
 Faults: a call whose answer is needed (runs, models, the registry) is retried while the server is
 unreachable or answers 5xx (`tracking.retry_attempts`, backoff capped at `tracking.retry_backoff_max_s`),
