@@ -3,6 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import Artifact, Output
 
 from components.images import TRAINER_IMAGE
 
@@ -16,8 +17,10 @@ def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13
     model_uri: str,
     parent_run_id: str,
     kfp_run_id: str,
+    report: Output[Artifact],
 ) -> NamedTuple("Outputs", [("report_uri", str), ("pass_at_1", float), ("mlflow_run_id", str)]):
-    """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id. On the GPU pool
+    """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id; the `report`
+    artifact is the results directory in the store, with Pass@1 and its interval. On the GPU pool
     (`eval.serve: vllm`, cluster profile) a vLLM server of `model_uri` answers for the policy meanwhile."""
     from protege import evaluate, kfp_steps, serving
 
@@ -29,4 +32,12 @@ def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13
     work = kfp_steps.work_dir(cfg, "eval")
     with serving.served_policy(cfg, model_uri, store, work) as served:
         result = evaluate.run(served, model_uri, work, tracker, store)
-    return (result["uri"], float(result["summary"]["pass_at_1"]), result["mlflow_run_id"] or "")
+    summary = result["summary"]
+    kfp_steps.publish_artifact(
+        report,
+        result["uri"] or result["out_dir"],
+        pass_at_1=summary["pass_at_1"],
+        pass_at_1_ci=[summary["pass_at_1_ci_low"], summary["pass_at_1_ci_high"]],
+        mlflow_run_id=result["mlflow_run_id"],
+    )
+    return (result["uri"], float(summary["pass_at_1"]), result["mlflow_run_id"] or "")

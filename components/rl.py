@@ -4,6 +4,7 @@ One phase, two configs (STYLE lesson 8): the components differ only in the stage
 """
 
 from kfp import dsl
+from kfp.dsl import Model, Output
 
 from components.images import TRAINER_IMAGE
 
@@ -17,8 +18,9 @@ def rl1(
     model_uri: str,
     parent_run_id: str,
     kfp_run_id: str,
+    model: Output[Model],
 ) -> str:
-    """RL stage I from the SFT model; returns the trained model's s3:// URI."""
+    """RL stage I from the SFT model; returns the trained model's s3:// URI (also the `model` artifact)."""
     from protege import kfp_steps, rl
 
     cfg = kfp_steps.step_config(
@@ -26,7 +28,11 @@ def rl1(
     )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     out = kfp_steps.work_dir(cfg, "rl1")
-    return rl.run(cfg, 1, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))["model_uri"]
+    result = rl.run(cfg, 1, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))
+    kfp_steps.publish_artifact(
+        model, result["model_uri"], mlflow_model_id=result["model_id"], mlflow_pipeline_run_id=parent_run_id
+    )
+    return result["model_uri"]
 
 
 @dsl.component(base_image=TRAINER_IMAGE)
@@ -38,8 +44,10 @@ def rl2(
     model_uri: str,
     parent_run_id: str,
     kfp_run_id: str,
+    model: Output[Model],
 ) -> str:
-    """RL stage II from the stage I model; returns the trained model's s3:// URI."""
+    """RL stage II from the stage I model; returns the trained model's s3:// URI (also the `model`
+    artifact, the one `register` versions)."""
     from protege import kfp_steps, rl
 
     cfg = kfp_steps.step_config(
@@ -47,4 +55,8 @@ def rl2(
     )
     tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
     out = kfp_steps.work_dir(cfg, "rl2")
-    return rl.run(cfg, 2, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))["model_uri"]
+    result = rl.run(cfg, 2, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))
+    kfp_steps.publish_artifact(
+        model, result["model_uri"], mlflow_model_id=result["model_id"], mlflow_pipeline_run_id=parent_run_id
+    )
+    return result["model_uri"]

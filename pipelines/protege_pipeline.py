@@ -51,16 +51,16 @@ def steps(
     place(stage1, "rl1", PIPELINE, pool)
 
     stage2 = rl2(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 model_uri=stage1.output, parent_run_id=parent,
+                 model_uri=stage1.outputs["Output"], parent_run_id=parent,
                  kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
     place(stage2, "rl2", PIPELINE, pool)
 
     evaluated = eval_step(**common, eval_tasks=eval_tasks, expert_model=expert_model,
-                          model_uri=stage2.output, parent_run_id=parent,
+                          model_uri=stage2.outputs["Output"], parent_run_id=parent,
                           kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
     place(evaluated, "eval", PIPELINE, pool)
 
-    registered = register(**common, base_model=base_model, expert_model=expert_model, model_uri=stage2.output,
+    registered = register(**common, base_model=base_model, expert_model=expert_model, model_uri=stage2.outputs["Output"],
                           report_uri=evaluated.outputs["report_uri"], pass_at_1=evaluated.outputs["pass_at_1"],
                           dataset_digest=data.outputs["dataset_digest"],
                           eval_set_digest=verified.outputs["eval_set_digest"],

@@ -243,6 +243,32 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     assert "dataset " in lines and "checkpoint " in lines
     assert f"    protege.parent_checkpoint = s3://run-{tag}/r-{tag}/rl1/checkpoints/checkpoint-1" in lines
 
+    # What a reviewer sees: the parent run's own figures, datasets and model links, eval's traces, rl2's
+    # model as the registered version's source, and the KFP artifacts at their s3:// objects.
+    assert {
+        "pass_at_1",
+        "pass_at_1_ci_low",
+        "pass_at_1_ci_high",
+        "expert_calls_per_task",
+        "expert_token_share",
+        "median_total_cost_per_task",
+        "loop_rate_gt_10",
+    } <= set(parent.data.metrics)
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {
+        "train-tasks",
+        "eval-tasks",
+        "sft-dataset",
+    }
+    rl2_model = parent.data.tags["protege.model.rl2.model_id"]
+    assert version.source == f"models:/{rl2_model}" and version.run_id == rl_runs["rl2"].info.run_id
+    eval_run = next(r for r in tracker.nested_runs(parent.info.run_id) if r.info.run_name == "eval")
+    traces = tracker.client.search_traces(locations=[tracker.experiment_id], run_id=eval_run.info.run_id)
+    assert len(traces) == 1 and traces[0].info.tags["protege.instance_id"] == "protege-demo__minitemplate-1"
+    (rl2_output,) = (tmp_path / "data" / kfp_local.PIPELINE_ROOT).glob("*/rl2/executor_output.json")
+    (model,) = json.loads(rl2_output.read_text())["artifacts"]["model"]["artifacts"]
+    assert model["uri"] == f"s3://run-{tag}/r-{tag}/rl2/model"
+    assert model["metadata"]["mlflow_model_id"] == rl2_model
+
 
 def test_local_runs_clear_retries_only_while_they_run() -> None:
     from protege.kfp_cli import load_pipeline

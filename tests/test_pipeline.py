@@ -69,6 +69,33 @@ def test_tasks_chain_in_the_order_of_the_method(spec: dict[str, Any]) -> None:
         assert before in tasks[after]["dependentTasks"], f"{after} must wait for {before}"
 
 
+def test_steps_output_their_data_and_models_as_kfp_artifacts(spec: dict[str, Any]) -> None:
+    components = spec["pipeline"]["components"]
+    outputs = {
+        task: components[f"comp-{task}"]["outputDefinitions"]["artifacts"]
+        for task in ("synth", "sft", "rl1", "rl2", "eval")
+    }
+    types = {
+        task: {name: out["artifactType"]["schemaTitle"] for name, out in arts.items()}
+        for task, arts in outputs.items()
+    }
+    assert types == {
+        "synth": {"dataset": "system.Dataset"},
+        "sft": {"model": "system.Model"},
+        "rl1": {"model": "system.Model"},
+        "rl2": {"model": "system.Model"},
+        "eval": {"report": "system.Artifact"},
+    }
+
+
+def test_an_output_artifact_points_at_the_object_in_the_store() -> None:
+    from kfp.dsl import Model
+
+    model = Model(uri="/gcs/pipeline-root/rl2/model", metadata={})
+    kfp_steps.publish_artifact(model, "s3://protege/r/rl2/model", mlflow_model_id="m-1", mlflow_run_id="")
+    assert model.uri == "s3://protege/r/rl2/model" and model.metadata == {"mlflow_model_id": "m-1"}
+
+
 def test_gpu_steps_request_accelerators_from_pipeline_parameters(spec: dict[str, Any]) -> None:
     tasks = _tasks(spec)
     for task in GPU_TASKS:

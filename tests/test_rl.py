@@ -307,6 +307,10 @@ def test_rl1_then_rl2_tracked_with_lineage_and_resume(
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, key
         assert client.get_metric_history(run.info.run_id, "rollout/expert_calls_per_traj")[0].value == 1.0
         assert client.get_metric_history(run.info.run_id, "rollout/steps_per_traj")[0].value == len(SCRIPT)
+        # tracking.trace_sample=2 rollouts of each step are traces, one TOOL span per step of the script.
+        traces = client.search_traces(locations=[tracker.experiment_id], run_id=run.info.run_id)
+        assert sorted(t.info.tags["step"] for t in traces) == sorted(str(s) for s in steps for _ in range(2))
+        assert all(len([s for s in t.data.spans if s.span_type == "TOOL"]) == len(SCRIPT) for t in traces)
     # rl2's first checkpoint descends from rl1's last (LoggedModel tags and the checkpoint's own record).
     first = tracker.logged_models(two["mlflow_run_id"])
     by_step = {int(m.params["step"]): m for m in first}

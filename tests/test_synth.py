@@ -244,3 +244,7 @@ def test_dataset_is_logged_to_mlflow_as_an_input_with_its_digest(repos, tmp_path
     assert dataset.dataset.digest == result["digest"][: synth.MLFLOW_DIGEST_CHARS]
     assert {t.key: t.value for t in dataset.tags}["sha256"] == result["digest"]
     assert tracker.get_run(result["mlflow_run_id"]).data.metrics["kept"] == 1
+    # The sample of episodes traced (tracking.trace_sample=2; this run has one episode).
+    (trace,) = tracker.client.search_traces(locations=[tracker.experiment_id], run_id=result["mlflow_run_id"])
+    assert trace.info.tags["protege.instance_id"] == "protege-demo__daterange-1"
+    assert trace.info.tags["protege.phase"] == "synth"

@@ -157,6 +157,12 @@ class TrackingConfig(Strict):
     spool_dir: str = ".protege/tracking-spool"
     """Buffered calls are also kept here on disk, so a process that dies before the server comes back leaves
     them for the next Tracker of the same server and experiment to send (empty: memory only)."""
+    trace_sample: int = Field(default=2, ge=0)
+    """Agent episodes logged as MLflow traces per synth run and per RL step (the first ones; 0: none).
+    Every eval episode is traced whatever this says."""
+    trace_value_max_chars: int = Field(default=2000, ge=16)
+    """Strings in a trace's span inputs and outputs (commands, observations, expert context and replies)
+    are cut to this many characters."""
 
 
 class ServicesConfig(Strict):

@@ -465,7 +465,7 @@ def run(
         result["uri"] = store.uri(f"{cfg.run_name}/{PHASE}")
         store.upload_dir(out_dir, result["uri"])
     if tracker is not None:
-        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir, failure)
+        result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, out_dir, tasks, failure)
     if failure:
         raise InfraFailure(failure)
     progress(
@@ -475,13 +475,22 @@ def run(
 
 
 def log_to_tracker(
-    tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], out_dir: Path, failure: str | None = None
+    tracker: Any,
+    cfg: ProtegeConfig,
+    result: dict[str, Any],
+    out_dir: Path,
+    tasks: Sequence[TaskInstance] = (),
+    failure: str | None = None,
 ) -> str:
-    """Metrics and the report files on the phase's nested run (opening the pipeline run if needed);
-    with a `failure` the run is tagged with it and ends FAILED (InfraFailure raised)."""
-    from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD
+    """Metrics, the report files, the eval set as a dataset input and every graded episode as a trace on
+    the phase's nested run (opening the pipeline run if needed); the headline figures on the pipeline run
+    too, where a reviewer looks first. With a `failure` the run is tagged with it and ends FAILED
+    (InfraFailure raised) and no headline figure reaches the pipeline run: an outage is not a score."""
+    from protege.report import PLOTS_DIR, REPORT_JSON, REPORT_MD, load_results
+    from protege.tasksets import log_task_set
+    from protege.traces import log_episode_traces
 
-    tracker.ensure_pipeline(cfg.run_name, cfg)
+    parent = tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"model": cfg.model.base, "eval_tasks": cfg.tasks.eval, "attempts": cfg.eval.attempts}
     with tracker.phase(
         PHASE, params=params, tags={"protege.results_uri": result["uri"] or str(out_dir)}
@@ -490,10 +499,22 @@ def log_to_tracker(
         for name in (REPORT_JSON, REPORT_MD, RUN_INFO):
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
+        if tasks:
+            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, list(tasks), "evaluation")
+        episodes = load_results(out_dir).episodes
+        log_episode_traces(tracker, phase.run_id, episodes, model=cfg.model.base)
         if failure:
             tracker.set_tags(phase.run_id, {TAG_FAILURE: failure[:MAX_TAG_CHARS]})
             raise InfraFailure(failure)
+        tracker.log_metrics(parent, headline_metrics(result["metrics"]))
         return phase.run_id
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The figures the pipeline run carries: Pass@1 with its interval, resolved and episode counts,
+    expert calls and token share, steps, loop rates and costs per task (the per-reason failure counts
+    stay on the eval run)."""
+    return {key: value for key, value in metrics.items() if "." not in key}
 
 
 # --------------------------------------------------------------------------------------------------

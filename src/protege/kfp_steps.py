@@ -4,7 +4,8 @@ The components in `components/` are thin (STYLE lesson 2): each imports this mod
 calls `run`. Everything here is plain Python, testable without KFP.
 
 Lineage across steps: large outputs stay in the artifact store; steps pass their `s3://` URIs and sha256
-digests as KFP output parameters. The MLflow parent run of a KFP run is opened by `sft`, the first step
+digests as KFP output parameters, and output Dataset/Model artifacts pointing at the same objects
+(`publish_artifact`) so the KFP UI lists them. The MLflow parent run of a KFP run is opened by `sft`, the first step
 that is never cached (`verify` and `synth` are cached by their inputs, so a parent run opened there would
 be shared by every KFP run that reuses their cached outputs); its id travels to the later steps as an
 output parameter and re-enters MLflow through `$PROTEGE_PARENT_RUN_ID` (protege.tracking).
@@ -153,6 +154,14 @@ def adopt_run(tracker: Any, source_run_id: str) -> str:
         client.log_inputs(copy, datasets=list(source.inputs.dataset_inputs))
     client.set_terminated(copy, status=source.info.status, end_time=source.info.end_time)
     return copy
+
+
+def publish_artifact(artifact: Any, uri: str, **metadata: Any) -> None:
+    """Point a step's output artifact (dsl.Output[Model] / [Dataset] / [Artifact]) at the object the step
+    already wrote to the artifact store, so the KFP UI lists it at its s3:// URI with its digest or MLflow
+    model id, instead of a copy under the pipeline root. Empty metadata values are left out."""
+    artifact.uri = uri
+    artifact.metadata.update({key: value for key, value in metadata.items() if value not in ("", None)})
 
 
 def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:

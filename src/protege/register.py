@@ -1,7 +1,9 @@
 """Phase register: version the final checkpoint in the MLflow registry and gate the `champion` alias.
 
-The final checkpoint (already in the artifact store at an s3:// URI) becomes an EXTERNAL LoggedModel of the
-nested `register` run and a new version of `tracking.registered_model`, tagged with its lineage (KFP run,
+The final checkpoint (already in the artifact store at an s3:// URI, and already an EXTERNAL LoggedModel of
+the phase that trained it: rl2's in the pipeline) becomes a new version of `tracking.registered_model`
+whose source is that LoggedModel itself (a model no run logged gets one made by the nested `register`
+run), tagged with its lineage (KFP run,
 pipeline version, git commit, image digests, base model, dataset digests, expert model, reward-config
 hash, eval report URI, eval-set digest, Pass@1). The version gets the alias `champion` only when `decide`
 says so: it resolved at least one eval instance (Pass@1 > 0: a run that resolves nothing is never
@@ -157,7 +159,7 @@ def run(
     tags |= {TAG_PASS_AT_1: repr(pass_at_1), TAG_EVAL_REPORT: report_uri, TAG_PROMOTION: verdict}
     with tracker.phase(PHASE, tags={TAG_PROMOTION: verdict}) as phase:
         tracker.log_metrics(phase.run_id, {"pass_at_1": pass_at_1, "promoted": float(decision.promote)})
-        model_id = tracker.log_checkpoint(phase.run_id, name, model_uri, tags=tags, wait=True)
+        model_id = final_model_id(tracker, phase.run_id, name, model_uri, tags)
         version = tracker.register(model_id, name, tags=tags, aliases=[CHAMPION] if decision.promote else [])
     return {
         "name": name,
@@ -169,6 +171,17 @@ def run(
         "champion_version": int(champion.version) if champion else None,
         "mlflow_run_id": phase.run_id,
     }
+
+
+def final_model_id(tracker: Any, run_id: str, name: str, model_uri: str, tags: Mapping[str, str]) -> str:
+    """The LoggedModel to register: the one the training phase logged for `model_uri` (rl2's final model
+    in the pipeline, so the version's source is that model itself), or, for a model no run of this
+    experiment logged (registered from outside the pipeline), a new one made by the register run."""
+    tracker.flush()  # a checkpoint model buffered while the server was down must exist before the search
+    found = tracker.find_checkpoint(model_uri)
+    if found is not None:
+        return str(found.model_id)
+    return str(tracker.log_checkpoint(run_id, name, model_uri, tags=dict(tags), wait=True))
 
 
 def _tag_value(value: Any) -> str:

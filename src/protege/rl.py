@@ -131,6 +131,8 @@ class Lineage:
             model_id = self.tracker.log_checkpoint(self.run_id, f"{self.cfg.run_name}-{self.plan.phase}", uri,
                                                    {"step": step, "stage": self.plan.stage}, tags,
                                                    wait=name == MODEL)  # fmt: skip
+            if name == MODEL:
+                self.tracker.link_model(self.plan.phase, uri, model_id)
         entry = {"step": step, "uri": uri, "model_id": model_id}
         self.published.append(entry)
         return entry
@@ -198,6 +200,7 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
     from protege.judge import make_judge
     from protege.rl_generation import make_generator
     from protege.sft import _ensure_process_group_env, on_gpu
+    from protege.tasksets import log_task_set
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented way in; no banner
     tasks = training_tasks(cfg, store)
@@ -217,6 +220,8 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
     ctx = RolloutContext(cfg, plan.reward, generator, tokenizer, f"{plan.phase}:{plan.reference_uri}",
                          expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade)  # fmt: skip
     rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
+    if tracker is not None and run_id:
+        log_task_set(tracker, run_id, "train-tasks", cfg.tasks.train, list(tasks.values()), "training")
     lineage = Lineage(cfg, plan, flat, store, tracker, run_id)
     trainer = GRPOTrainer(
         model=model, reward_funcs=[trajectory_reward], args=args, processing_class=tokenizer,

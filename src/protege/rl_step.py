@@ -171,6 +171,10 @@ class RolloutStep:
         """The step's figures to the tracker (rank 0 has one), the history and the progress line."""
         if self.tracker is not None and self.run_id:
             self.tracker.log_metrics(self.run_id, metrics, step=step)
+            from protege.traces import log_episode_traces
+
+            sample = [r.trajectory for r in rollouts[: self.cfg.tracking.trace_sample]]
+            log_episode_traces(self.tracker, self.run_id, sample, step=str(step))
             if dropped:
                 self.tracker.set_tags(self.run_id, {"protege.dropped_tasks": ",".join(self.flat.dropped)})
         failures = [f"{r.task.instance_id}#{r.index}: {r.failure}" for r in rollouts if r.failed]

@@ -478,7 +478,19 @@ class Lineage:
             model_id = self.tracker.log_checkpoint(
                 self.run_id, f"{self.cfg.run_name}-{PHASE}", uri, params, tags, wait=wait
             )
+            if name == MODEL:
+                self.tracker.link_model(PHASE, uri, model_id)
         return {"step": step, "uri": uri, "files": files, "model_id": model_id}
+
+
+def log_sft_dataset(tracker: Any, run_id: str, data: Any) -> None:
+    """The SFT dataset (`data.source`, `data.digest`) as an input of the sft run and of the pipeline run."""
+    # MLflow caps dataset digests at 36 characters; the full sha256 rides along as an input tag.
+    mlflow_digest = data.digest[:MLFLOW_DIGEST_CHARS]
+    for target in dict.fromkeys([run_id, tracker.parent_run_id]):
+        tracker.log_dataset(
+            target, "sft-dataset", data.source, digest=mlflow_digest, tags={"sha256": data.digest}
+        )
 
 
 def make_callbacks(lineage: Lineage) -> tuple[Any, Any]:
@@ -721,11 +733,7 @@ def train(
     report_fallback(fallback, tracker, run_id)
     earlier = publish_missing(lineage, out_dir / CHECKPOINTS) if args.process_index == 0 else []
     if tracker is not None and run_id:
-        # MLflow caps dataset digests at 36 characters; the full sha256 rides along as an input tag.
-        mlflow_digest = data.digest[:MLFLOW_DIGEST_CHARS]
-        tracker.log_dataset(
-            run_id, "sft-dataset", data.source, digest=mlflow_digest, tags={"sha256": data.digest}
-        )
+        log_sft_dataset(tracker, run_id, data)
         tracker.log_metrics(run_id, data_metrics(report, output_vocab_size(model_dir)))
         tracker.log_artifacts(run_id, out_dir / CARD_FILE)
     metrics_cb, checkpoint_cb = make_callbacks(lineage)

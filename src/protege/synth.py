@@ -535,7 +535,11 @@ def _store_faults(out_dir: Path) -> Iterator[None]:
 
 
 def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
-    """Metrics, the dataset as a run input with its digest, and the card, on the phase's nested run."""
+    """Metrics, the dataset as a run input with its digest, the card and the first
+    `tracking.trace_sample` episodes as traces, on the phase's nested run."""
+    from protege.traces import log_episode_traces
+    from protege.trajectory import read_trajectories
+
     tracker.ensure_pipeline(cfg.run_name, cfg)
     params = {"teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}", "attempts": cfg.synth.attempts,
               "expert": f"{cfg.expert.backend}:{cfg.expert.model}", "train_tasks": cfg.tasks.train}  # fmt: skip
@@ -546,6 +550,9 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
                             tags={"sha256": export.digest, "records": export.records})  # fmt: skip
         tracker.log_artifacts(phase.run_id, export.card_path, "dataset")
         tracker.log_artifacts(phase.run_id, export.readme_path, "dataset")
+        episodes = Path(result["out_dir"]) / TRAJECTORIES
+        if cfg.tracking.trace_sample and episodes.is_file():
+            log_episode_traces(tracker, phase.run_id, read_trajectories(episodes), cfg.tracking.trace_sample)
         return phase.run_id
 
 

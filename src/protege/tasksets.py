@@ -339,3 +339,22 @@ def task_set_digest(tasks: list[TaskInstance]) -> str:
     """sha256 over the instances (order-independent): the dataset digest used in lineage."""
     rows = sorted(json.dumps(t.to_swebench(), sort_keys=True) for t in tasks)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+MLFLOW_DIGEST_CHARS = 32
+"""MLflow caps a dataset digest at 36 characters; the full sha256 rides along as the input tag `sha256`."""
+
+
+def log_task_set(
+    tracker: Any, run_id: str, name: str, source: str, tasks: list[TaskInstance], context: str
+) -> str:
+    """Record a task set as a dataset input (digest: task_set_digest) of the phase run `run_id` and of the
+    pipeline run `tracker` is in; returns the full digest."""
+    digest = task_set_digest(tasks)
+    tags = {"sha256": digest, "instances": str(len(tasks))}
+    for target in dict.fromkeys([run_id, tracker.parent_run_id]):
+        if target:
+            tracker.log_dataset(
+                target, name, source, digest=digest[:MLFLOW_DIGEST_CHARS], context=context, tags=tags
+            )
+    return digest

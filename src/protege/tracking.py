@@ -12,7 +12,9 @@ and modules that merely import this one stay fast. Telemetry is off.
 - Datasets are logged as run inputs with a digest (`log_dataset`), checkpoints as EXTERNAL
   LoggedModels whose tag `protege.checkpoint_uri` holds their s3:// URI (`log_checkpoint`; never the
   transformers flavor, which is broken with transformers 5), and `register` versions a LoggedModel
-  in the registry with lineage tags and aliases.
+  in the registry with lineage tags and aliases (`find_checkpoint`: the phase's own model for a URI, so the
+  registered version is the trained model itself). `link_model` tags the pipeline run with each phase's final
+  model. Agent episodes become MLflow traces (`log_trace`, specs from protege.traces) linked to their run.
 
 Faults: a call whose answer is needed (runs, models, the registry) is retried while the server is
 unreachable or answers 5xx (`tracking.retry_attempts`, backoff capped at `tracking.retry_backoff_max_s`),
@@ -96,6 +98,9 @@ class Tracker:
         # MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes on a dead server.
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.request_timeout_s)
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.request_max_retries)
+        # Traces are sent when log_trace's call runs, so a failure is buffered like any other record
+        # (MLflow's background queue would drop it with a warning).
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
         mlflow.set_tracking_uri(cfg.uri)
         mlflow.set_registry_uri(cfg.uri)
         self.cfg = cfg
@@ -264,7 +269,6 @@ class Tracker:
         `digest` is required (e.g. the sha256 of the upload's MANIFEST.json).
         """
         mlflow = _mlflow()
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -272,7 +276,7 @@ class Tracker:
         if df is not None:
             dataset = mlflow.data.from_pandas(df, source=source, name=name, digest=digest)
         elif digest:
-            dataset = MetaDataset(source=resolve_dataset_source(source), name=name, digest=digest)
+            dataset = MetaDataset(source=_dataset_source(source), name=name, digest=digest)
         else:
             raise TrackingError(f"dataset '{name}' ({source}): give a digest or a DataFrame")
         input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)] + [
@@ -337,6 +341,35 @@ class Tracker:
                 lambda a=alias: self.client.set_registered_model_alias(name, a, version.version),
             )
         return self.client.get_model_version(name, version.version)
+
+    def log_trace(self, run_id: str, spec: Mapping[str, Any]) -> str | None:
+        """An agent episode's trace (protege.traces.episode_trace) in the experiment, linked to run
+        `run_id`; returns the trace id, or None while the server is down (the trace is buffered)."""
+        return self._record(f"trace '{spec['name']}' of run {run_id}", "log_trace", run_id=run_id, spec=spec)
+
+    def link_model(self, phase: str, uri: str, model_id: str | None) -> None:
+        """Tag the pipeline run with a phase's model (`protege.model.<phase>.uri` / `.model_id`), so the
+        parent run links to every model the pipeline made; a later call for the same phase replaces it."""
+        if not self.parent_run_id:
+            return
+        tags = {f"protege.model.{phase}.uri": uri}
+        if model_id:
+            tags[f"protege.model.{phase}.model_id"] = model_id
+        self.set_tags(self.parent_run_id, tags)
+
+    def find_checkpoint(self, uri: str) -> LoggedModel | None:
+        """The newest LoggedModel of this experiment whose checkpoint URI is `uri`, or None."""
+        found = self._call(
+            f"logged model of {uri}",
+            lambda: list(
+                self.client.search_logged_models(
+                    experiment_ids=[self.experiment_id],
+                    filter_string=f"tags.`{TAG_CHECKPOINT_URI}` = '{uri}'",
+                    order_by=[{"field_name": "creation_time", "ascending": False}],
+                )
+            ),
+        )
+        return found[0] if found else None
 
     # ---- reading back -----------------------------------------------------------------------------
 
@@ -556,7 +589,95 @@ _OPS: dict[str, Any] = {
     "log_artifacts": lambda t, run_id, local, to: t.client.log_artifacts(run_id, local, to),
     "log_inputs": lambda t, run_id, datasets: t.client.log_inputs(run_id, datasets=datasets),
     "create_external_model": lambda t, **fields: _mlflow().create_external_model(**fields),
+    "log_trace": lambda t, run_id, spec: _send_trace(t, run_id, spec),
 }
+
+
+def _send_trace(tracker: Tracker, run_id: str, spec: Mapping[str, Any]) -> str:
+    """Create the trace of `spec` span by span with the recorded times. MLflow's exporter swallows a
+    failed send, so the server is asked first: a dead server raises here and the trace is buffered."""
+    from mlflow.tracing.constant import SpanAttributeKey
+
+    client = tracker.client
+    client.get_experiment(tracker.experiment_id)
+    root = client.start_trace(
+        spec["name"],
+        span_type=spec["type"],
+        inputs=spec["inputs"],
+        attributes=dict(spec["attributes"]),
+        tags=dict(spec["tags"]),
+        experiment_id=tracker.experiment_id,
+        start_time_ns=spec["start_ns"],
+        run_id=run_id,
+    )
+    made = []
+    for span in spec["spans"]:
+        parent = root if span["parent"] is None else made[span["parent"]]
+        attributes = dict(span["attributes"])
+        if span.get("usage") is not None:
+            attributes[SpanAttributeKey.CHAT_USAGE] = span["usage"]
+        if span.get("cost_usd") is not None:
+            attributes[SpanAttributeKey.LLM_COST] = {"total_cost": span["cost_usd"]}
+        made.append(
+            client.start_span(
+                span["name"],
+                trace_id=root.trace_id,
+                parent_id=parent.span_id,
+                span_type=span["type"],
+                inputs=span["inputs"],
+                attributes=attributes,
+                start_time_ns=span["start_ns"],
+            )
+        )
+    for span, spec_span in reversed(list(zip(made, spec["spans"], strict=True))):
+        status = "ERROR" if spec_span.get("error") else "OK"
+        client.end_span(
+            root.trace_id,
+            span.span_id,
+            outputs=spec_span["outputs"],
+            status=status,
+            end_time_ns=spec_span["end_ns"],
+        )
+    client.end_trace(root.trace_id, outputs=spec["outputs"], end_time_ns=spec["end_ns"])
+    return root.trace_id
+
+
+def _dataset_source(source: str) -> Any:
+    """MLflow's source for `source` (s3://, a path, ...), or, for a name MLflow cannot resolve (`demo:eval`,
+    a hub dataset id), a source of type `protege` that records the name as given."""
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return resolve_dataset_source(source)
+    except MlflowException:
+        pass
+
+    class NamedSource(DatasetSource):
+        @staticmethod
+        def _get_source_type() -> str:
+            return "protege"
+
+        def load(self) -> Any:
+            raise NotImplementedError(f"{source}: load it with protege.tasksets")
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> Any:
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"uri": source}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[str, Any]) -> Any:
+            return cls()
+
+    return NamedSource()
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
