@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protege.image_refs import IMAGE_NAMES, image_ref
+from protege.services import pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = Path(".protege/docker")
@@ -130,23 +131,6 @@ def engine_host(state_dir: Path = DEFAULT_STATE_DIR) -> tuple[str | None, str]:
     return None, "no Docker daemon answers (" + "; ".join(tried) + ")"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -179,7 +163,7 @@ def start_daemon(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = START_T
     if shutil.which("dockerd") is None:
         _apt_install("docker.io")
     pid = _read_pid(paths["pid"])
-    if pid and _pid_alive(pid):
+    if pid and pid_alive(pid):
         raise EngineError(f"dockerd (pid {pid}) is running but does not answer at {host}; see {paths['log']}")
     for key in ("data", "exec"):
         paths[key].mkdir(parents=True, exist_ok=True)
@@ -220,7 +204,7 @@ def stop_daemon(state_dir: Path = DEFAULT_STATE_DIR) -> str:
     """Stop this project's dockerd by its pid file (SIGTERM, SIGKILL after a grace); what happened."""
     paths = _paths(state_dir)
     pid = _read_pid(paths["pid"])
-    if pid is None or not _pid_alive(pid):
+    if pid is None or not pid_alive(pid):
         paths["pid"].unlink(missing_ok=True)
         return "managed dockerd: not running"
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -228,9 +212,9 @@ def stop_daemon(state_dir: Path = DEFAULT_STATE_DIR) -> str:
         raise EngineError(f"pid {pid} in {paths['pid']} is not this project's dockerd ({cmdline[:80]})")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
     paths["pid"].unlink(missing_ok=True)
     return f"managed dockerd (pid {pid}): stopped"

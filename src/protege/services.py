@@ -285,7 +285,7 @@ class LocalServices:
     def _wait_healthy(self, service: _Service, pid: int, started: float) -> None:
         next_note = started + self.cfg.progress_interval_s
         while True:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 self._pid_file(service.name).unlink(missing_ok=True)
                 raise ServiceError(f"{service.name}: exited during startup\n{self._log_tail(service.name)}")
             reason = service.health()
@@ -330,7 +330,7 @@ class LocalServices:
             if clean:
                 path.unlink(missing_ok=True)
             return None
-        if _alive(pid) and str(self.data_dir) in _cmdline(pid):
+        if pid_alive(pid) and str(self.data_dir) in _cmdline(pid):
             return pid
         if clean:
             self._emit(f"{name}: removing stale pid file {path} (pid {pid} is gone or not ours)")
@@ -372,7 +372,8 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not; our own exited child is reaped first)."""
     _reap(pid)
     try:
         os.kill(pid, 0)
@@ -420,7 +421,7 @@ def _group_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return _alive(pid) or _group_has_live_member(pid)
+    return pid_alive(pid) or _group_has_live_member(pid)
 
 
 def _group_has_live_member(pgid: int) -> bool:
