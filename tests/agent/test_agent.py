@@ -119,7 +119,7 @@ def test_episode_asks_the_oracle_fixes_and_submits(toy: tuple[Sandbox, TaskInsta
             {"tool": "submit", "arguments": {}},
         ]
     )
-    cfg = AgentConfig(keep_last_observations=1)
+    cfg = AgentConfig(history_view="collapsed", keep_last_observations=1)
     trajectory = Agent(cfg, policy, sandbox, task, oracle(tmp_path), phase="agent").run()
 
     assert trajectory.status == "submitted"
