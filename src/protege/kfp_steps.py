@@ -261,12 +261,7 @@ SUCCEEDED = "SUCCEEDED"
 def find_pipeline_run(tracker: Any, kfp_run_id: str) -> str:
     """The MLflow parent run `sft` opened for KFP run `kfp_run_id`; '' when there is none (the run failed
     before sft)."""
-    found = tracker._call(
-        f"pipeline run of KFP run {kfp_run_id}",
-        lambda: tracker.client.search_runs(
-            [tracker.experiment_id], filter_string=f"tags.`{TAG_KFP_RUN}` = '{kfp_run_id}'"
-        ),
-    )
+    found = tracker.runs_tagged(TAG_KFP_RUN, kfp_run_id)
     parents = [run for run in found if "mlflow.parentRunId" not in run.data.tags]
     return parents[0].info.run_id if parents else ""
 
@@ -284,7 +279,7 @@ def fail_pipeline_run(tracker: Any, parent_run_id: str, failure: str = "") -> st
     unfinished = [run for run in nested if run.info.status != "FINISHED"]
     for run in unfinished:
         if run.info.status == "RUNNING":
-            tracker._call(f"close phase run {run.info.run_id}", lambda r=run: tracker.client.set_terminated(r.info.run_id, "FAILED"))  # fmt: skip
+            tracker.end_run(run.info.run_id, "FAILED")
     failed = [run.data.tags.get(TAG_PHASE, run.info.run_name) for run in unfinished]
     step = failed[0] if failed else next((s for s in PHASES[1:] if s not in finished), "")
     tags = {TAG_FAILED_STEP: step or "unknown"} | (
@@ -292,7 +287,7 @@ def fail_pipeline_run(tracker: Any, parent_run_id: str, failure: str = "") -> st
     )
     tracker.set_tags(parent_run_id, tags)
     tracker.flush()
-    tracker._call(f"close pipeline run {parent_run_id}", lambda: tracker.client.set_terminated(parent_run_id, "FAILED"))  # fmt: skip
+    tracker.end_run(parent_run_id, "FAILED")
     return step
 
 

@@ -157,8 +157,20 @@ class Tracker:
 
     def end_pipeline(self, status: str = "FINISHED") -> None:
         """Close the parent run with FINISHED, FAILED or KILLED."""
-        run_id = self._require_parent()
+        self.end_run(self._require_parent(), status)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close any run of this experiment with FINISHED, FAILED or KILLED."""
         self._call(f"end run {run_id}", lambda: self.client.set_terminated(run_id, status=status))
+
+    def runs_tagged(self, key: str, value: str) -> list[Run]:
+        """The runs of this experiment whose tag `key` equals `value`."""
+        return self._call(
+            f"runs with {key} = {value}",
+            lambda: list(
+                self.client.search_runs([self.experiment_id], filter_string=f"tags.`{key}` = '{value}'")
+            ),
+        )
 
     @contextmanager
     def phase(
