@@ -407,14 +407,9 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import protege.config as config_module
-    import protege.model as model_module
-    from tests.test_sft import TINY
+    from tests.test_sft import build_tiny_dir
 
-    corpus = tmp_path_factory.mktemp("corpus")
-    for module in (model_module, config_module):
-        shutil.copy(module.__file__, corpus / Path(module.__file__).name)
-    return model_module.build_tiny_model(TINY, tmp_path_factory.mktemp("tiny") / "model", [corpus])
+    return build_tiny_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

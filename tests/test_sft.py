@@ -69,12 +69,17 @@ def chat_record(index: int, extra_turns: int = 0) -> dict:
     return {"id": f"traj-{index}", "messages": messages, "tools": TOOLS}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model (TINY) with a tokenizer trained on two of protege's own modules."""
     corpus = tmp_path_factory.mktemp("corpus")
     for module in (model_module, config_module):
         shutil.copy(module.__file__, corpus / Path(module.__file__).name)
     return model_module.build_tiny_model(TINY, tmp_path_factory.mktemp("tiny") / "model", [corpus])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
