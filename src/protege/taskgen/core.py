@@ -37,6 +37,11 @@ class TaskgenError(ValueError):
     """Bad input to `tasks mine` / `tasks generate` (a repository, commit or option); names it."""
 
 
+def say_line(text: str) -> None:
+    """The default progress sink: one flushed line (progress must show up in a log file as it happens)."""
+    print(text, flush=True)
+
+
 def is_test_file(path: str) -> bool:
     """A test file: under a tests/test/testing directory, or named test_*.py, *_test.py, conftest.py."""
     parts = PurePosixPath(path).parts

@@ -53,6 +53,7 @@ from protege.taskgen.core import (
     read_rows,
     resolve_repo,
     run_tests,
+    say_line,
     write_rows,
 )
 from protege.taskgen.mutate import Mutation, mutations
@@ -168,7 +169,7 @@ def try_mutation(
 # One repository
 # --------------------------------------------------------------------------------------------------
 
-Say = Callable[[str], None]
+Say = Callable[[str], None] | None
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
@@ -203,8 +204,9 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def generate_repo(source: str, opts: GenerateOptions, say: Say = print) -> RepoResult:
+def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoResult:
     """Try mutations of one repository until `opts.n` are valid (or none are left); resumable."""
+    say = say or say_line
     repo_dir, repo = resolve_repo(source, opts.repos_dir)
     head = git(repo_dir, "rev-parse", "HEAD").strip()
     date = git(repo_dir, "log", "-1", "--format=%cI", "HEAD").strip()
@@ -335,16 +337,20 @@ def expand_sources(sources: list[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
-def generate(sources: list[str], opts: GenerateOptions, say: Say = print) -> dict[str, Any]:
+def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict[str, Any]:
     """Generate for every repository, then (re)write the split and the manifest; returns the manifest.
     A repository that cannot be used (red suite, not a repository) is reported and skipped."""
+    say = say or say_line
     if opts.split not in SPLITS:
         raise TaskgenError(f"--split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
     if not 0 <= opts.eval_fraction < 1:
         raise TaskgenError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
+    sources = expand_sources(sources)
+    for source in sources:  # a REPO that names nothing is bad input, before any work
+        resolve_repo(source, opts.repos_dir)
     opts.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for source in expand_sources(sources):
+    for source in sources:
         try:
             results.append(generate_repo(source, opts, say))
         except TaskgenError as err:

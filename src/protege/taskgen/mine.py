@@ -6,8 +6,10 @@ run twice in a copy of P: with the test patch alone, then with the gold patch to
 tests that pass only with the fix (they failed, errored or did not exist before), PASS_TO_PASS the ones
 that pass both times. The instance starts at P (base_commit), whose history holds nothing of the fix.
 
-A commit is skipped, with its reason, when it is a root or merge commit, touches no test file, touches
-only test files, or when no test outcome changes. Over a range `A..B` every commit is tried in order.
+A commit that touches no test file runs the whole suite instead (a refactor: nothing should flip). A
+commit is skipped, with its reason, when it is a root or merge commit, touches only test files, changes
+no test outcome, or flips tests without touching any test file (no test patch to grade with). Over a
+range every commit is tried in order.
 
     protege tasks mine demo:lrucache HEAD~1             # one commit
     protege tasks mine ~/src/myproj v1.2..main --repo-name me/myproj
@@ -35,6 +37,7 @@ from protege.taskgen.core import (
     merge_rows,
     resolve_repo,
     run_tests,
+    say_line,
 )
 
 
@@ -116,11 +119,9 @@ def mine_commit(repo_dir: Path, repo: str, commit: str, opts: MineOptions) -> di
         return "merge commit: mine its parents' commits instead"
     parent = parents[0]
     gold, test_patch, code, tests = split_fix(repo_dir, parent, commit)
-    if not tests:
-        return "changes no test file: nothing would tell the fix from no fix"
     if not code:
         return "changes only test files: no fix to mine"
-    # the eval script runs pytest on every file the test patch names: these runs do the same
+    # the eval script runs pytest on every file the test patch names; without a test patch, the whole suite
     runnable = patch_files(test_patch)
     if missing := [name for name in runnable if not _exists(repo_dir, commit, name)]:
         return f"deletes test file {missing[0]}: the eval script could not run it"
@@ -137,7 +138,11 @@ def mine_commit(repo_dir: Path, repo: str, commit: str, opts: MineOptions) -> di
     if not fail_to_pass:
         return (
             f"changes no test outcome: {len(after.passed)} test(s) pass and "
-            f"{len(after.not_passed)} do not, before and after the fix"
+            f"{len(after.not_passed)} do not, before and after the change"
+        )
+    if not tests:
+        return (
+            f"makes {len(fail_to_pass)} test(s) pass but changes no test file: an instance needs a test patch"
         )
     return _row(repo_dir, repo, parent, commit, gold, test_patch, fail_to_pass, pass_to_pass, opts)
 
@@ -173,9 +178,12 @@ def _row(
     return {**instance.to_swebench(), "fix_commit": commit}
 
 
-def mine(source: str, commits: str, opts: MineOptions, say: Callable[[str], None] = print) -> MineReport:
+def mine(
+    source: str, commits: str, opts: MineOptions, say: Callable[[str], None] | None = None
+) -> MineReport:
     """Mine every commit `commits` names in `source` (see `resolve_repo`); merge the instances into the
     output file and say, for each other commit, why it was skipped."""
+    say = say or say_line
     repo_dir, repo = resolve_repo(source, opts.repos_dir, opts.repo_name)
     listed = commits_of(repo_dir, commits)
     if opts.issue and len(listed) > 1:
