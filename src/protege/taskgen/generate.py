@@ -7,7 +7,8 @@ SWE-smith's procedural modification on our own repositories. For each repository
    failure a mutation caused);
 2. `protege.taskgen.mutate` lists single-line mutations inside function bodies; they are tried in a
    seeded order that visits every function before a second mutation of any, each with ONE run of the
-   whole suite, `workers` at a time, in per-worker copies of the tree;
+   whole suite, `workers` at a time, each worker in its own copy of the tree with its own pytest fork
+   server (`protege.taskgen.pytest_server`: pytest imported once, a fresh child per run);
 3. a mutation is kept when some test that passed at HEAD fails (or errors) with it: those are
    FAIL_TO_PASS; the other tests of the same files that still pass are PASS_TO_PASS;
 4. the instance's base_commit is a parentless commit in the repository (ref
@@ -38,6 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ from protege.taskgen.core import (
     write_rows,
 )
 from protege.taskgen.mutate import Mutation, mutations
+from protege.taskgen.pytest_server import PytestServer
 from protege.taskgen.snapshot import build_instance, restore_commits
 from protege.tasks import TaskInstance
 
@@ -140,6 +143,10 @@ def source_mutations(tree: Path) -> list[Mutation]:
 # --------------------------------------------------------------------------------------------------
 
 
+Slot = tuple[Path, PytestServer]
+"""A worker's copy of the tree and its pytest fork server."""
+
+
 @dataclass
 class Outcome:
     mutation: Mutation
@@ -149,14 +156,15 @@ class Outcome:
 
 
 def try_mutation(
-    slot: Path, mutation: Mutation, baseline: TestRun, opts: GenerateOptions, timeout: float
+    slot: Slot, mutation: Mutation, baseline: TestRun, opts: GenerateOptions, timeout: float
 ) -> Outcome:
     """Apply `mutation` in the worker's tree, run the whole suite once, put the file back."""
-    target = slot / mutation.path
+    tree, server = slot
+    target = tree / mutation.path
     original = target.read_text(encoding="utf-8")
     target.write_text(mutation.apply(original), encoding="utf-8")
     try:
-        run = run_tests(slot, python=opts.python or sys.executable, timeout_s=timeout)
+        run = server.run(tree, timeout_s=timeout)
     finally:
         target.write_text(original, encoding="utf-8")
     if run.timed_out:
@@ -237,17 +245,24 @@ def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoRe
             f"{repo}: {len(baseline.passed)} tests pass at HEAD {head[:12]} ({baseline.duration_s:.1f}s); "
             f"{len(found)} mutations, {len(todo)} untried; want {opts.n - result.valid} more valid"
         )
-        slots = [shutil.copytree(pristine, Path(tmp) / f"worker-{i}") for i in range(opts.workers)]
-        _run_candidates(
-            todo,
-            slots,
-            baseline,
-            timeout,
-            opts,
-            say,
-            result,
-            lambda outcome: _keep(outcome, repo_dir, repo, head, date, pristine, baseline, opts),
-        )
+        with ExitStack() as stack:
+            slots = [
+                (
+                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}"),
+                    stack.enter_context(PytestServer(opts.python or sys.executable)),
+                )
+                for i in range(opts.workers)
+            ]
+            _run_candidates(
+                todo,
+                slots,
+                baseline,
+                timeout,
+                opts,
+                say,
+                result,
+                lambda outcome: _keep(outcome, repo_dir, repo, head, date, pristine, baseline, opts),
+            )
     return result
 
 
@@ -282,7 +297,7 @@ def _keep(
 
 def _run_candidates(
     todo: list[Mutation],
-    slots: list[Path],
+    slots: list[Slot],
     baseline: TestRun,
     timeout: float,
     opts: GenerateOptions,
@@ -292,7 +307,7 @@ def _run_candidates(
 ) -> None:
     """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s."""
     free = list(slots)
-    pending: dict[Future[Outcome], Path] = {}
+    pending: dict[Future[Outcome], Slot] = {}
     queue = list(reversed(todo))
     started = last_said = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="taskgen") as pool:
