@@ -45,6 +45,7 @@ def test_kept_mutations_become_instances_that_verify(generated, tmp_path: Path) 
     repo_dir = opts.repos_dir / "protege-demo__unitconv"
     for row in rows:
         task = TaskInstance.model_validate(row)
+        assert row["mutation"]["kind"] not in task.instance_id  # the id gives nothing of the bug away
         assert task.FAIL_TO_PASS and set(task.FAIL_TO_PASS).isdisjoint(task.PASS_TO_PASS)
         # parentless: the history holds nothing of the mutation
         assert git(repo_dir, "rev-list", "--parents", "-n", "1", task.base_commit).split() == [

@@ -22,7 +22,8 @@ REF_PREFIX = "refs/protege/generated/"
 
 
 def instance_id_of(repo: str, mutation: Mutation) -> str:
-    return f"{repo.replace('/', '__')}.gen.{mutation.kind}__{mutation.mutation_id}"
+    # neutral: the id says nothing of the bug's kind or place (the row's `mutation` field does)
+    return f"{repo.replace('/', '__')}.gen-{mutation.mutation_id}"
 
 
 def snapshot_commit(repo_dir: Path, head: str, mutation: Mutation, hidden: list[str], date: str) -> str:

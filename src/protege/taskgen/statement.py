@@ -81,10 +81,10 @@ def problem_statement(failing: list[str], output: str, tree: Path, gold_patch: s
     ]
     errors = error_lines(output, first)
     if errors:
-        parts.append(f"Running `python -m pytest {first}`:\n\n```\n" + "\n".join(errors) + "\n```")
+        parts.append("pytest says:\n\n```\n" + "\n".join(errors) + "\n```")
     source = test_source(tree, first)
     if source:
-        parts.append(f"The test:\n\n```python\n{source}\n```")
+        parts.append(f"The failing test (not in the repository yet):\n\n```python\n{source}\n```")
     others = failing[1 : 1 + MAX_OTHERS]
     if others:
         more = len(failing) - 1 - len(others)
