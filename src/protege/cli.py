@@ -195,6 +195,9 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     )
     _profile_args(verify)
     verify.set_defaults(func=_tasks_verify)
+    from protege.cli_taskgen import add_taskgen_commands
+
+    add_taskgen_commands(group)
 
 
 # --------------------------------------------------------------------------------------------------

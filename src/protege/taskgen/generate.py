@@ -1,0 +1,430 @@
+"""`protege tasks generate`: task instances made by injecting one small bug into a repository.
+
+SWE-smith's procedural modification on our own repositories. For each repository (a git directory, or
+`demo:<name>` / `demo:all` for the bundled ones):
+
+1. its tests run once at HEAD in a copy of the tree; every one must pass (a red suite cannot tell which
+   failure a mutation caused);
+2. `protege.taskgen.mutate` lists single-line mutations inside function bodies; they are tried in a
+   seeded order that visits every function before a second mutation of any, each with ONE run of the
+   whole suite, `workers` at a time, each worker in its own copy of the tree with its own pytest fork
+   server (`protege.taskgen.pytest_server`: pytest imported once, a fresh child per run);
+3. a mutation is kept when some test that passed at HEAD fails (or errors) with it: those are
+   FAIL_TO_PASS; the other tests of the same files that still pass are PASS_TO_PASS;
+4. the instance's base_commit is a parentless commit in the repository (ref
+   `refs/protege/generated/<instance_id>`): HEAD's tree with the mutation and without the test files
+   holding FAIL_TO_PASS tests (as SWE-smith's "Remove F2P Tests"); having no parent, its history shows
+   nothing of the mutation. The gold patch reverts the mutation; the test patch adds the test files back.
+   Commits are deterministic (fixed identity and date), so a rerun writes the same SHAs.
+
+Every tried mutation is appended to `candidates.jsonl` in the output directory, so an interrupted run
+resumes where it stopped. The instances are split train/eval by repository (`split=repo`: whole
+repositories held out) or by function (`split=function`: whole functions held out in every repository),
+and written as `train.jsonl` / `eval.jsonl` with their digests in `manifest.json`.
+
+    protege tasks generate demo:all --n 40 --out .protege/tasks/generated
+    protege tasks verify .protege/tasks/generated/train.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protege.taskgen.core import (
+    DEMO_PREFIX,
+    TaskgenError,
+    TestRun,
+    demo_sources,
+    export_tree,
+    git,
+    is_test_file,
+    read_rows,
+    resolve_repo,
+    run_tests,
+    say_line,
+    write_rows,
+)
+from protege.taskgen.mutate import Mutation, mutations
+from protege.taskgen.pytest_server import PytestServer
+from protege.taskgen.snapshot import build_instance, restore_commits
+from protege.tasks import TaskInstance
+
+CANDIDATES = "candidates.jsonl"
+INSTANCES = "instances.jsonl"
+MANIFEST = "manifest.json"
+SPLITS = ("repo", "function")
+
+
+@dataclass
+class GenerateOptions:
+    """What `generate` does; every field has the CLI's default."""
+
+    n: int = 40
+    """Valid instances wanted per repository (fewer when its mutations run out)."""
+    out: Path = Path(".protege/tasks/generated")
+    """Output directory: candidates.jsonl, instances.jsonl, train.jsonl, eval.jsonl, manifest.json."""
+    repos_dir: Path = Path(".protege/repos")
+    """Where `demo:` repositories are built (tasks.repos_dir: grading reads the commits from there)."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Test runs in parallel."""
+    seed: int = 0
+    """Order in which mutations are tried, and the split."""
+    split: str = "repo"
+    """`repo`: hold out whole repositories; `function`: hold out whole functions in every repository."""
+    eval_fraction: float = 0.25
+    """Share of repositories (or functions) held out for evaluation."""
+    timeout_s: float = 0.0
+    """Per test run; 0 = five times the baseline run plus 10 s (a mutation can loop forever)."""
+    python: str = ""
+    """Interpreter that runs the tests (the task's environment); empty = this one."""
+
+
+@dataclass
+class RepoResult:
+    repo: str
+    tried: int = 0
+    valid: int = 0
+    candidates: int = 0
+    error: str = ""
+    reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidates
+# --------------------------------------------------------------------------------------------------
+
+
+def candidate_order(found: list[Mutation], seed: int) -> list[Mutation]:
+    """Mutations in a seeded order that takes one from each function in turn (functions shuffled,
+    mutations within a function shuffled), so a small `n` still spreads over many functions."""
+    rng = random.Random(seed)
+    by_function: dict[tuple[str, str], list[Mutation]] = defaultdict(list)
+    for mutation in found:
+        by_function[(mutation.path, mutation.function)].append(mutation)
+    queues = [by_function[key] for key in sorted(by_function)]
+    rng.shuffle(queues)
+    for queue in queues:
+        rng.shuffle(queue)
+    ordered = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop())
+    return ordered
+
+
+def source_mutations(tree: Path) -> list[Mutation]:
+    """Every mutation of the tree's non-test Python files."""
+    found = []
+    for path in sorted(tree.rglob("*.py")):
+        relative = path.relative_to(tree).as_posix()
+        if is_test_file(relative) or relative.startswith(".") or relative in ("setup.py", "noxfile.py"):
+            continue
+        found += mutations(relative, path.read_text(encoding="utf-8"))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# One mutation, one run
+# --------------------------------------------------------------------------------------------------
+
+
+Slot = tuple[Path, PytestServer]
+"""A worker's copy of the tree and its pytest fork server."""
+
+
+@dataclass
+class Outcome:
+    mutation: Mutation
+    run: TestRun | None
+    broken: list[str]
+    reason: str
+
+
+def try_mutation(
+    slot: Slot, mutation: Mutation, baseline: TestRun, opts: GenerateOptions, timeout: float
+) -> Outcome:
+    """Apply `mutation` in the worker's tree, run the whole suite once, put the file back."""
+    tree, server = slot
+    target = tree / mutation.path
+    original = target.read_text(encoding="utf-8")
+    target.write_text(mutation.apply(original), encoding="utf-8")
+    try:
+        run = server.run(tree, timeout_s=timeout)
+    finally:
+        target.write_text(original, encoding="utf-8")
+    if run.timed_out:
+        return Outcome(mutation, None, [], f"tests time out (> {timeout:g} s)")
+    broken = sorted(baseline.passed - run.passed)
+    return Outcome(mutation, run, broken, "" if broken else "no test fails")
+
+
+# --------------------------------------------------------------------------------------------------
+# One repository
+# --------------------------------------------------------------------------------------------------
+
+Say = Callable[[str], None] | None
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def unique_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an append-only JSONL file, the last row of each instance_id winning."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in read_rows(path):
+        rows[row["instance_id"]] = row
+    return [rows[key] for key in sorted(rows)]
+
+
+def _green_baseline(source: str, pristine: Path, head: str, opts: GenerateOptions) -> TestRun:
+    baseline = run_tests(pristine, python=opts.python or sys.executable, timeout_s=opts.timeout_s or 600)
+    if baseline.timed_out or not baseline.statuses:
+        tail = baseline.output.strip().splitlines()[-1:] or ["no output"]
+        raise TaskgenError(f"{source}: no test results at HEAD {head[:12]} ({tail[0]})")
+    if baseline.not_passed:
+        first = sorted(baseline.not_passed)[0]
+        raise TaskgenError(
+            f"{source}: {len(baseline.not_passed)} test(s) do not pass at HEAD {head[:12]} (first: {first}); "
+            "generate needs a suite that passes"
+        )
+    return baseline
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoResult:
+    """Try mutations of one repository until `opts.n` are valid (or none are left); resumable."""
+    say = say or say_line
+    repo_dir, repo = resolve_repo(source, opts.repos_dir)
+    head = git(repo_dir, "rev-parse", "HEAD").strip()
+    date = git(repo_dir, "log", "-1", "--format=%cI", "HEAD").strip()
+    candidates_path, instances_path = opts.out / CANDIDATES, opts.out / INSTANCES
+    tried = {
+        row["mutation_id"]
+        for row in read_rows(candidates_path)
+        if row.get("repo") == repo and row.get("source_commit") == head
+    }
+    existing = [
+        row for row in unique_rows(instances_path) if row["repo"] == repo and row["source_commit"] == head
+    ]
+    restored = restore_commits(repo_dir, existing)
+    result = RepoResult(repo, valid=len(existing))
+    if restored:
+        say(f"{repo}: recreated {restored} snapshot commit(s) missing from {repo_dir}")
+    if result.valid >= opts.n:
+        say(f"{repo}: {result.valid} valid instance(s) already in {instances_path}")
+        return result
+    with tempfile.TemporaryDirectory(prefix="protege-taskgen-") as tmp:
+        pristine = export_tree(repo_dir, head, Path(tmp) / "pristine")
+        baseline = _green_baseline(source, pristine, head, opts)
+        timeout = opts.timeout_s or baseline.duration_s * 5 + 10
+        found = candidate_order(source_mutations(pristine), opts.seed)
+        result.candidates = len(found)
+        todo = [m for m in found if m.mutation_id not in tried]
+        say(
+            f"{repo}: {len(baseline.passed)} tests pass at HEAD {head[:12]} ({baseline.duration_s:.1f}s); "
+            f"{len(found)} mutations, {len(todo)} untried; want {opts.n - result.valid} more valid"
+        )
+        with ExitStack() as stack:
+            slots = [
+                (
+                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}"),
+                    stack.enter_context(PytestServer(opts.python or sys.executable)),
+                )
+                for i in range(opts.workers)
+            ]
+            _run_candidates(
+                todo,
+                slots,
+                baseline,
+                timeout,
+                opts,
+                say,
+                result,
+                lambda outcome: _keep(outcome, repo_dir, repo, head, date, pristine, baseline, opts),
+            )
+    return result
+
+
+def _keep(
+    outcome: Outcome,
+    repo_dir: Path,
+    repo: str,
+    head: str,
+    date: str,
+    pristine: Path,
+    baseline: TestRun,
+    opts: GenerateOptions,
+) -> dict[str, Any]:
+    """Record a tried mutation; a valid one becomes a commit and an instance row first."""
+    row = {
+        "repo": repo,
+        "source_commit": head,
+        "mutation_id": outcome.mutation.mutation_id,
+        "mutation": outcome.mutation.to_dict(),
+        "outcome": "valid" if not outcome.reason else outcome.reason,
+        "failing": outcome.broken,
+    }
+    if not outcome.reason and outcome.run is not None:
+        instance = build_instance(
+            repo_dir, repo, head, date, pristine, outcome.mutation, outcome.broken, outcome.run, baseline
+        )
+        _append(opts.out / INSTANCES, instance)
+        row["instance_id"] = instance["instance_id"]
+    _append(opts.out / CANDIDATES, row)
+    return row
+
+
+def _run_candidates(
+    todo: list[Mutation],
+    slots: list[Slot],
+    baseline: TestRun,
+    timeout: float,
+    opts: GenerateOptions,
+    say: Say,
+    result: RepoResult,
+    keep: Callable[[Outcome], dict[str, Any]],
+) -> None:
+    """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s."""
+    free = list(slots)
+    pending: dict[Future[Outcome], Slot] = {}
+    queue = list(reversed(todo))
+    started = last_said = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="taskgen") as pool:
+        while (queue or pending) and result.valid < opts.n:
+            while queue and free and result.valid + len(pending) < opts.n + len(slots):
+                slot = free.pop()
+                pending[pool.submit(try_mutation, slot, queue.pop(), baseline, opts, timeout)] = slot
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                free.append(pending.pop(future))
+                outcome = future.result()
+                row = keep(outcome) if result.valid < opts.n else None
+                if row is None:
+                    continue
+                result.tried += 1
+                result.reasons[row["outcome"]] += 1
+                result.valid += row["outcome"] == "valid"
+            now = time.monotonic()
+            if now - last_said >= 3 or not (queue or pending) or result.valid >= opts.n:
+                last_said = now
+                per_run = (now - started) / max(1, result.tried)
+                hit_rate = max(result.reasons["valid"], 1) / max(1, result.tried)
+                needed = min(len(queue) + len(pending), (opts.n - result.valid) / hit_rate)
+                say(
+                    f"  {result.repo}: {result.tried} tried, {result.valid}/{opts.n} valid, "
+                    f"{len(queue)} left, {per_run:.2f}s/run, ETA {_eta(needed * per_run)}"
+                )
+        for future in pending:
+            future.cancel()
+
+
+# --------------------------------------------------------------------------------------------------
+# All repositories, the split, the manifest
+# --------------------------------------------------------------------------------------------------
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """`demo:all` stands for every bundled repository."""
+    expanded: list[str] = []
+    for source in sources:
+        expanded += demo_sources() if source == f"{DEMO_PREFIX}all" else [source]
+    return list(dict.fromkeys(expanded))
+
+
+def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict[str, Any]:
+    """Generate for every repository, then (re)write the split and the manifest; returns the manifest.
+    A repository that cannot be used (red suite, not a repository) is reported and skipped."""
+    say = say or say_line
+    if opts.split not in SPLITS:
+        raise TaskgenError(f"--split must be one of {', '.join(SPLITS)}, got {opts.split!r}")
+    if not 0 <= opts.eval_fraction < 1:
+        raise TaskgenError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
+    sources = expand_sources(sources)
+    for source in sources:  # a REPO that names nothing is bad input, before any work
+        resolve_repo(source, opts.repos_dir)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for source in sources:
+        try:
+            results.append(generate_repo(source, opts, say))
+        except TaskgenError as err:
+            say(f"{source}: skipped: {err}")
+            results.append(RepoResult(source, error=str(err)))
+    manifest = write_split(opts)
+    manifest["runs"] = {
+        r.repo: {
+            "candidates": r.candidates,
+            "tried": r.tried,
+            "valid": r.valid,
+            "outcomes": dict(r.reasons),
+            **({"error": r.error} if r.error else {}),
+        }
+        for r in results
+    }
+    (opts.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _held_out(keys: list[str], fraction: float, seed: int) -> set[str]:
+    ranked = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
+    count = round(len(ranked) * fraction)
+    if fraction > 0 and len(ranked) > 1:
+        count = min(max(count, 1), len(ranked) - 1)
+    return set(ranked[:count])
+
+
+def write_split(opts: GenerateOptions) -> dict[str, Any]:
+    """train.jsonl / eval.jsonl from every instance in the output directory, no repository (split=repo)
+    or function (split=function) on both sides; the manifest holds each side's digest."""
+    from protege.tasksets import task_set_digest
+
+    rows = unique_rows(opts.out / INSTANCES)
+    key_of = (
+        (lambda row: row["repo"])
+        if opts.split == "repo"
+        else (lambda row: f"{row['repo']}:{row['function']}")
+    )
+    held = _held_out(sorted({key_of(row) for row in rows}), opts.eval_fraction, opts.seed)
+    sides: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    for row in rows:
+        side = "eval" if key_of(row) in held else "train"
+        sides[side].append({**row, "split": side})
+    manifest: dict[str, Any] = {"split": opts.split, "eval_fraction": opts.eval_fraction, "seed": opts.seed}
+    for side, side_rows in sides.items():
+        path = write_rows(opts.out / f"{side}.jsonl", side_rows)
+        tasks = [TaskInstance.model_validate(row) for row in side_rows]
+        manifest[side] = {
+            "file": path.name,
+            "instances": len(side_rows),
+            "sha256": task_set_digest(tasks) if tasks else "",
+            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "repos": sorted({row["repo"] for row in side_rows}),
+            "functions": len({f"{row['repo']}:{row['function']}" for row in side_rows}),
+        }
+    per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "eval": 0})
+    for side, side_rows in sides.items():
+        for row in side_rows:
+            per_repo[row["repo"]][side] += 1
+    manifest["per_repo"] = dict(sorted(per_repo.items()))
+    return manifest
