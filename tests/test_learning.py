@@ -85,6 +85,14 @@ def test_grpo_moves_the_rewarded_choice_up_and_the_flipped_one_down(sign, tiny_d
     rows = [json.loads(line) for f in sorted((out / "rollouts").glob("step-*.jsonl")) for line in f.open()]
     assert len(rows) == TOY_STEPS * 8 and all(not r["extra"]["rl"]["failure"] for r in rows)
     assert all(r["rewards"]["r_total"] == (0.0 if r["expert_calls"] else -1.0) for r in rows)
+    # The step figures: every turn well-formed, and the share of groups GRPO learned from is trl's own count.
+    trl_flat = [
+        log["frac_reward_zero_std"]
+        for log in built.trainer.state.log_history
+        if "frac_reward_zero_std" in log
+    ]
+    assert [h["rollout/format_valid_rate"] for h in result["history"]] == [1.0] * TOY_STEPS
+    assert [h["rollout/groups_with_advantage"] for h in result["history"]] == [1 - f for f in trl_flat]
     # The probability of asking, at each toy task's first turn, before and after training.
     prompts = list({tuple(p): p for p in generator.first_prompts}.values())
     start, _ = load_model_and_tokenizer(tiny_dir, "float32", "cpu")

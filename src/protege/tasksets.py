@@ -316,6 +316,9 @@ def select_tasks(cfg: TaskSetConfig, *, store: Any = None) -> TaskSelection:
         train = [t for t in train if t.instance_id not in dropped]
     if cfg.max_train and len(train) > cfg.max_train:
         train = sorted(train, key=lambda t: _split_key(t.instance_id, cfg.split_seed))[: cfg.max_train]
+    if cfg.max_eval and len(evaluation) > cfg.max_eval:
+        ordered = sorted(evaluation, key=lambda t: _split_key(t.instance_id, cfg.split_seed))
+        evaluation = ordered[: cfg.max_eval]
     return TaskSelection(train=train, eval=evaluation, dropped=dropped)
 
 
