@@ -160,6 +160,21 @@ def _tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks_import(args: argparse.Namespace) -> int:
+    from protege.tasksets import import_task_set
+
+    report = import_task_set(args.source, args.out, split=args.split)
+    for problem in report.refused:
+        print(f"refused {problem}", file=sys.stderr)
+    origin = report.origin
+    read = ", ".join(f"{k} {v}" for k, v in origin.tags().items())
+    print(
+        f"{args.source}{f' ({read})' if read else ''}: wrote {report.written} row(s) to {report.out}, "
+        f"refused {len(report.refused)}"
+    )
+    return 1 if report.refused or not report.written else 0
+
+
 def _tasks_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -183,6 +198,17 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     listing = group.add_parser("list", help="list the instances of a task set")
     listing.add_argument("path", help=forms)
     listing.set_defaults(func=_tasks_list)
+    imports = group.add_parser(
+        "import",
+        help="normalise a task set in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith) into "
+        "a local JSONL; name each refused row",
+    )
+    imports.add_argument("source", help=forms + ", or an HF dataset id owner/name[@revision][:split]")
+    imports.add_argument("--out", required=True, help="the JSONL file to write (swebench 5.x columns)")
+    imports.add_argument(
+        "--split", default="", help="split of a hub dataset (default: its only split, else test)"
+    )
+    imports.set_defaults(func=_tasks_import)
     verify = group.add_parser(
         "verify", help="grade every instance's gold patch (must resolve) and an empty patch (must not)"
     )

@@ -188,7 +188,12 @@ def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
         if cfg.agent.sandbox.backend == "local":
             ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
-        reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
+        reports[split] = {
+            "source": source,
+            "digest": task_set_digest(tasks),
+            **tasks.origin.tags(),
+            **report.to_dict(),
+        }
     broken = [f"{rep['source']}:{iid} ({', '.join(problems)})" for rep in reports.values()
               for iid, problems in rep["broken"].items()]  # fmt: skip
     if broken:

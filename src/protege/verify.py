@@ -203,7 +203,7 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
     from protege.cli import CLIError, load_cfg
-    from protege.tasksets import ensure_local_repos, load_task_set
+    from protege.tasksets import ensure_local_repos, load_task_set, split_of
 
     if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
         args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
@@ -212,7 +212,8 @@ def run_cli(args: Any) -> int:
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
     for source in sources:
-        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
+        # A TaskSetError is bad input: exit 2.
+        tasks = load_task_set(source, split=split_of(cfg.tasks, source))
         if cfg.agent.sandbox.backend == "local":
             ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         print(
