@@ -191,7 +191,10 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("tasks", help="inspect and check task sets").add_subparsers(
         dest="cmd", required=True
     )
-    forms = "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, s3://..., or demo:train|eval|all"
+    forms = (
+        "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, a copy of a hub dataset "
+        "repo, s3://..., an HF dataset id owner/name[@revision][:split], or demo:train|eval|all"
+    )
     validate = group.add_parser("validate", help="check every instance of a task set; name each bad one")
     validate.add_argument("path", help=forms)
     validate.set_defaults(func=_tasks_validate)
@@ -203,7 +206,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
         help="normalise a task set in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith) into "
         "a local JSONL; name each refused row",
     )
-    imports.add_argument("source", help=forms + ", or an HF dataset id owner/name[@revision][:split]")
+    imports.add_argument("source", help=forms)
     imports.add_argument("--out", required=True, help="the JSONL file to write (swebench 5.x columns)")
     imports.add_argument(
         "--split", default="", help="split of a hub dataset (default: its only split, else test)"
