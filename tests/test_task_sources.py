@@ -37,11 +37,16 @@ FIXTURES = {
     "swebench_classic.jsonl": "swebench",
     "swe_gym.jsonl": "swebench",
     "swe_smith.jsonl": "swe-smith",
+    "task_repo": "swebench5",  # swebench 5.x's own task-repo layout (tasks/<id>/task.yaml, eval.sh, ...)
 }
 CSVCOLS_BASE = "c0b8af9194e2206859c47143b8520ec46eb9dc26"
 
 
 def rows_of(name: str) -> list[dict]:
+    if (PUBLISHED / name).is_dir():
+        from swebench.task.repo import load_task_repo
+
+        return load_task_repo(PUBLISHED / name)
     return [json.loads(line) for line in (PUBLISHED / name).read_text().splitlines()]
 
 
