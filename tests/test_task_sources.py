@@ -25,6 +25,7 @@ from protege.tasksets import (
     TaskSet,
     TaskSetError,
     TaskSetOrigin,
+    import_task_set,
     load_task_set,
     log_task_set,
     select_tasks,
@@ -225,6 +226,20 @@ def test_tasks_import_writes_the_local_form_and_names_each_refused_row(tmp_path,
     assert task_set_digest(load_task_set(str(again))) == task_set_digest(imported)
     with pytest.raises(TaskSetError, match="test_patch: missing required field"):
         load_task_set(str(source))  # a load is all or nothing; import is the forgiving path
+
+
+def test_import_from_s3_is_as_forgiving_as_from_a_file(tmp_path, store):
+    rows = [*rows_of("swe_smith.jsonl"), {"instance_id": "acme__odd-1", "repo": "acme/odd"}]
+    source = tmp_path / "smith.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    uri = store.uri(f"sets/{uuid.uuid4().hex[:8]}/smith.jsonl")
+    store.upload_file(source, uri)
+    report = import_task_set(uri, tmp_path / "out.jsonl", store=store)
+    assert (report.written, [p.instance_id for p in report.refused], report.origin.source) == (
+        2,
+        ["acme__odd-1"],
+        uri,
+    )
 
 
 def hub_copy(root: Path, rows: list[dict], split: str = "train") -> Path:

@@ -160,10 +160,25 @@ def _tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_progress() -> Callable[[int, int | None], None]:
+    """Rows read, the rate and (when the total is known) the ETA, on stderr."""
+    import time
+
+    started = time.monotonic()
+
+    def show(read: int, total: int | None) -> None:
+        rate = read / max(time.monotonic() - started, 1e-6)
+        eta = f", ETA {(total - read) / rate:.0f}s" if total and rate else ""
+        of = f"/{total}" if total else ""
+        print(f"  read {read}{of} row(s), {rate:.0f} rows/s{eta}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def _tasks_import(args: argparse.Namespace) -> int:
     from protege.tasksets import import_task_set
 
-    report = import_task_set(args.source, args.out, split=args.split)
+    report = import_task_set(args.source, args.out, split=args.split, progress=_import_progress())
     for problem in report.refused:
         print(f"refused {problem}", file=sys.stderr)
     origin = report.origin

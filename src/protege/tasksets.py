@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,16 @@ def _json_rows(path: Path) -> Iterator[RawRow]:
         yield f"{path}[{index}]", row
 
 
+class _Counted(Iterator[RawRow]):
+    """Rows whose number is known up front (a dataset split): what lets a long import give an ETA."""
+
+    def __init__(self, rows: Iterator[RawRow], total: int):
+        self._rows, self.total = rows, total
+
+    def __next__(self) -> RawRow:
+        return next(self._rows)
+
+
 def _table_rows(rows: Iterable[dict[str, Any]], label: str) -> Iterator[RawRow]:
     for index, row in enumerate(rows):
         yield f"{label} row {index}", dict(row)
@@ -228,7 +238,7 @@ def _dataset_rows(path: str, revision: str, split: str, label: str) -> tuple[Ite
     except Exception as err:  # datasets raises many types (offline, missing, auth, schema)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TaskSetError(label, message=f"{label}: cannot load dataset: {reason}") from None
-    return _table_rows(loaded, f"{label}[{chosen}]"), chosen
+    return _Counted(_table_rows(loaded, f"{label}[{chosen}]"), len(loaded)), chosen
 
 
 def _hub_rows(source: str, split: str) -> tuple[Iterator[RawRow], TaskSetOrigin]:
@@ -393,12 +403,15 @@ def load_task_set(
     return validate_rows(source, rows, origin, env)
 
 
-def _load_from_s3(uri: str, *, split: str, store: Any, env: EvalCommands | None) -> TaskSet:
-    if store is None:
-        from protege.config import StoreConfig
-        from protege.store import S3ArtifactStore
+def _default_store() -> Any:
+    from protege.config import StoreConfig
+    from protege.store import S3ArtifactStore
 
-        store = S3ArtifactStore.from_config(StoreConfig())
+    return S3ArtifactStore.from_config(StoreConfig())
+
+
+def _load_from_s3(uri: str, *, split: str, store: Any, env: EvalCommands | None) -> TaskSet:
+    store = store or _default_store()
     with tempfile.TemporaryDirectory(prefix="protege-taskset-") as tmp:
         local = store.fetch(uri, Path(tmp))
         loaded = load_task_set(str(local), split=split, env=env)
@@ -421,31 +434,54 @@ class ImportReport:
 
 
 def import_task_set(
-    source: str, out: str | Path, *, split: str = "", store: Any = None, env: EvalCommands | None = None
+    source: str,
+    out: str | Path,
+    *,
+    split: str = "",
+    store: Any = None,
+    env: EvalCommands | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> ImportReport:
     """Every row of `source` that normalises, written to `out` as JSONL in swebench 5.x columns (FAIL_TO_PASS
     and PASS_TO_PASS as JSON strings, `eval_script` filled in): a file `load_task_set` reads as is. Refused
-    rows are reported, not fatal; the file is replaced only once complete."""
-    out = Path(out)
-    if source.startswith(("demo:", "s3://")):
-        loaded = load_task_set(source, split=split, store=store, env=env)
+    rows are reported, not fatal; the file is replaced only once complete. `progress(rows read, total or
+    None)` is called every PROGRESS_EVERY rows and at the end."""
+    if source.startswith("s3://"):
+        store = store or _default_store()
+        with tempfile.TemporaryDirectory(prefix="protege-import-") as tmp:
+            local = store.fetch(source, Path(tmp))
+            report = import_task_set(str(local), out, split=split, env=env, progress=progress)
+        report.origin = TaskSetOrigin(source, report.origin.split, report.origin.revision)
+        return report
+    if source.startswith("demo:"):
+        loaded = load_task_set(source)
         checked: Iterable[tuple[str, TaskInstance | list[RowProblem]]] = [(source, t) for t in loaded]
-        origin = loaded.origin
+        origin, total = loaded.origin, len(loaded)
     else:
         rows, origin = _raw_rows(source, split)
-        checked = _checked_rows(rows, env)
+        checked, total = _checked_rows(rows, env), getattr(rows, "total", None)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    written, refused = 0, []
+    written, refused, read = 0, [], 0
     with partial.open("w", encoding="utf-8") as handle:
         for _, result in checked:
+            read += 1
             if isinstance(result, TaskInstance):
                 handle.write(json.dumps(result.to_swebench(), sort_keys=True) + "\n")
                 written += 1
             else:
                 refused.extend(result)
+            if progress and read % PROGRESS_EVERY == 0:
+                progress(read, total)
     partial.replace(out)
+    if progress:
+        progress(read, total)
     return ImportReport(out, written, refused, origin)
+
+
+PROGRESS_EVERY = 1000
+"""Rows between two progress reports of an import."""
 
 
 # --------------------------------------------------------------------------------------------------
