@@ -1,6 +1,7 @@
 """The published task schemas, each normalised into one `TaskInstance` row.
 
-Rows come in four published shapes, told apart by their columns:
+Rows come in three published shapes, told apart by their columns (a swebench task-repo directory holds
+swebench 5.x rows):
 
 | schema | columns that identify it | what normalising does |
 |---|---|---|
@@ -14,8 +15,9 @@ the `>>>>> Start/End Test Output` markers and `NON_TEST_EXTS` of `swebench.harne
 `swebench.types.TestSpec.eval_script` to render the list (header included). swebench 5.0.0 dropped the
 function that composed them (`make_eval_script_list_py` and its per-repo spec tables moved to the
 swe-bench-tasks repository); the composition here keeps 4.x's order: reset the test files, apply the
-test patch, run the tests between the markers, reset them again. The test command and any setup lines
-come from the task's environment (`EvalCommands`), `python -m pytest -rA` by default.
+test patch, run the tests between the markers, reset them again. The test command and any setup lines are
+`EvalCommands`: by default `python -m pytest -rA`, whose `python` is the task environment's (the sandbox
+puts that environment first on PATH).
 
 A row that cannot be normalised raises `RowRefused(field, reason)`: the loader turns it into one line
 naming the row, the instance, the field and why.
@@ -25,14 +27,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 TESTBED = "/testbed"
 DEFAULT_TEST_COMMAND = "python -m pytest -rA -p no:cacheprovider"
 """`-rA` prints one `PASSED path::test` / `FAILED path::test` line per test: what parse_log_pytest reads."""
 DEFAULT_LOG_PARSER = "parse_log_pytest"
-SCHEMAS = ("swebench5", "swebench", "swe-smith")
 _DIFF_HEADER = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.M)
 
 
@@ -63,7 +64,6 @@ class Normalised:
 
     row: dict[str, Any]
     schema: str
-    notes: list[str] = field(default_factory=list)
 
 
 def detect_schema(row: dict[str, Any]) -> str:
