@@ -36,35 +36,66 @@ def steps(
     verified = verify_tasks(**common, train_tasks=train_tasks, eval_tasks=eval_tasks)
     place(verified, "verify", PIPELINE, pool)
 
-    data = synth(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 tasks_digest=verified.outputs["tasks_digest"])  # fmt: skip
+    data = synth(
+        **common,
+        train_tasks=train_tasks,
+        expert_model=expert_model,
+        tasks_digest=verified.outputs["tasks_digest"],
+    )
     place(data, "synth", PIPELINE, pool)
 
-    tuned = sft(**common, base_model=base_model, dataset_uri=data.outputs["dataset_uri"],
-                synth_run_id=data.outputs["mlflow_run_id"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+    tuned = sft(
+        **common,
+        base_model=base_model,
+        dataset_uri=data.outputs["dataset_uri"],
+        synth_run_id=data.outputs["mlflow_run_id"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
     place(tuned, "sft", PIPELINE, pool)
     parent = tuned.outputs["parent_run_id"]
 
-    stage1 = rl1(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 model_uri=tuned.outputs["model_uri"], parent_run_id=parent,
-                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+    stage1 = rl1(
+        **common,
+        train_tasks=train_tasks,
+        expert_model=expert_model,
+        model_uri=tuned.outputs["model_uri"],
+        parent_run_id=parent,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
     place(stage1, "rl1", PIPELINE, pool)
 
-    stage2 = rl2(**common, train_tasks=train_tasks, expert_model=expert_model,
-                 model_uri=stage1.outputs["Output"], parent_run_id=parent,
-                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+    stage2 = rl2(
+        **common,
+        train_tasks=train_tasks,
+        expert_model=expert_model,
+        model_uri=stage1.outputs["Output"],
+        parent_run_id=parent,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
     place(stage2, "rl2", PIPELINE, pool)
 
-    evaluated = eval_step(**common, eval_tasks=eval_tasks, expert_model=expert_model,
-                          model_uri=stage2.outputs["Output"], parent_run_id=parent,
-                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+    evaluated = eval_step(
+        **common,
+        eval_tasks=eval_tasks,
+        expert_model=expert_model,
+        model_uri=stage2.outputs["Output"],
+        parent_run_id=parent,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
     place(evaluated, "eval", PIPELINE, pool)
 
-    registered = register(**common, base_model=base_model, expert_model=expert_model, model_uri=stage2.outputs["Output"],
-                          report_uri=evaluated.outputs["report_uri"], pass_at_1=evaluated.outputs["pass_at_1"],
-                          dataset_digest=data.outputs["dataset_digest"],
-                          eval_set_digest=verified.outputs["eval_set_digest"],
-                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, parent_run_id=parent)  # fmt: skip
+    registered = register(
+        **common,
+        base_model=base_model,
+        expert_model=expert_model,
+        model_uri=stage2.outputs["Output"],
+        report_uri=evaluated.outputs["report_uri"],
+        pass_at_1=evaluated.outputs["pass_at_1"],
+        dataset_digest=data.outputs["dataset_digest"],
+        eval_set_digest=verified.outputs["eval_set_digest"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        parent_run_id=parent,
+    )
     place(registered, "register", PIPELINE, pool)
 
 
@@ -90,8 +121,12 @@ def build(exit_handler: bool) -> Any:
         `dotted.key=value`; the `gpu_*` parameters choose the pool of the GPU steps (sft, rl1, rl2, eval)."""
         pool = GpuPool(gpu_type, gpu_count, gpu_node_selector, gpu_tolerations)
         common = {"profile": profile, "overrides": overrides}
-        wired = {"base_model": base_model, "train_tasks": train_tasks, "eval_tasks": eval_tasks,
-                 "expert_model": expert_model}  # fmt: skip
+        wired = {
+            "base_model": base_model,
+            "train_tasks": train_tasks,
+            "eval_tasks": eval_tasks,
+            "expert_model": expert_model,
+        }
         if not exit_handler:
             steps(common, pool, **wired)
             return

@@ -46,10 +46,14 @@ def rl_cfg(repos: Path, tmp: Path, *overrides: str):
     return load_config(
         "local",
         overrides=[
-            f"tasks.repos_dir={repos}", f"services.data_dir={tmp / 'data'}", f"model.cache_dir={tmp / 'cache'}",
-            f"eval.grade_logs_dir={tmp / 'grading'}", "run_name=rl-test", *overrides,
+            f"tasks.repos_dir={repos}",
+            f"services.data_dir={tmp / 'data'}",
+            f"model.cache_dir={tmp / 'cache'}",
+            f"eval.grade_logs_dir={tmp / 'grading'}",
+            "run_name=rl-test",
+            *overrides,
         ],
-    )  # fmt: skip
+    )
 
 
 @dataclass

@@ -276,8 +276,16 @@ HISTORY = [Message(role="user", provenance="task", content="fix it")]
 
 def expert_cfg(server: MockLLMServer, tmp_path: Path, backend: str = "anthropic", **over) -> ExpertConfig:
     base_url = server.url + ("/v1" if backend == "openai" else "")
-    fields = {"backend": backend, "model": "m", "base_url": base_url, "timeout_s": 5.0, "max_retries": 1,
-              "retry_backoff_s": 0.0, "cache_mode": "off", "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    fields = {
+        "backend": backend,
+        "model": "m",
+        "base_url": base_url,
+        "timeout_s": 5.0,
+        "max_retries": 1,
+        "retry_backoff_s": 0.0,
+        "cache_mode": "off",
+        "cache_dir": str(tmp_path / "cache"),
+    }
     return ExpertConfig(**{**fields, **over})
 
 
@@ -375,8 +383,14 @@ def test_synth_reruns_an_episode_hit_by_a_transient_expert_failure(repos, tmp_pa
     services = mlflow_up
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with DefaultingServer(api_key=KEY) as server:
-        expert = ["expert.backend=anthropic", f"expert.base_url={server.url}", "expert.model=m",
-                  "expert.cache_mode='off'", "expert.max_retries=0", "expert.retry_backoff_s=0"]  # fmt: skip
+        expert = [
+            "expert.backend=anthropic",
+            f"expert.base_url={server.url}",
+            "expert.model=m",
+            "expert.cache_mode='off'",
+            "expert.max_retries=0",
+            "expert.retry_backoff_s=0",
+        ]
         reference_cfg = synth_cfg(repos, tmp_path / "ref", services, "expert-ref", *expert)
         reference_store = new_bucket(services, reference_cfg.store)
         reference_tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
@@ -430,19 +444,34 @@ def sft_config(tiny_dir: Path, tmp: Path, services: LocalServices, run_name: str
 
     endpoint = services.store_config().endpoint
     return sft_cfg(
-        tiny_dir, tmp, f"run_name={run_name}", f"sft.max_steps={STEPS}", "sft.save_steps=1",
-        "sft.global_batch_size=2", "sft.per_device_batch_size=2", f"store.endpoint={endpoint}",
-        f"store.access_key={TEST_ACCESS_KEY}", f"store.secret_key={TEST_SECRET_KEY}", "store.bucket=sft-faults",
+        tiny_dir,
+        tmp,
+        f"run_name={run_name}",
+        f"sft.max_steps={STEPS}",
+        "sft.save_steps=1",
+        "sft.global_batch_size=2",
+        "sft.per_device_batch_size=2",
+        f"store.endpoint={endpoint}",
+        f"store.access_key={TEST_ACCESS_KEY}",
+        f"store.secret_key={TEST_SECRET_KEY}",
+        "store.bucket=sft-faults",
         *overrides,
-    )  # fmt: skip
+    )
 
 
 def tracker_for(services: LocalServices, experiment: str, **over):
     from protege.tracking import Tracker
 
-    fields = {"experiment": experiment, "request_max_retries": 0, "request_timeout_s": 5,
-              "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0, "flush_timeout_s": 240.0,
-              "spool_dir": str(services.data_dir / "spool" / experiment), **over}  # fmt: skip
+    fields = {
+        "experiment": experiment,
+        "request_max_retries": 0,
+        "request_timeout_s": 5,
+        "retry_backoff_s": 0.2,
+        "retry_backoff_max_s": 2.0,
+        "flush_timeout_s": 240.0,
+        "spool_dir": str(services.data_dir / "spool" / experiment),
+        **over,
+    }
     return Tracker(services.tracking_config(TrackingConfig(**fields)))
 
 
@@ -478,8 +507,13 @@ def sft_reference(tiny_dir, dataset_dir, mlflow_up, tmp_path_factory) -> dict:
 
     sft.run(stopped_cfg, str(dataset_dir), tmp / "stopped", store=store, callbacks=[_stop_after(2)])
     losses = {h["step"]: h["loss"] for h in result["history"] if "loss" in h}
-    return {"state": state, "losses": losses, "stopped": tmp / "stopped", "store": store,
-            "stopped_prefix": store.uri(f"sft-stopped/{sft.PHASE}")}  # fmt: skip
+    return {
+        "state": state,
+        "losses": losses,
+        "stopped": tmp / "stopped",
+        "store": store,
+        "stopped_prefix": store.uri(f"sft-stopped/{sft.PHASE}"),
+    }
 
 
 def mlflow_outage(services: LocalServices, tracker, down_at: int, up_at: int):

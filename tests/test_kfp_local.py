@@ -101,15 +101,27 @@ def test_a_failed_run_closes_its_parent_run_as_failed(mlflow_server, monkeypatch
     from protege.tracking import PARENT_RUN_ENV, Tracker
 
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
-    cfg = load_config("local", overrides=[f"tracking.uri={mlflow_server.mlflow_url}",
-                                          f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}"])  # fmt: skip
+    cfg = load_config(
+        "local",
+        overrides=[
+            f"tracking.uri={mlflow_server.mlflow_url}",
+            f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}",
+        ],
+    )
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_pipeline("failing")
     for phase in ("sft", "rl1"):
         with tracker.phase(phase):
             pass
-    killed = tracker.client.create_run(tracker.experiment_id, run_name="rl2", tags={  # a pod killed mid-phase
-        "mlflow.parentRunId": parent, "protege.phase": "rl2", "protege.pipeline_run_id": parent}).info.run_id  # fmt: skip
+    killed = tracker.client.create_run(
+        tracker.experiment_id,
+        run_name="rl2",
+        tags={  # a pod killed mid-phase
+            "mlflow.parentRunId": parent,
+            "protege.phase": "rl2",
+            "protege.pipeline_run_id": parent,
+        },
+    ).info.run_id
     assert kfp_local.fail_parent_run(cfg, "") == ""  # no parent yet (sft never ran): nothing to close
     assert kfp_local.fail_parent_run(cfg, parent, "local run r: rl2 failed") == "rl2"
     run = Tracker(cfg.tracking).get_run(parent)
@@ -186,9 +198,14 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     monkeypatch.setenv("PROTEGE_S3_ENDPOINT", store.endpoint)
     monkeypatch.setattr(LocalExecutionConfig, "instance", None)  # undo local.init after the test
     tag = uuid.uuid4().hex[:8]
-    overrides = [f"services.data_dir={tmp_path / 'data'}", f"tasks.repos_dir={tmp_path / 'repos'}",
-                 f"store.bucket=run-{tag}", f"tracking.experiment=run-{tag}",
-                 f"tracking.registered_model=agent-{tag}", *SMALL]  # fmt: skip
+    overrides = [
+        f"services.data_dir={tmp_path / 'data'}",
+        f"tasks.repos_dir={tmp_path / 'repos'}",
+        f"store.bucket=run-{tag}",
+        f"tracking.experiment=run-{tag}",
+        f"tracking.registered_model=agent-{tag}",
+        *SMALL,
+    ]
     assert main(["run", "--profile", "local", "--run-name", f"r-{tag}", *overrides]) == 0
     out = capsys.readouterr().out
     for step in ("verify", "synth", "sft", "rl1", "rl2", "eval", "register"):
@@ -214,8 +231,16 @@ def test_protege_run_records_every_step_registers_and_traces_back(
         if r.info.run_name in ("rl1", "rl2")
     }
     for name, steps in (("rl1", [1]), ("rl2", [2])):
-        for key in ("reward/r_total", "reward/r_loop", "reward/r_expert", "reward/r_follow", "reward/r_correct",
-                    "rollout/expert_calls_per_traj", "rollout/steps_per_traj", "rollout/loop_rate_gt10"):  # fmt: skip
+        for key in (
+            "reward/r_total",
+            "reward/r_loop",
+            "reward/r_expert",
+            "reward/r_follow",
+            "reward/r_correct",
+            "rollout/expert_calls_per_traj",
+            "rollout/steps_per_traj",
+            "rollout/loop_rate_gt10",
+        ):
             history = tracker.client.get_metric_history(rl_runs[name].info.run_id, key)
             assert [m.step for m in history] == steps, (name, key)
     assert rl_runs["rl1"].data.tags["protege.reference_model"].startswith(f"s3://run-{tag}/r-{tag}/sft/model")

@@ -43,8 +43,18 @@ def tasks():
 def context(cfg, tokenizer, generator, tmp: Path, opener=open_sandbox) -> RolloutContext:
     expert = ExpertService(cfg.expert.model_copy(update={"gold_patch": False}))
     reward = cfg.rl.stage1
-    return RolloutContext(cfg, reward, generator, tokenizer, "test", expert, make_judge(reward, expert),
-                          SandboxGate(opener, 0, 0, 0), tmp / "grading", grade)  # fmt: skip
+    return RolloutContext(
+        cfg,
+        reward,
+        generator,
+        tokenizer,
+        "test",
+        expert,
+        make_judge(reward, expert),
+        SandboxGate(opener, 0, 0, 0),
+        tmp / "grading",
+        grade,
+    )
 
 
 def spans(trace: TokenTrace, flag: int) -> list[list[int]]:

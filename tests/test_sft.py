@@ -43,8 +43,11 @@ def _call(name: str, **arguments: str) -> dict:
 def chat_record(index: int, extra_turns: int = 0) -> dict:
     """A synth-export record: system, task, bash, observation, ask_expert, guidance, fix, final answer."""
     policy = lambda content, *calls: {  # noqa: E731
-        "role": "assistant", "content": content, "provenance": "policy", "tool_calls": list(calls),
-    }  # fmt: skip
+        "role": "assistant",
+        "content": content,
+        "provenance": "policy",
+        "tool_calls": list(calls),
+    }
     messages = [
         {"role": "system", "content": SYSTEM, "provenance": "system"},
         {"role": "user", "content": f"{TASK} #{index}", "provenance": "task"},
@@ -113,10 +116,17 @@ def write_dataset(root: Path, records: list[dict]) -> Path:
 
 def sft_cfg(tiny_dir: Path, tmp_path: Path, *overrides: str):
     base = [
-        f"model.base={tiny_dir}", f"model.cache_dir={tmp_path / 'cache'}", "run_name=sft-test",
-        "sft.learning_rate=0.003", "sft.warmup_ratio=0", "sft.lr_scheduler=constant",
-        "sft.global_batch_size=4", "sft.per_device_batch_size=2", "sft.max_length=1024", "sft.save_total_limit=0",
-    ]  # fmt: skip
+        f"model.base={tiny_dir}",
+        f"model.cache_dir={tmp_path / 'cache'}",
+        "run_name=sft-test",
+        "sft.learning_rate=0.003",
+        "sft.warmup_ratio=0",
+        "sft.lr_scheduler=constant",
+        "sft.global_batch_size=4",
+        "sft.per_device_batch_size=2",
+        "sft.max_length=1024",
+        "sft.save_total_limit=0",
+    ]
     return load_config("local", overrides=base + list(overrides))
 
 
@@ -451,14 +461,38 @@ def test_emit_trainjob_writes_a_multi_node_manifest(tmp_path):
     from protege.cli import main
 
     out = tmp_path / "job.yaml"
-    assert main(["sft", "--profile", "cluster", "--dataset", "s3://protege/x/synth", "--emit-trainjob", str(out),
-                 "sft.num_nodes=4", "sft.gpus_per_node=8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--profile",
+                "cluster",
+                "--dataset",
+                "s3://protege/x/synth",
+                "--emit-trainjob",
+                str(out),
+                "sft.num_nodes=4",
+                "sft.gpus_per_node=8",
+            ]
+        )
+        == 0
+    )
     job = yaml.safe_load(out.read_text())
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 4 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
-    assert trainer["command"] == ["torchrun", "-m", "protege.cli", "sft", "--profile", "cluster", "--dataset",
-                                  "s3://protege/x/synth", "sft.num_nodes=4", "sft.gpus_per_node=8"]  # fmt: skip
+    assert trainer["command"] == [
+        "torchrun",
+        "-m",
+        "protege.cli",
+        "sft",
+        "--profile",
+        "cluster",
+        "--dataset",
+        "s3://protege/x/synth",
+        "sft.num_nodes=4",
+        "sft.gpus_per_node=8",
+    ]
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     secrets = [e for e in trainer["env"] if "valueFrom" in e]
     assert {e["name"] for e in secrets} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

@@ -101,8 +101,11 @@ def ping(host: str | None, timeout_s: float = 5.0) -> str | None:
         return None
     except Exception as err:  # DockerException, requests' errors, FileNotFoundError ...
         text = str(err)
-        for marker, short in (("FileNotFoundError", "no such socket"), ("ConnectionRefused", "connection refused"),
-                              ("PermissionError", "permission denied")):  # fmt: skip
+        for marker, short in (
+            ("FileNotFoundError", "no such socket"),
+            ("ConnectionRefused", "connection refused"),
+            ("PermissionError", "permission denied"),
+        ):
             if marker in text:
                 return short
         return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"
@@ -169,10 +172,19 @@ def start_daemon(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = START_T
         paths[key].mkdir(parents=True, exist_ok=True)
     paths["sock"].unlink(missing_ok=True)
     argv = [
-        "dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
-        "--data-root", str(paths["data"]), "--exec-root", str(paths["exec"]),
-        "--pidfile", str(paths["state"] / "dockerd.daemon.pid"), "-H", host,
-    ]  # fmt: skip
+        "dockerd",
+        "--bridge=none",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--data-root",
+        str(paths["data"]),
+        "--exec-root",
+        str(paths["exec"]),
+        "--pidfile",
+        str(paths["state"] / "dockerd.daemon.pid"),
+        "-H",
+        host,
+    ]
     with open(paths["log"], "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=_daemon_env()
@@ -397,8 +409,21 @@ def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
             build_repo(spec, context / "repo").rename(context / "testbed")
             (context / "Dockerfile").write_text(DEMO_INSTANCE_DOCKERFILE)
             log(f"docker: building {name}")
-            _docker(["build", "-q", "--network", "none", "--build-arg", f"ENV_IMAGE={env_image}",
-                     "--label", f"protege.env={env_image}", "-t", name, str(context)])  # fmt: skip
+            _docker(
+                [
+                    "build",
+                    "-q",
+                    "--network",
+                    "none",
+                    "--build-arg",
+                    f"ENV_IMAGE={env_image}",
+                    "--label",
+                    f"protege.env={env_image}",
+                    "-t",
+                    name,
+                    str(context),
+                ]
+            )
     return built
 
 

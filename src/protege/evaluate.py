@@ -145,8 +145,14 @@ class ResultsWriter:
 
 
 def grade_row(task: TaskInstance, attempt: int, resolved: bool, reason: str, **extra: Any) -> dict[str, Any]:
-    return {"instance_id": task.instance_id, "attempt": attempt, "repo": task.repo, "resolved": resolved,
-            "reason": reason, **extra}  # fmt: skip
+    return {
+        "instance_id": task.instance_id,
+        "attempt": attempt,
+        "repo": task.repo,
+        "resolved": resolved,
+        "reason": reason,
+        **extra,
+    }
 
 
 def ungraded_trajectories(out_dir: Path) -> dict[Key, Trajectory]:
@@ -206,8 +212,15 @@ Work = Callable[[Slot, ResultsWriter], dict[str, Any]]
 
 
 def _failed_trajectory(slot: Slot, status: str, detail: str) -> Trajectory:
-    return Trajectory(instance_id=slot.task.instance_id, attempt=slot.attempt, phase=PHASE, status=status,
-                      status_detail=detail, resolved=False, wall_time_s=time.monotonic() - slot.started)  # fmt: skip
+    return Trajectory(
+        instance_id=slot.task.instance_id,
+        attempt=slot.attempt,
+        phase=PHASE,
+        status=status,
+        status_detail=detail,
+        resolved=False,
+        wall_time_s=time.monotonic() - slot.started,
+    )
 
 
 def _settle(slot: Slot, writer: ResultsWriter, timeout_s: float) -> dict[str, Any]:
@@ -383,9 +396,17 @@ def make_work(
                 slot.trajectory = trajectory
         job = GradeJob(task, trajectory.patch, label="model")
         result = grade_batch([job], cfg, repos_dir, workers=1, run_id=PHASE, logs_dir=out_dir / "grading")[0]
-        return grade_row(task, attempt, result.resolved, result.failure_reason, detail=result.detail,
-                         report=result.to_swebench(), log_path=result.log_path, grade_s=result.duration_s,
-                         episode_s=trajectory.wall_time_s)  # fmt: skip
+        return grade_row(
+            task,
+            attempt,
+            result.resolved,
+            result.failure_reason,
+            detail=result.detail,
+            report=result.to_swebench(),
+            log_path=result.log_path,
+            grade_s=result.duration_s,
+            episode_s=trajectory.wall_time_s,
+        )
 
     return work
 
@@ -457,9 +478,16 @@ def run(
         run_pairs(pairs, work, writer, cfg.eval.workers, cfg.eval.instance_timeout_s, progress)
     paths = write_report(out_dir, confidence=cfg.eval.confidence, loop=cfg.rl.stage1.loop)
     summary = json.loads(paths["report_json"].read_text())["summary"]
-    result = {"metrics": numeric_metrics(summary), "summary": summary, "out_dir": str(out_dir),
-              "report": {name: str(path) for name, path in paths.items()}, "graded_now": len(pairs),
-              "skipped": skipped, "uri": None, "mlflow_run_id": None}  # fmt: skip
+    result = {
+        "metrics": numeric_metrics(summary),
+        "summary": summary,
+        "out_dir": str(out_dir),
+        "report": {name: str(path) for name, path in paths.items()},
+        "graded_now": len(pairs),
+        "skipped": skipped,
+        "uri": None,
+        "mlflow_run_id": None,
+    }
     failure = infra_failure(summary, out_dir, cfg.eval.max_infra_failure_share)
     if store is not None:
         result["uri"] = store.uri(f"{cfg.run_name}/{PHASE}")
@@ -562,8 +590,10 @@ def _report_cli(args: argparse.Namespace) -> int:
     except (ReportError, OSError) as err:
         raise CLIError(f"{args.path}: {err}") from None
     summary = json.loads(paths["report_json"].read_text())["summary"]
-    print(f"Pass@1 {summary['pass_at_1']:.4f} [{summary['pass_at_1_ci_low']:.4f}, {summary['pass_at_1_ci_high']:.4f}]"
-          f" over {summary['episodes']} episode(s)")  # fmt: skip
+    print(
+        f"Pass@1 {summary['pass_at_1']:.4f} [{summary['pass_at_1_ci_low']:.4f}, {summary['pass_at_1_ci_high']:.4f}]"
+        f" over {summary['episodes']} episode(s)"
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

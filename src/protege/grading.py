@@ -304,9 +304,14 @@ def grade_in_sandbox(
     test_output_path = log_dir / LOG_TEST_OUTPUT
     test_output_path.write_text(output)
     result = result_from_log(
-        job.task, job.patch, test_output_path, label=job.label, hint=hint, detail=detail,
+        job.task,
+        job.patch,
+        test_output_path,
+        label=job.label,
+        hint=hint,
+        detail=detail,
         duration_s=time.monotonic() - started,
-    )  # fmt: skip
+    )
     write_report(result)
     return result
 
@@ -320,9 +325,14 @@ def grade_empty_without_tests(job: GradeJob, log_dir: Path, started: float) -> G
     log_path = log_dir / LOG_TEST_OUTPUT
     log_path.write_text(f"{APPLY_PATCH_FAIL}:\nempty patch: nothing to apply\n")
     result = result_from_log(
-        job.task, job.patch, log_path, label=job.label, hint="empty_patch", detail="empty patch",
+        job.task,
+        job.patch,
+        log_path,
+        label=job.label,
+        hint="empty_patch",
+        detail="empty patch",
         duration_s=time.monotonic() - started,
-    )  # fmt: skip
+    )
     write_report(result)
     return result
 
@@ -377,9 +387,14 @@ def grade(
         log_path = log_dir / LOG_TEST_OUTPUT
         log_path.write_text(f"sandbox error: {err}\n")
         result = result_from_log(
-            task, patch, log_path, label=label, hint="sandbox_error", detail=str(err),
+            task,
+            patch,
+            log_path,
+            label=label,
+            hint="sandbox_error",
+            detail=str(err),
             duration_s=time.monotonic() - started,
-        )  # fmt: skip
+        )
         write_report(result)
         return result
 
@@ -429,11 +444,19 @@ def _grade_in_pool(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grade") as pool:
         futures = {
             pool.submit(
-                grade, job.task, job.patch, cfg, repos_dir, label=job.label, run_id=run_id,
-                logs_dir=logs_dir, run_tests_on_empty=job.run_tests_on_empty, open_sandbox=open_sandbox,
+                grade,
+                job.task,
+                job.patch,
+                cfg,
+                repos_dir,
+                label=job.label,
+                run_id=run_id,
+                logs_dir=logs_dir,
+                run_tests_on_empty=job.run_tests_on_empty,
+                open_sandbox=open_sandbox,
             ): index
             for index, job in enumerate(jobs)
-        }  # fmt: skip
+        }
         for future in as_completed(futures):
             index = futures[future]
             results[index] = future.result()

@@ -118,10 +118,16 @@ class PodSandbox:
         started = time.monotonic()
         try:
             resp = self.stream(
-                self.core.connect_get_namespaced_pod_exec, self.name, self.namespace,
-                command=limit_processes(self.cfg.agent.sandbox, ["/bin/bash", "-c", wrapped]), stderr=True, stdin=False, stdout=True, tty=False,
+                self.core.connect_get_namespaced_pod_exec,
+                self.name,
+                self.namespace,
+                command=limit_processes(self.cfg.agent.sandbox, ["/bin/bash", "-c", wrapped]),
+                stderr=True,
+                stdin=False,
+                stdout=True,
+                tty=False,
                 _preload_content=False,
-            )  # fmt: skip
+            )
             # the in-pod `timeout` kills the command; this client-side bound only guards a dead exec
             resp.run_forever(timeout=limit + self.cfg.agent.sandbox.command_timeout_s)
             code = resp.returncode
@@ -131,9 +137,11 @@ class PodSandbox:
             raise SandboxError(f"exec in pod {self.name} failed: {err}") from err
         exit_code = 137 if code is None else int(code)
         return CommandResult(
-            output=output, exit_code=exit_code, timed_out=code is None or exit_code in TIMEOUT_CODES,
+            output=output,
+            exit_code=exit_code,
+            timed_out=code is None or exit_code in TIMEOUT_CODES,
             duration_s=time.monotonic() - started,
-        )  # fmt: skip
+        )
 
     def write_file(self, path: str, content: str) -> None:
         data = content.encode()

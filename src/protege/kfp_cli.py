@@ -139,9 +139,13 @@ def submit(args: argparse.Namespace, client_factory: ClientFactory = make_client
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / PIPELINE_YAML.name)
         return client.create_run_from_pipeline_package(
-            str(package), arguments=params, run_name=args.run_name, experiment_name=args.experiment,
-            namespace=args.namespace, service_account=args.service_account,
-        )  # fmt: skip
+            str(package),
+            arguments=params,
+            run_name=args.run_name,
+            experiment_name=args.experiment,
+            namespace=args.namespace,
+            service_account=args.service_account,
+        )
 
 
 def schedule(args: argparse.Namespace, client_factory: ClientFactory = make_client) -> Any:
@@ -155,10 +159,15 @@ def schedule(args: argparse.Namespace, client_factory: ClientFactory = make_clie
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / PIPELINE_YAML.name)
         return client.create_recurring_run(
-            experiment_id=experiment.experiment_id, job_name=args.name, cron_expression=cron,
-            params=params, pipeline_package_path=str(package), no_catchup=True,
-            max_concurrency=PipelineConfig().schedule_max_concurrency, service_account=args.service_account,
-        )  # fmt: skip
+            experiment_id=experiment.experiment_id,
+            job_name=args.name,
+            cron_expression=cron,
+            params=params,
+            pipeline_package_path=str(package),
+            no_catchup=True,
+            max_concurrency=PipelineConfig().schedule_max_concurrency,
+            service_account=args.service_account,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

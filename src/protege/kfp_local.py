@@ -45,8 +45,12 @@ PIPELINE_PARAMS = ("base_model", "train_tasks", "eval_tasks", "expert_model")
 have no effect locally)."""
 PIPELINE_ROOT = "kfp-local"
 """kfp.local's pipeline root, under services.data_dir."""
-STEP_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+STEP_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 """Environment defaults every step subprocess inherits (no telemetry, no model downloads)."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"^Executing task '?(?P<task>[^'\s]+)'?$")
@@ -299,9 +303,12 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     _profile_args(parser)
     parser.add_argument("--run-name", dest="run_name", help="run name (default: <run_name>-<UTC time>)")
     parser.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help=f"pipeline parameter, repeatable ({', '.join(PIPELINE_PARAMS)})",
-    )  # fmt: skip
+    )
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:

@@ -103,8 +103,12 @@ def open_pipeline_run(cfg: ProtegeConfig, kfp_run_id: str, synth_run_id: str, da
 
     os.environ.pop(PARENT_RUN_ENV, None)  # a stale id from the shell must not hijack this KFP run
     tracker = Tracker(cfg.tracking)
-    tags = {TAG_KFP_RUN: kfp_run_id, TAG_PIPELINE_VERSION: __version__, TAG_SYNTH_RUN: synth_run_id,
-            TAG_DATASET_URI: dataset_uri}  # fmt: skip
+    tags = {
+        TAG_KFP_RUN: kfp_run_id,
+        TAG_PIPELINE_VERSION: __version__,
+        TAG_SYNTH_RUN: synth_run_id,
+        TAG_DATASET_URI: dataset_uri,
+    }
     tracker.start_pipeline(cfg.run_name, cfg, tags={k: v for k, v in tags.items() if v})
     os.environ[PARENT_RUN_ENV] = str(tracker.parent_run_id)
     if synth_run_id:
@@ -189,8 +193,11 @@ def verify(cfg: ProtegeConfig, store: Any = None) -> dict[str, str]:
             ensure_local_repos(tasks, source, repos_dir, error=CLIError)
         report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
         reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
-    broken = [f"{rep['source']}:{iid} ({', '.join(problems)})" for rep in reports.values()
-              for iid, problems in rep["broken"].items()]  # fmt: skip
+    broken = [
+        f"{rep['source']}:{iid} ({', '.join(problems)})"
+        for rep in reports.values()
+        for iid, problems in rep["broken"].items()
+    ]
     if broken:
         raise StepError("verify: broken task instances: " + "; ".join(broken))
     path = out / VERIFY_REPORT
@@ -212,8 +219,14 @@ def git_commit() -> str:
     if baked and baked != "unknown":  # the Dockerfiles' default when built without GIT_COMMIT
         return baked
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True,
-                               timeout=30, check=False)  # fmt: skip
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=SOURCE_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return found.stdout.strip() if found.returncode == 0 else ""

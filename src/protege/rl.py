@@ -75,29 +75,56 @@ def grpo_args(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, world_size: in
             f"rl.tasks_per_step={r.tasks_per_step} is not a multiple of the {world_size} training processes"
         )
     return GRPOConfig(
-        output_dir=str(out_dir / CHECKPOINTS), max_steps=plan.max_steps, seed=r.seed, data_seed=r.seed,
-        per_device_train_batch_size=r.group_size, gradient_accumulation_steps=r.tasks_per_step // world_size,
-        num_generations=r.group_size, learning_rate=r.learning_rate, lr_scheduler_type=r.lr_scheduler,
-        max_grad_norm=r.max_grad_norm, beta=r.beta, epsilon=r.epsilon_low, epsilon_high=r.epsilon_high,
-        loss_type=r.loss_type, temperature=r.temperature, scale_rewards="group",
+        output_dir=str(out_dir / CHECKPOINTS),
+        max_steps=plan.max_steps,
+        seed=r.seed,
+        data_seed=r.seed,
+        per_device_train_batch_size=r.group_size,
+        gradient_accumulation_steps=r.tasks_per_step // world_size,
+        num_generations=r.group_size,
+        learning_rate=r.learning_rate,
+        lr_scheduler_type=r.lr_scheduler,
+        max_grad_norm=r.max_grad_norm,
+        beta=r.beta,
+        epsilon=r.epsilon_low,
+        epsilon_high=r.epsilon_high,
+        loss_type=r.loss_type,
+        temperature=r.temperature,
+        scale_rewards="group",
         max_completion_length=cfg.agent.policy.max_new_tokens,  # per turn: the vLLM request limit
-        use_vllm=r.use_vllm and gpu, vllm_mode=r.vllm_mode, vllm_server_base_url=r.vllm_server_base_url or None,
+        use_vllm=r.use_vllm and gpu,
+        vllm_mode=r.vllm_mode,
+        vllm_server_base_url=r.vllm_server_base_url or None,
         vllm_gpu_memory_utilization=r.vllm_gpu_memory_utilization,
         vllm_enable_sleep_mode=False,  # rollouts call the engine per turn (protege.rl_generation): keep it awake
-        bf16=r.bf16 and gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=r.gradient_checkpointing and gpu,
+        bf16=r.bf16 and gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=r.gradient_checkpointing and gpu,
         deepspeed=str(DEEPSPEED_DIR / f"{r.deepspeed}.json") if r.deepspeed and gpu else None,
-        save_strategy="steps", save_steps=r.save_steps, save_total_limit=r.save_total_limit or None,
-        logging_steps=1, use_cpu=not gpu, report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        save_strategy="steps",
+        save_steps=r.save_steps,
+        save_total_limit=r.save_total_limit or None,
+        logging_steps=1,
+        use_cpu=not gpu,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
         mask_truncated_completions=False,  # an episode cut at a turn limit still earns its reward
-    )  # fmt: skip
+    )
 
 
 class Lineage:
     """Publishes checkpoints and the final model: protege_rl.json into the directory, then the store and an
     MLflow LoggedModel. `store`/`tracker` may be None (local paths are then the URIs)."""
 
-    def __init__(self, cfg: ProtegeConfig, plan: StagePlan, flat: FlatTasks, store: Any, tracker: Any,
-                 run_id: str | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: ProtegeConfig,
+        plan: StagePlan,
+        flat: FlatTasks,
+        store: Any,
+        tracker: Any,
+        run_id: str | None,
+    ) -> None:
         self.cfg, self.plan, self.flat, self.store, self.tracker, self.run_id = (
             cfg,
             plan,
@@ -113,9 +140,15 @@ class Lineage:
         return f"{self.prefix}/{name}" if self.store is not None else str(local_dir.resolve())
 
     def state(self, step: int, **extra: Any) -> dict[str, Any]:
-        return {"stage": self.plan.stage, "phase": self.plan.phase, "step": step,
-                "reference_model_uri": self.plan.reference_uri,
-                "parent_checkpoint_uri": self.plan.parent_checkpoint_uri, **self.flat.state(), **extra}  # fmt: skip
+        return {
+            "stage": self.plan.stage,
+            "phase": self.plan.phase,
+            "step": step,
+            "reference_model_uri": self.plan.reference_uri,
+            "parent_checkpoint_uri": self.plan.parent_checkpoint_uri,
+            **self.flat.state(),
+            **extra,
+        }
 
     def publish(self, local_dir: Path, name: str, step: int, **extra: Any) -> dict[str, Any]:
         (local_dir / STATE_FILE).write_text(json.dumps(self.state(step, **extra), indent=2) + "\n")
@@ -124,13 +157,21 @@ class Lineage:
             self.store.upload_dir(local_dir, uri)
         if self.tracker is not None and self.run_id:
             reward_hash = sha256_text(json.dumps(public_dict(self.plan.reward), sort_keys=True))
-            tags = {TAG_STAGE: str(self.plan.stage), TAG_REFERENCE: self.plan.reference_uri,
-                    TAG_REWARD_HASH: reward_hash}  # fmt: skip
+            tags = {
+                TAG_STAGE: str(self.plan.stage),
+                TAG_REFERENCE: self.plan.reference_uri,
+                TAG_REWARD_HASH: reward_hash,
+            }
             if self.plan.parent_checkpoint_uri:
                 tags[TAG_PARENT] = self.plan.parent_checkpoint_uri
-            model_id = self.tracker.log_checkpoint(self.run_id, f"{self.cfg.run_name}-{self.plan.phase}", uri,
-                                                   {"step": step, "stage": self.plan.stage}, tags,
-                                                   wait=name == MODEL)  # fmt: skip
+            model_id = self.tracker.log_checkpoint(
+                self.run_id,
+                f"{self.cfg.run_name}-{self.plan.phase}",
+                uri,
+                {"step": step, "stage": self.plan.stage},
+                tags,
+                wait=name == MODEL,
+            )
             if name == MODEL:
                 self.tracker.link_model(self.plan.phase, uri, model_id)
         entry = {"step": step, "uri": uri, "model_id": model_id}
@@ -162,8 +203,10 @@ def training_tasks(cfg: ProtegeConfig, store: Any) -> dict[str, Any]:
     except SynthError as err:
         raise RLError(str(err)) from None
     if len(tasks) < cfg.rl.tasks_per_step:
-        raise RLError(f"{cfg.tasks.train}: {len(tasks)} training task(s), fewer than rl.tasks_per_step="
-                      f"{cfg.rl.tasks_per_step}")  # fmt: skip
+        raise RLError(
+            f"{cfg.tasks.train}: {len(tasks)} training task(s), fewer than rl.tasks_per_step="
+            f"{cfg.rl.tasks_per_step}"
+        )
     return {task.instance_id: task for task in tasks}
 
 
@@ -184,9 +227,17 @@ class Built:
     flat: FlatTasks
 
 
-def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any, tracker: Any,
-                  run_id: str | None, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
-                  generator: Any = None) -> Built:  # fmt: skip
+def build_trainer(
+    cfg: ProtegeConfig,
+    plan: StagePlan,
+    out_dir: Path,
+    store: Any,
+    tracker: Any,
+    run_id: str | None,
+    callbacks: Sequence[Any] = (),
+    sandbox_opener: Any = None,
+    generator: Any = None,
+) -> Built:
     """The GRPOTrainer for `plan` with protege's rollout_func. `generator` (a protege.rl_rollout.Generator)
     replaces the trainer's own generation (vLLM on GPU, the training model otherwise): tests script turns."""
     import os
@@ -209,28 +260,51 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
         _ensure_process_group_env(cfg)
     args = grpo_args(cfg, plan, out_dir, int(os.environ.get("WORLD_SIZE", "1")), gpu)
     model, tokenizer = _load_policy_model(cfg, plan.init_dir, gpu)
-    flat = FlatTasks(cfg.rl.max_flat_visits, cfg.rl.seed, plan.carried.get("flat_visits"),
-                     plan.carried.get("dropped_tasks", ()))  # fmt: skip
+    flat = FlatTasks(
+        cfg.rl.max_flat_visits,
+        cfg.rl.seed,
+        plan.carried.get("flat_visits"),
+        plan.carried.get("dropped_tasks", ()),
+    )
     expert = ExpertService(
         cfg.expert.model_copy(update={"gold_patch": False})
     )  # RL never shows the gold patch
     r = cfg.rl
-    gate = SandboxGate(sandbox_opener or open_sandbox, r.sandbox_start_interval_s, r.sandbox_start_retries,
-                       r.sandbox_start_backoff_s)  # fmt: skip
-    ctx = RolloutContext(cfg, plan.reward, generator, tokenizer, f"{plan.phase}:{plan.reference_uri}",
-                         expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade)  # fmt: skip
+    gate = SandboxGate(
+        sandbox_opener or open_sandbox,
+        r.sandbox_start_interval_s,
+        r.sandbox_start_retries,
+        r.sandbox_start_backoff_s,
+    )
+    ctx = RolloutContext(
+        cfg,
+        plan.reward,
+        generator,
+        tokenizer,
+        f"{plan.phase}:{plan.reference_uri}",
+        expert,
+        make_judge(plan.reward, expert),
+        gate,
+        out_dir / "grading",
+        grade,
+    )
     rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
     if tracker is not None and run_id:
         log_task_set(tracker, run_id, "train-tasks", cfg.tasks.train, list(tasks.values()), "training")
     lineage = Lineage(cfg, plan, flat, store, tracker, run_id)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[trajectory_reward], args=args, processing_class=tokenizer,
+        model=model,
+        reward_funcs=[trajectory_reward],
+        args=args,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": iid} for iid in sorted(tasks)]),
-        rollout_func=rollout_step, callbacks=[*make_callbacks(lineage), *callbacks],
-    )  # fmt: skip
+        rollout_func=rollout_step,
+        callbacks=[*make_callbacks(lineage), *callbacks],
+    )
     if generator is None:
-        rollout_step.ctx.generator = make_generator(trainer, tokenizer, r.temperature, r.rollout_workers,
-                                                    r.generation_batch_window_s)  # fmt: skip
+        rollout_step.ctx.generator = make_generator(
+            trainer, tokenizer, r.temperature, r.rollout_workers, r.generation_batch_window_s
+        )
     return Built(trainer, rollout_step, lineage, flat)
 
 
@@ -244,18 +318,27 @@ def train(built: Built, plan: StagePlan, out_dir: Path) -> dict[str, Any]:
         trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         step = trainer.state.global_step
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer, no optimizer
-    last = lineage.published[-1]["uri"] if lineage.published else lineage.uri(
-        Path(plan.resume_from or ""), f"{CHECKPOINTS}/checkpoint-{step}")  # fmt: skip
+    last = (
+        lineage.published[-1]["uri"]
+        if lineage.published
+        else lineage.uri(Path(plan.resume_from or ""), f"{CHECKPOINTS}/checkpoint-{step}")
+    )
     final = lineage.publish(out_dir / MODEL, MODEL, step, checkpoint_uri=last)
     return {
-        "stage": plan.stage, "model_dir": str(out_dir / MODEL), "model_uri": final["uri"],
-        "model_id": final["model_id"], "checkpoint_uri": last, "checkpoints": lineage.published[:-1],
-        "global_step": step, "reference_model_uri": plan.reference_uri,
+        "stage": plan.stage,
+        "model_dir": str(out_dir / MODEL),
+        "model_uri": final["uri"],
+        "model_id": final["model_id"],
+        "checkpoint_uri": last,
+        "checkpoints": lineage.published[:-1],
+        "global_step": step,
+        "reference_model_uri": plan.reference_uri,
         "parent_checkpoint_uri": plan.parent_checkpoint_uri,
         "resumed_from": str(plan.resume_from) if plan.resume_from else None,
-        "dropped_tasks": list(built.flat.dropped), "history": built.rollout_step.history,
+        "dropped_tasks": list(built.flat.dropped),
+        "history": built.rollout_step.history,
         "mlflow_run_id": lineage.run_id,
-    }  # fmt: skip
+    }
 
 
 @contextmanager
@@ -274,9 +357,18 @@ def _phase_run(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, tracker: Any
         yield phase.run_id
 
 
-def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tracker: Any = None,
-        store: Any = None, *, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
-        generator: Any = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    cfg: ProtegeConfig,
+    stage: int,
+    model_uri: str,
+    out_dir: str | Path,
+    tracker: Any = None,
+    store: Any = None,
+    *,
+    callbacks: Sequence[Any] = (),
+    sandbox_opener: Any = None,
+    generator: Any = None,
+) -> dict[str, Any]:
     """Train RL stage `stage` (1 or 2) from `model_uri` (local dir or s3://) into `out_dir`.
 
     `tracker`: protege.tracking.Tracker (nested `rl1`/`rl2` run: per-step reward terms and rollout figures,
@@ -306,9 +398,17 @@ def run(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: str | Path, tra
     return run_planned(cfg, plan, model_uri, out_dir, tracker, store, callbacks, sandbox_opener, generator)
 
 
-def run_planned(cfg: ProtegeConfig, plan: StagePlan, model_uri: str, out_dir: Path, tracker: Any = None,
-                store: Any = None, callbacks: Sequence[Any] = (), sandbox_opener: Any = None,
-                generator: Any = None) -> dict[str, Any]:  # fmt: skip
+def run_planned(
+    cfg: ProtegeConfig,
+    plan: StagePlan,
+    model_uri: str,
+    out_dir: Path,
+    tracker: Any = None,
+    store: Any = None,
+    callbacks: Sequence[Any] = (),
+    sandbox_opener: Any = None,
+    generator: Any = None,
+) -> dict[str, Any]:
     """Train a planned stage in this process (a lone process, or one rank of a torchrun relaunch)."""
     from protege.sft_launch import is_world_main
 
@@ -336,8 +436,15 @@ def _rl_cli(args: argparse.Namespace) -> int:
         result = run(cfg, args.stage, args.model, out, tracker, store)
     except (RLError, ModelResolveError) as err:
         raise CLIError(str(err)) from None
-    keys = ("model_uri", "checkpoint_uri", "global_step", "reference_model_uri", "parent_checkpoint_uri",
-            "dropped_tasks", "mlflow_run_id")  # fmt: skip
+    keys = (
+        "model_uri",
+        "checkpoint_uri",
+        "global_step",
+        "reference_model_uri",
+        "parent_checkpoint_uri",
+        "dropped_tasks",
+        "mlflow_run_id",
+    )
     print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
     return 0
 
@@ -348,8 +455,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
     rl = sub.add_parser("rl", help="agentic GRPO: stage 1 (loop reward) or stage 2 (+ follow-through)")
     rl.add_argument("--stage", type=int, choices=sorted(PHASES), required=True, help="curriculum stage")
-    rl.add_argument("--model", required=True,
-                    help="stage 1: the SFT model; stage 2: rl1's final model (dir or s3://)")  # fmt: skip
+    rl.add_argument(
+        "--model", required=True, help="stage 1: the SFT model; stage 2: rl1's final model (dir or s3://)"
+    )
     rl.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/rl<stage>)")
     rl.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
     rl.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")

@@ -62,12 +62,20 @@ class HFGenerator:
             try:
                 input_ids = torch.tensor([prompt_ids], device=self.model.device)
                 out = self.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens, do_sample=True, temperature=self.temperature,
-                    top_k=0, top_p=1.0, repetition_penalty=1.0, return_dict_in_generate=True, output_logits=True,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    repetition_penalty=1.0,
+                    return_dict_in_generate=True,
+                    output_logits=True,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
                     stopping_criteria=StoppingCriteriaList([Stopped()]),
-                )  # fmt: skip
+                )
             finally:
                 self.model.train(was_training)
         return generated_logprobs(out, len(prompt_ids), self.temperature)
@@ -147,9 +155,19 @@ def vllm_colocate_backend(llm: Any, temperature: float) -> Backend:
     def generate(prompts: list[list[int]], max_new_tokens: list[int]) -> list[Turn]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
-                                 repetition_penalty=1.0, max_tokens=limit, logprobs=0)
-                  for limit in max_new_tokens]  # fmt: skip
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=-1,
+                min_p=0.0,
+                repetition_penalty=1.0,
+                max_tokens=limit,
+                logprobs=0,
+            )
+            for limit in max_new_tokens
+        ]
         outputs = llm.generate(
             [{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False
         )
@@ -167,8 +185,17 @@ def vllm_server_backend(client: Any, temperature: float) -> Backend:
     """Batches on a `trl vllm-serve` server through trl's `VLLMClient` (HTTP; safe from any rank or thread)."""
 
     def generate(prompts: list[list[int]], max_new_tokens: list[int]) -> list[Turn]:
-        out = client.generate(prompts=prompts, n=1, temperature=temperature, top_p=1.0, top_k=0, min_p=0.0,
-                              repetition_penalty=1.0, max_tokens=max(max_new_tokens), logprobs=0)  # fmt: skip
+        out = client.generate(
+            prompts=prompts,
+            n=1,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            min_p=0.0,
+            repetition_penalty=1.0,
+            max_tokens=max(max_new_tokens),
+            logprobs=0,
+        )
         turns = []
         for ids, logprobs, limit in zip(out["completion_ids"], out["logprobs"], max_new_tokens, strict=True):
             # One request per batch means one max_tokens; a prompt near its context limit keeps only its share.

@@ -96,8 +96,17 @@ def plan_stage(cfg: ProtegeConfig, stage: int, model_uri: str, out_dir: Path, st
         reference = started_from["reference_model_uri"]
         parent_uri = started_from["checkpoint_uri"]
         parent_dir = resolve_model(parent_uri, cache, store)
-        return StagePlan(stage, phase, reward, resolve_model(reference, cache, store, tiny=cfg.model.tiny),
-                         reference, own or parent_dir, parent_uri, cfg.rl.total_steps, carried)  # fmt: skip
+        return StagePlan(
+            stage,
+            phase,
+            reward,
+            resolve_model(reference, cache, store, tiny=cfg.model.tiny),
+            reference,
+            own or parent_dir,
+            parent_uri,
+            cfg.rl.total_steps,
+            carried,
+        )
     steps = cfg.rl.stage_one_steps if stage == 1 else cfg.rl.total_steps - cfg.rl.stage_one_steps
     reference = str(model_dir.resolve()) if Path(model_uri).expanduser().is_dir() else model_uri
     return StagePlan(stage, phase, reward, model_dir, reference, own, "", steps, carried)

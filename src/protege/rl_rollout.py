@@ -97,8 +97,9 @@ class TracePolicy:
 
     name = "rl"
 
-    def __init__(self, generator: Generator, tokenizer: Any, max_new_tokens: int, context_window: int,
-                 model_id: str) -> None:  # fmt: skip
+    def __init__(
+        self, generator: Generator, tokenizer: Any, max_new_tokens: int, context_window: int, model_id: str
+    ) -> None:
         self.generator, self.tokenizer = generator, tokenizer
         self.max_new_tokens, self.context_window, self.model = max_new_tokens, context_window, model_id
         self.trace = TokenTrace()
@@ -146,8 +147,15 @@ class TracePolicy:
         self._rendered += 1  # the assistant message the agent is about to add is these ids
         body = ids[:-1] if ids and ids[-1] == self.tokenizer.eos_token_id else ids
         text = self.tokenizer.decode(body, skip_special_tokens=False)
-        return parse_completion(text, self._call_ids, token_ids=ids, prompt_ids=sequence, logprobs=logprobs,
-                                input_tokens=len(sequence), output_tokens=len(ids))  # fmt: skip
+        return parse_completion(
+            text,
+            self._call_ids,
+            token_ids=ids,
+            prompt_ids=sequence,
+            logprobs=logprobs,
+            input_tokens=len(sequence),
+            output_tokens=len(ids),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,8 +167,14 @@ class SandboxGate:
     """Opens sandboxes no faster than one per `interval_s`, retrying a failed start `retries` times with
     exponential backoff from `backoff_s` (a cluster's API server and image pulls dislike bursts)."""
 
-    def __init__(self, opener: Callable[..., Any], interval_s: float, retries: int, backoff_s: float,
-                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+    def __init__(
+        self,
+        opener: Callable[..., Any],
+        interval_s: float,
+        retries: int,
+        backoff_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.opener, self.interval_s, self.retries, self.backoff_s = opener, interval_s, retries, backoff_s
         self.sleep = sleep
         self.lock = threading.Lock()
@@ -226,8 +240,13 @@ class RolloutContext:
 
 
 def _failed_trajectory(task: TaskInstance, index: int, status: str, detail: str) -> Trajectory:
-    return Trajectory(instance_id=task.instance_id, attempt=index, phase="rl", status=status,  # type: ignore[arg-type]
-                      status_detail=detail)  # fmt: skip
+    return Trajectory(
+        instance_id=task.instance_id,
+        attempt=index,
+        phase="rl",
+        status=status,  # type: ignore[arg-type]
+        status_detail=detail,
+    )
 
 
 def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, Any]) -> Rollout:
@@ -240,16 +259,27 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
     agent_cfg = cfg.agent.model_copy(
         update={"wall_time_s": min(cfg.agent.wall_time_s, cfg.rl.rollout_timeout_s)}
     )
-    policy = TracePolicy(ctx.generator, ctx.tokenizer, agent_cfg.policy.max_new_tokens,
-                         agent_cfg.policy.context_window, ctx.model_id)  # fmt: skip
+    policy = TracePolicy(
+        ctx.generator,
+        ctx.tokenizer,
+        agent_cfg.policy.max_new_tokens,
+        agent_cfg.policy.context_window,
+        ctx.model_id,
+    )
     holder["policy"] = policy
     started = time.monotonic()
     try:
         sandbox: Sandbox = ctx.gate.open(agent_cfg.sandbox, task, Path(cfg.tasks.repos_dir))
     except (SandboxError, OSError) as err:
         detail = f"sandbox start failed: {err}"
-        return Rollout(task, index, policy.trace, _failed_trajectory(task, index, "sandbox_error", detail),
-                       failure=detail, sandbox_start_s=time.monotonic() - started)  # fmt: skip
+        return Rollout(
+            task,
+            index,
+            policy.trace,
+            _failed_trajectory(task, index, "sandbox_error", detail),
+            failure=detail,
+            sandbox_start_s=time.monotonic() - started,
+        )
     sandbox_start_s = time.monotonic() - started
     holder["sandbox"] = sandbox
     try:
@@ -261,8 +291,15 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
     if trajectory.status in FAILED_STATUSES:
         rollout.failure = f"{trajectory.status}: {trajectory.status_detail}"
         return rollout
-    graded = ctx.grader(task, trajectory.patch, cfg, cfg.tasks.repos_dir, label="rl",
-                        run_id=f"rl-{task.instance_id}-{index}", logs_dir=ctx.logs_dir)  # fmt: skip
+    graded = ctx.grader(
+        task,
+        trajectory.patch,
+        cfg,
+        cfg.tasks.repos_dir,
+        label="rl",
+        run_id=f"rl-{task.instance_id}-{index}",
+        logs_dir=ctx.logs_dir,
+    )
     rollout.grade_s = graded.duration_s
     if graded.failure_reason in ("sandbox_error", "timeout"):
         rollout.failure = f"grading {graded.failure_reason}: {graded.detail}"
@@ -276,8 +313,13 @@ def _settled(future: Any, task: TaskInstance, index: int) -> Rollout:
         return future.result()
     except Exception as err:  # noqa: BLE001 - one crashed rollout never fails the step
         detail = "".join(traceback.format_exception_only(err)).strip()
-        return Rollout(task, index, TokenTrace(), _failed_trajectory(task, index, "sandbox_error", detail),
-                       failure=f"error: {detail}")  # fmt: skip
+        return Rollout(
+            task,
+            index,
+            TokenTrace(),
+            _failed_trajectory(task, index, "sandbox_error", detail),
+            failure=f"error: {detail}",
+        )
 
 
 def _timed_out(holder: dict[str, Any], task: TaskInstance, index: int, limit_s: float) -> Rollout:
@@ -308,8 +350,11 @@ def run_rollouts(ctx: RolloutContext, jobs: list[tuple[TaskInstance, int]], work
     results: dict[int, Rollout] = {}
     try:
         while len(results) < len(jobs):
-            wait([f for n, f in enumerate(futures) if n not in results], timeout=WATCHDOG_POLL_S,
-                 return_when=FIRST_COMPLETED)  # fmt: skip
+            wait(
+                [f for n, f in enumerate(futures) if n not in results],
+                timeout=WATCHDOG_POLL_S,
+                return_when=FIRST_COMPLETED,
+            )
             now = time.monotonic()
             for n, future in enumerate(futures):
                 if n in results:

@@ -26,8 +26,9 @@ class FlatTasks:
     """Counts, per task, the visits where every scored reward of its group was the same; drops a task at
     `max_visits` such visits. Dropped tasks are replaced by active ones, chosen reproducibly."""
 
-    def __init__(self, max_visits: int, seed: int, visits: dict[str, int] | None = None,
-                 dropped: Sequence[str] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, max_visits: int, seed: int, visits: dict[str, int] | None = None, dropped: Sequence[str] = ()
+    ) -> None:
         self.max_visits, self.seed = max_visits, seed
         self.visits: dict[str, int] = dict(visits or {})
         self.dropped: list[str] = list(dropped)
@@ -69,18 +70,21 @@ def step_metrics(rollouts: list[Rollout], loop: LoopConfig, seconds: float) -> d
     metrics = {f"reward/{k}": v for k, v in batch_means([r.terms for r in scored if r.terms]).items()}
     trajectories = [r.trajectory for r in scored]
     metrics.update({f"rollout/loop_rate_gt{n}": rate for n, rate in loop_rates(trajectories, loop).items()})
-    metrics.update({
-        "rollout/expert_calls_per_traj": sum(len(t.expert_calls) for t in trajectories) / max(len(scored), 1),
-        "rollout/steps_per_traj": sum(len(t.actions) for t in trajectories) / max(len(scored), 1),
-        "rollout/resolved": float(sum(bool(t.resolved) for t in trajectories)),
-        "rollout/failed": float(len(rollouts) - len(scored)),
-        "rollout/episodes_per_min": 60.0 * len(rollouts) / seconds if seconds > 0 else 0.0,
-        "rollout/seconds": seconds,
-        "rollout/sandbox_start_s": sum(r.sandbox_start_s for r in rollouts) / max(len(rollouts), 1),
-        "rollout/grade_s": sum(r.grade_s for r in scored) / max(len(scored), 1),
-        "rollout/policy_tokens": float(sum(sum(r.trace.env_mask) for r in scored)),
-        "rollout/env_tokens": float(sum(len(r.trace.env_mask) - sum(r.trace.env_mask) for r in scored)),
-    })  # fmt: skip
+    metrics.update(
+        {
+            "rollout/expert_calls_per_traj": sum(len(t.expert_calls) for t in trajectories)
+            / max(len(scored), 1),
+            "rollout/steps_per_traj": sum(len(t.actions) for t in trajectories) / max(len(scored), 1),
+            "rollout/resolved": float(sum(bool(t.resolved) for t in trajectories)),
+            "rollout/failed": float(len(rollouts) - len(scored)),
+            "rollout/episodes_per_min": 60.0 * len(rollouts) / seconds if seconds > 0 else 0.0,
+            "rollout/seconds": seconds,
+            "rollout/sandbox_start_s": sum(r.sandbox_start_s for r in rollouts) / max(len(rollouts), 1),
+            "rollout/grade_s": sum(r.grade_s for r in scored) / max(len(scored), 1),
+            "rollout/policy_tokens": float(sum(sum(r.trace.env_mask) for r in scored)),
+            "rollout/env_tokens": float(sum(len(r.trace.env_mask) - sum(r.trace.env_mask) for r in scored)),
+        }
+    )
     return metrics
 
 
@@ -92,8 +96,18 @@ def _training_trace(rollout: Rollout, eos_id: int) -> TokenTrace:
 class RolloutStep:
     """trl's rollout_func: plays the step's rollouts, scores them, logs them and returns the token batch."""
 
-    def __init__(self, cfg: ProtegeConfig, plan: Any, tasks: dict[str, Any], ctx: RolloutContext,
-                 flat: FlatTasks, out_dir: Path, tracker: Any, run_id: str | None, store: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: ProtegeConfig,
+        plan: Any,
+        tasks: dict[str, Any],
+        ctx: RolloutContext,
+        flat: FlatTasks,
+        out_dir: Path,
+        tracker: Any,
+        run_id: str | None,
+        store: Any,
+    ) -> None:
         self.cfg, self.plan, self.tasks, self.ctx, self.flat = cfg, plan, tasks, ctx, flat
         self.out_dir, self.tracker, self.run_id, self.store = out_dir, tracker, run_id, store
         self.history: list[dict[str, Any]] = []
@@ -157,8 +171,13 @@ class RolloutStep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a step replayed after a resume rewrites its file
         for r in rollouts:
-            r.trajectory.extra["rl"] = {"stage": self.plan.stage, "step": step, "rollout": r.index,
-                                        "failure": r.failure, "policy_tokens": sum(r.trace.env_mask)}  # fmt: skip
+            r.trajectory.extra["rl"] = {
+                "stage": self.plan.stage,
+                "step": step,
+                "rollout": r.index,
+                "failure": r.failure,
+                "policy_tokens": sum(r.trace.env_mask),
+            }
             append_trajectory(path, r.trajectory)
         if self.store is not None:
             self.store.upload_file(
@@ -179,11 +198,14 @@ class RolloutStep:
                 self.tracker.set_tags(self.run_id, {"protege.dropped_tasks": ",".join(self.flat.dropped)})
         failures = [f"{r.task.instance_id}#{r.index}: {r.failure}" for r in rollouts if r.failed]
         self.history.append({"step": step, **metrics, "failures": failures, "dropped": dropped})
-        print(f"[{self.plan.phase}] step {step}/{self.plan.max_steps}: {len(rollouts)} rollouts in "
-              f"{metrics['rollout/seconds']:.0f}s | reward {metrics.get('reward/r_total', float('nan')):.3f} | "
-              f"resolved {metrics['rollout/resolved']:.0f} | expert calls/traj "
-              f"{metrics['rollout/expert_calls_per_traj']:.2f} | failed {len(failures)}"
-              + (f" | dropped {', '.join(dropped)}" if dropped else ""), flush=True)  # fmt: skip
+        print(
+            f"[{self.plan.phase}] step {step}/{self.plan.max_steps}: {len(rollouts)} rollouts in "
+            f"{metrics['rollout/seconds']:.0f}s | reward {metrics.get('reward/r_total', float('nan')):.3f} | "
+            f"resolved {metrics['rollout/resolved']:.0f} | expert calls/traj "
+            f"{metrics['rollout/expert_calls_per_traj']:.2f} | failed {len(failures)}"
+            + (f" | dropped {', '.join(dropped)}" if dropped else ""),
+            flush=True,
+        )
         for line in failures:
             print(f"[{self.plan.phase}]   failed rollout {line}", flush=True)
 
@@ -204,7 +226,8 @@ def gather_rollouts(trainer: Any, rollouts: list[Rollout]) -> list[Rollout]:
     return gather_object([_light(r) for r in rollouts])
 
 
-def trajectory_reward(prompts: list[Any], completions: list[Any], rl_reward: list[float | None],
-                      **kwargs: Any) -> list[float | None]:  # fmt: skip
+def trajectory_reward(
+    prompts: list[Any], completions: list[Any], rl_reward: list[float | None], **kwargs: Any
+) -> list[float | None]:
     """trl reward function: R_total computed in the rollout (None for a failed rollout: zero advantage)."""
     return list(rl_reward)

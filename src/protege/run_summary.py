@@ -67,8 +67,10 @@ def _synth_figures(f: Facts) -> str:
     if "kept" not in m:
         return ""
     digest = str(f.outputs.get("dataset_digest", ""))[:12]
-    return (f"kept {m['kept']:.0f}/{m.get('episodes', 0):.0f} trajectories, "
-            f"{m.get('expert_calls_per_trajectory', 0):.1f} expert calls/trajectory, dataset sha256 {digest}")  # fmt: skip
+    return (
+        f"kept {m['kept']:.0f}/{m.get('episodes', 0):.0f} trajectories, "
+        f"{m.get('expert_calls_per_trajectory', 0):.1f} expert calls/trajectory, dataset sha256 {digest}"
+    )
 
 
 def _sft_data(m: dict[str, float]) -> str:
@@ -124,8 +126,15 @@ def _register_figures(f: Facts) -> str:
     return f"v{int(out['version'])} -> {verdict}: {out.get('reason', '')}"
 
 
-FIGURES = {"verify-tasks": _verify_figures, "synth": _synth_figures, "sft": _sft_figures, "rl1": _rl_figures,
-           "rl2": _rl_figures, "eval": _eval_figures, "register": _register_figures}  # fmt: skip
+FIGURES = {
+    "verify-tasks": _verify_figures,
+    "synth": _synth_figures,
+    "sft": _sft_figures,
+    "rl1": _rl_figures,
+    "rl2": _rl_figures,
+    "eval": _eval_figures,
+    "register": _register_figures,
+}
 
 
 def summarize(cfg: ProtegeConfig, clock: StepClock, facts: dict[str, Facts], seconds: float) -> Summary:

@@ -222,19 +222,34 @@ class LocalServices:
             }
         )
         argv = [
-            self.cfg.node_bin, "-e", S3RVER_LAUNCHER, str(_s3rver_module(self.cfg.s3rver_module)),
-            str(self.data_dir / "s3"), LOOPBACK, str(self.cfg.s3_port),
-        ]  # fmt: skip
+            self.cfg.node_bin,
+            "-e",
+            S3RVER_LAUNCHER,
+            str(_s3rver_module(self.cfg.s3rver_module)),
+            str(self.data_dir / "s3"),
+            LOOPBACK,
+            str(self.cfg.s3_port),
+        ]
         return _Service("s3", argv, env, self.s3_url, self.cfg.s3_port, self._s3_health)
 
     def _mlflow(self) -> _Service:
         env = service_env(self.env() | {"DO_NOT_TRACK": "true"}, prefixes=("MLFLOW_",))
         argv = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.data_dir / 'mlflow.db'}",
-            "--artifacts-destination", f"s3://{self.cfg.mlflow_artifacts_bucket}/artifacts",
-            "--host", LOOPBACK, "--port", str(self.cfg.mlflow_port), "--workers", "1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.data_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            f"s3://{self.cfg.mlflow_artifacts_bucket}/artifacts",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.cfg.mlflow_port),
+            "--workers",
+            "1",
+        ]
         return _Service("mlflow", argv, env, self.mlflow_url, self.cfg.mlflow_port, self._mlflow_health)
 
     def _s3_health(self) -> str | None:
@@ -275,9 +290,14 @@ class LocalServices:
         self._emit(f"{service.name}: starting on {service.url} (log {self._log_file(service.name)})")
         with self._log_file(service.name).open("wb") as log:
             proc = subprocess.Popen(
-                service.argv, env=service.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.data_dir, start_new_session=True,
-            )  # fmt: skip
+                service.argv,
+                env=service.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
         self._children[service.name] = proc
         self._pid_file(service.name).write_text(f"{proc.pid}\n")
         return proc.pid

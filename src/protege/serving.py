@@ -51,8 +51,20 @@ def vllm_command(
     executable: str, model_dir: Path, port: int, max_model_len: int, extra: list[str]
 ) -> list[str]:
     """`vllm serve` of `model_dir` on loopback `port`, under SERVED_NAME, with no server tool parser."""
-    return [executable, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-            "--served-model-name", SERVED_NAME, "--max-model-len", str(max_model_len), *extra]  # fmt: skip
+    return [
+        executable,
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        SERVED_NAME,
+        "--max-model-len",
+        str(max_model_len),
+        *extra,
+    ]
 
 
 def _log_tail(log_path: Path) -> str:

@@ -183,9 +183,13 @@ def render_example(
     tools = record.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     out = tokenizer.apply_chat_template(
-        messages, tools=tools or None, chat_template=template, tokenize=True,
-        return_dict=True, return_assistant_tokens_mask=True,
-    )  # fmt: skip
+        messages,
+        tools=tools or None,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
     ids = list(out["input_ids"])
     spans = _runs(out["assistant_masks"])
     if len(spans) != len(targets):
@@ -206,9 +210,14 @@ def render_example(
 
 
 def build_examples(
-    tokenizer: Any, template: str, records: list[dict[str, Any]], max_length: int, truncation: str,
-    view: str = "full", keep_last: int = 5,
-) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:  # fmt: skip
+    tokenizer: Any,
+    template: str,
+    records: list[dict[str, Any]],
+    max_length: int,
+    truncation: str,
+    view: str = "full",
+    keep_last: int = 5,
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
     """Render every record under the history `view` (protege.agent.render.training_conversations: one
     example per trajectory with `full`, one per policy turn with `collapsed`); drop (and report) examples
     longer than `max_length` or without targets. With `truncation == "error"` an over-long example raises
@@ -237,12 +246,18 @@ def build_examples(
     if not kept:
         raise SFTError(f"no usable record: {len(too_long)} too long, {len(no_targets)} without policy turns")
     report = {
-        "records": len(records), "trained_on": len(trained), "history_view": view, "examples": examples,
-        "kept": len(kept), "max_length": max_length,
-        "dropped_too_long": len(too_long), "too_long": too_long, "dropped_no_targets": no_targets,
+        "records": len(records),
+        "trained_on": len(trained),
+        "history_view": view,
+        "examples": examples,
+        "kept": len(kept),
+        "max_length": max_length,
+        "dropped_too_long": len(too_long),
+        "too_long": too_long,
+        "dropped_no_targets": no_targets,
         "tokens": sum(len(e["input_ids"]) for e in kept),
         "target_tokens": sum(sum(x != IGNORE_INDEX for x in e["labels"]) for e in kept),
-    }  # fmt: skip
+    }
     if too_long:
         log.warning(
             "sft: dropped %d example(s) longer than %d tokens: %s", len(too_long), max_length, too_long
@@ -266,13 +281,16 @@ def data_metrics(report: dict[str, Any], vocab_size: int) -> dict[str, float]:
     import math
 
     return {
-        "data/records": report["records"], "data/trained_on": report["trained_on"],
-        "data/examples": report["examples"], "data/kept": report["kept"],
+        "data/records": report["records"],
+        "data/trained_on": report["trained_on"],
+        "data/examples": report["examples"],
+        "data/kept": report["kept"],
         "data/dropped_too_long": report["dropped_too_long"],
         "data/dropped_no_targets": len(report["dropped_no_targets"]),
-        "data/target_tokens": report["target_tokens"], "data/max_length": report["max_length"],
+        "data/target_tokens": report["target_tokens"],
+        "data/max_length": report["max_length"],
         "data/uniform_loss": math.log(vocab_size),
-    }  # fmt: skip
+    }
 
 
 def output_vocab_size(model_dir: Path) -> int:
@@ -670,9 +688,12 @@ def _peft_config(cfg: ProtegeConfig) -> Any:
 
     s = cfg.sft
     return LoraConfig(
-        r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-        target_modules="all-linear", task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=s.lora_rank,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def _ensure_process_group_env(cfg: ProtegeConfig) -> None:
@@ -696,9 +717,14 @@ def prepare_examples(
     """The training examples under `agent.history_view` and their report; the main process writes the report
     (`sft_data.json`) and the dataset card with SFT's section (`dataset_card.json`) into `out_dir`."""
     examples, report = build_examples(
-        tokenizer, template, data.records, cfg.sft.max_length, cfg.sft.truncation,
-        view=cfg.agent.history_view, keep_last=cfg.agent.keep_last_observations,
-    )  # fmt: skip
+        tokenizer,
+        template,
+        data.records,
+        cfg.sft.max_length,
+        cfg.sft.truncation,
+        view=cfg.agent.history_view,
+        keep_last=cfg.agent.keep_last_observations,
+    )
     if main:
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
         write_card(out_dir, data.file, report)
@@ -706,9 +732,14 @@ def prepare_examples(
 
 
 def train(
-    cfg: ProtegeConfig, dataset: str, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
+    cfg: ProtegeConfig,
+    dataset: str,
+    out_dir: Path,
+    store: Any,
+    tracker: Any,
+    run_id: str | None,
     extra_callbacks: Sequence[Any] = (),
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train in this process (one rank of a distributed run, or the only process)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -738,10 +769,13 @@ def train(
         tracker.log_artifacts(run_id, out_dir / CARD_FILE)
     metrics_cb, checkpoint_cb = make_callbacks(lineage)
     trainer = SFTTrainer(
-        model=str(model_dir), args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
         peft_config=_peft_config(cfg),
         callbacks=[metrics_cb, finite_guard(), checkpoint_cb, schedule_lr_callback(), *extra_callbacks],
-    )  # fmt: skip
+    )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer (LoRA: the adapter), no optimizer
     final = (
@@ -754,17 +788,25 @@ def train(
     losses = [h["loss"] for h in metrics_cb.history if "loss" in h]
     speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
     return {
-        "model_dir": str(out_dir / MODEL), "model_uri": final.get("uri"), "model_id": final.get("model_id"),
-        "checkpoints": earlier + checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "model_dir": str(out_dir / MODEL),
+        "model_uri": final.get("uri"),
+        "model_id": final.get("model_id"),
+        "checkpoints": earlier + checkpoint_cb.published,
+        "resumed_from": str(resume) if resume else None,
         "resume_fallback": fallback,
-        "global_step": trainer.state.global_step, "dataset_digest": data.digest, "data": report,
-        "history": metrics_cb.history, "mlflow_run_id": run_id,
+        "global_step": trainer.state.global_step,
+        "dataset_digest": data.digest,
+        "data": report,
+        "history": metrics_cb.history,
+        "mlflow_run_id": run_id,
         "metrics": {
-            "train_loss": output.training_loss, "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step,
+            "train_loss": output.training_loss,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "steps": trainer.state.global_step,
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         },
-    }  # fmt: skip
+    }
 
 
 def report_fallback(notes: list[str], tracker: Any, run_id: str | None) -> None:
@@ -788,9 +830,14 @@ def _phase_run(cfg: ProtegeConfig, tracker: Any):
 
 
 def run(
-    cfg: ProtegeConfig, dataset: str, out_dir: str | Path, tracker: Any = None, store: Any = None,
-    *, callbacks: Sequence[Any] = (),
-) -> dict[str, Any]:  # fmt: skip
+    cfg: ProtegeConfig,
+    dataset: str,
+    out_dir: str | Path,
+    tracker: Any = None,
+    store: Any = None,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Fine-tune `cfg.model.base` on the SFT export at `dataset` (path or s3://) into `out_dir`.
 
     `tracker`: protege.tracking.Tracker (the nested `sft` run gets metrics, the dataset and one LoggedModel

@@ -67,9 +67,15 @@ def should_relaunch(cfg: ProtegeConfig, gpus: int | None = None) -> bool:
 
 def torchrun_command(nproc: int, launch_file: Path) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "protege.sft_launch", str(launch_file),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "protege.sft_launch",
+        str(launch_file),
+    ]
 
 
 def _child_env(cfg: ProtegeConfig, tracker: Any) -> dict[str, str]:
@@ -85,8 +91,9 @@ def _child_env(cfg: ProtegeConfig, tracker: Any) -> dict[str, str]:
     return env
 
 
-def write_launch_file(cfg: ProtegeConfig, phase_args: dict[str, Any], out_dir: Path, track: bool,
-                      upload: bool) -> Path:  # fmt: skip
+def write_launch_file(
+    cfg: ProtegeConfig, phase_args: dict[str, Any], out_dir: Path, track: bool, upload: bool
+) -> Path:
     """`<out>/launch.json`: the config (secrets dropped), the output dir and the phase's arguments."""
     config = cfg.model_dump(mode="json")
     for secret in ("access_key", "secret_key"):

@@ -268,8 +268,18 @@ def restore_from_store(store: Any, prefix: str, path: Path) -> int:
 class SynthRun:
     """Episodes in a thread pool; records, budgets, stop hook and progress line. Thread-safe."""
 
-    def __init__(self, cfg: ProtegeConfig, out_dir: Path, policy_for: PolicyFor, recorded: dict[Key, Trajectory],
-                 total: int, store: Any, prefix: str, progress: Progress, max_episodes: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: ProtegeConfig,
+        out_dir: Path,
+        policy_for: PolicyFor,
+        recorded: dict[Key, Trajectory],
+        total: int,
+        store: Any,
+        prefix: str,
+        progress: Progress,
+        max_episodes: int | None,
+    ) -> None:
         from protege.agent.expert import ExpertService
 
         self.cfg, self.out_dir, self.policy_for = cfg, out_dir, policy_for
@@ -316,9 +326,14 @@ class SynthRun:
         except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
             detail = "".join(traceback.format_exception_only(err)).strip()
             reason = TRANSIENT if transient_exception(err) else "error"
-            trajectory = Trajectory(instance_id=task.instance_id, attempt=attempt, phase=PHASE,
-                                    status="sandbox_error", status_detail=detail,
-                                    extra={PHASE: {"kept": False, "reason": reason, "detail": detail}})  # fmt: skip
+            trajectory = Trajectory(
+                instance_id=task.instance_id,
+                attempt=attempt,
+                phase=PHASE,
+                status="sandbox_error",
+                status_detail=detail,
+                extra={PHASE: {"kept": False, "reason": reason, "detail": detail}},
+            )
         self.record(trajectory)
         return trajectory
 
@@ -335,8 +350,15 @@ class SynthRun:
     def grade(self, task: TaskInstance, patch: str) -> Any:
         from protege.grading import grade
 
-        return grade(task, patch, self.cfg, self.cfg.tasks.repos_dir, label=PHASE, run_id=PHASE,
-                     logs_dir=self.out_dir / "grading")  # fmt: skip
+        return grade(
+            task,
+            patch,
+            self.cfg,
+            self.cfg.tasks.repos_dir,
+            label=PHASE,
+            run_id=PHASE,
+            logs_dir=self.out_dir / "grading",
+        )
 
     def record(self, trajectory: Trajectory) -> None:
         key = (trajectory.instance_id, trajectory.attempt)
@@ -393,8 +415,10 @@ class SynthRun:
             eta = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
             outcome = verdict(trajectory)
             word = "kept" if outcome["kept"] else f"rejected ({outcome['reason']})"
-            return (f"[{self.done}/{self.total}] {trajectory.instance_id}#{trajectory.attempt}: {word} | "
-                    f"kept {kept} | ${self.spent():.4f} spent | ETA {eta:.0f}s")  # fmt: skip
+            return (
+                f"[{self.done}/{self.total}] {trajectory.instance_id}#{trajectory.attempt}: {word} | "
+                f"kept {kept} | ${self.spent():.4f} spent | ETA {eta:.0f}s"
+            )
 
     def run(self, pairs: Sequence[tuple[TaskInstance, int]]) -> None:
         """All pairs through the pool; an exception (e.g. from `progress`) stops scheduling, lets the
@@ -478,11 +502,22 @@ def run(
         (t, a) for t in tasks for a in range(cfg.synth.attempts) if _to_run(recorded, (t.instance_id, a))
     ]
     retried = sum((t.instance_id, a) in recorded for t, a in pairs)
-    progress(f"synth: {len(pairs)} episode(s) to run ({retried} after a transient failure), {len(recorded)} "
-             f"already recorded, teacher {cfg.synth.teacher}:{cfg.synth.teacher_model}, "
-             f"{cfg.synth.concurrency} in parallel")  # fmt: skip
-    runner = SynthRun(cfg, out_dir, policy_for or TEACHERS[cfg.synth.teacher](cfg), recorded, len(pairs),
-                      store, prefix, progress, max_episodes)  # fmt: skip
+    progress(
+        f"synth: {len(pairs)} episode(s) to run ({retried} after a transient failure), {len(recorded)} "
+        f"already recorded, teacher {cfg.synth.teacher}:{cfg.synth.teacher_model}, "
+        f"{cfg.synth.concurrency} in parallel"
+    )
+    runner = SynthRun(
+        cfg,
+        out_dir,
+        policy_for or TEACHERS[cfg.synth.teacher](cfg),
+        recorded,
+        len(pairs),
+        store,
+        prefix,
+        progress,
+        max_episodes,
+    )
     runner.queued.update(unsent)
     if unsent:
         progress(f"synth: {len(unsent)} recorded episode(s) are not in the store yet; uploading them")
@@ -494,13 +529,26 @@ def run(
     kept = [t for t in runner.recorded.values() if verdict(t)["kept"]]
     export = export_dataset(kept, out_dir / DATASET_DIR, TOOL_SCHEMAS, summary)
     card = export.card
-    metrics = {"episodes": summary["episodes"], "kept": summary["kept"], "tasks_tried": summary["tasks_tried"],
-               "expert_calls_per_trajectory": card["expert_calls_per_trajectory"]["mean"],
-               "cost_usd": summary["episode_cost_usd"],
-               **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()}}  # fmt: skip
-    result = {"metrics": metrics, "summary": summary, "dataset": str(export.path), "digest": export.digest,
-              "out_dir": str(out_dir), "uri": None, "ran_now": runner.done, "skipped": dict(runner.skipped),
-              "runtime_s": round(time.monotonic() - clock, 2), "mlflow_run_id": None}  # fmt: skip
+    metrics = {
+        "episodes": summary["episodes"],
+        "kept": summary["kept"],
+        "tasks_tried": summary["tasks_tried"],
+        "expert_calls_per_trajectory": card["expert_calls_per_trajectory"]["mean"],
+        "cost_usd": summary["episode_cost_usd"],
+        **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()},
+    }
+    result = {
+        "metrics": metrics,
+        "summary": summary,
+        "dataset": str(export.path),
+        "digest": export.digest,
+        "out_dir": str(out_dir),
+        "uri": None,
+        "ran_now": runner.done,
+        "skipped": dict(runner.skipped),
+        "runtime_s": round(time.monotonic() - clock, 2),
+        "mlflow_run_id": None,
+    }
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if store is not None:
         result["uri"] = f"{prefix}/{DATASET_DIR}"
@@ -509,8 +557,10 @@ def run(
             store.upload_file(path, f"{prefix}/{TRAJECTORIES}")
     if tracker is not None:
         result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, export)
-    progress(f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
-             f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s")  # fmt: skip
+    progress(
+        f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
+        f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s"
+    )
     return result
 
 
@@ -541,13 +591,22 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
     from protege.trajectory import read_trajectories
 
     tracker.ensure_pipeline(cfg.run_name, cfg)
-    params = {"teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}", "attempts": cfg.synth.attempts,
-              "expert": f"{cfg.expert.backend}:{cfg.expert.model}", "train_tasks": cfg.tasks.train}  # fmt: skip
+    params = {
+        "teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}",
+        "attempts": cfg.synth.attempts,
+        "expert": f"{cfg.expert.backend}:{cfg.expert.model}",
+        "train_tasks": cfg.tasks.train,
+    }
     with tracker.phase(PHASE, params=params, tags={"protege.dataset_sha256": export.digest}) as phase:
         tracker.log_metrics(phase.run_id, result["metrics"])
-        tracker.log_dataset(phase.run_id, DATASET_NAME, result["uri"] or str(export.path),
-                            digest=export.digest[:MLFLOW_DIGEST_CHARS], context="synthesis",
-                            tags={"sha256": export.digest, "records": export.records})  # fmt: skip
+        tracker.log_dataset(
+            phase.run_id,
+            DATASET_NAME,
+            result["uri"] or str(export.path),
+            digest=export.digest[:MLFLOW_DIGEST_CHARS],
+            context="synthesis",
+            tags={"sha256": export.digest, "records": export.records},
+        )
         tracker.log_artifacts(phase.run_id, export.card_path, "dataset")
         tracker.log_artifacts(phase.run_id, export.readme_path, "dataset")
         episodes = Path(result["out_dir"]) / TRAJECTORIES

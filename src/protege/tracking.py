@@ -314,8 +314,14 @@ class Tracker:
         model_tags = {TAG_CHECKPOINT_URI: uri, TAG_SOURCE_RUN: run_id, **dict(tags or {})}
         model_params = {k: self._param_value(v) for k, v in (params or {}).items()}
         what = f"checkpoint '{name}' ({uri}) of run {run_id}"
-        fields = {"name": name, "source_run_id": run_id, "tags": model_tags, "params": model_params,
-                  "model_type": model_type, "experiment_id": self.experiment_id}  # fmt: skip
+        fields = {
+            "name": name,
+            "source_run_id": run_id,
+            "tags": model_tags,
+            "params": model_params,
+            "model_type": model_type,
+            "experiment_id": self.experiment_id,
+        }
         if wait:
             self.flush()
             model = self._call(what, lambda: _OPS["create_external_model"](self, **fields))

@@ -63,11 +63,16 @@ class VerifyReport:
             "broken": {v.instance_id: v.problems for v in self.broken},
             "duration_s": self.duration_s,
             "verdicts": [
-                {"instance_id": v.instance_id, "ok": v.ok, "problems": v.problems,
-                 "gold": v.gold.to_dict(), "empty": v.empty.to_dict()}
+                {
+                    "instance_id": v.instance_id,
+                    "ok": v.ok,
+                    "problems": v.problems,
+                    "gold": v.gold.to_dict(),
+                    "empty": v.empty.to_dict(),
+                }
                 for v in self.verdicts
             ],
-        }  # fmt: skip
+        }
 
     def table(self) -> str:
         """A fixed-width summary, one row per instance, then the broken ones with their reasons."""

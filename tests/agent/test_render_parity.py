@@ -159,9 +159,14 @@ def sft_path(cfg, tokenizer, trajectory, tmp: Path) -> list[dict[str, list[int]]
     export = export_dataset([trajectory], tmp / "export", TOOL_SCHEMAS, {})
     template = get_training_chat_template(tokenizer) or tokenizer.chat_template
     examples, report = sft.build_examples(
-        tokenizer, template, read_dataset(export.path), 10**6, "error",
-        view=cfg.agent.history_view, keep_last=cfg.agent.keep_last_observations,
-    )  # fmt: skip
+        tokenizer,
+        template,
+        read_dataset(export.path),
+        10**6,
+        "error",
+        view=cfg.agent.history_view,
+        keep_last=cfg.agent.keep_last_observations,
+    )
     assert report["trained_on"] == 1
     return examples
 

@@ -318,11 +318,17 @@ class OracleTeacher:
                 {"command": self.repro_command(script)},
             )
         if failed:
-            yield self.say(
-                "{failed} test(s) still fail after my change. I should check with the expert before going further.",
-                failed=failed,
-            ), "ask_expert", {"question": f"After changing {main.path}, {failed} test(s) fail:\n{after[-600:]}\n"
-                              "Is my change incomplete, or are these failures unrelated?"}  # fmt: skip
+            yield (
+                self.say(
+                    "{failed} test(s) still fail after my change. I should check with the expert before going further.",
+                    failed=failed,
+                ),
+                "ask_expert",
+                {
+                    "question": f"After changing {main.path}, {failed} test(s) fail:\n{after[-600:]}\n"
+                    "Is my change incomplete, or are these failures unrelated?"
+                },
+            )
         if self.rng.random() < 0.5:
             yield "Let me review the full diff before submitting.", "bash", {"command": "git diff"}
         yield (
@@ -383,8 +389,11 @@ class OracleTeacher:
             {"command": "view", "path": file.path, "view_range": [start, max(start, end)]},
         )
         if view.startswith(_EDIT_FAILED):
-            yield "That range did not work; let me view the whole file instead.", "str_replace_editor", {
-                "command": "view", "path": file.path}  # fmt: skip
+            yield (
+                "That range did not work; let me view the whole file instead.",
+                "str_replace_editor",
+                {"command": "view", "path": file.path},
+            )
 
     def reproduce(self, script: str, passed: int, failed: int) -> Step:
         state = f"{failed} of {passed + failed} tests fail" if failed else f"all {passed} existing tests pass"
@@ -410,8 +419,10 @@ class OracleTeacher:
             "I've found `{scope}` in `{path}`, but I can't yet tell which part of it causes \"{title}\". "
             "Rather than guess, I'll ask the expert.",
             "I know where the problem is (`{scope}` in `{path}`) but not exactly what is wrong. Time to ask the expert.",
-            scope=scope, path=file.path, title=title,
-        )  # fmt: skip
+            scope=scope,
+            path=file.path,
+            title=title,
+        )
         question = (
             f"The issue: {title}. I located `{scope}` in `{file.path}` ({lines}); {tests}. "
             f"What exactly is wrong in `{scope}`, and what is the right minimal fix?{more}"
@@ -455,33 +466,56 @@ class OracleTeacher:
         if hint:
             thought = self.say(
                 "The expert's point: {hint} That matches what I read in {scope}. Making the edit ({what}).",
-                "Following the guidance (\"{hint}\"), I'll change {scope} in `{path}`.",
-                hint=hint, scope=scope, what=what, path=file.path,
-            )  # fmt: skip
+                'Following the guidance ("{hint}"), I\'ll change {scope} in `{path}`.',
+                hint=hint,
+                scope=scope,
+                what=what,
+                path=file.path,
+            )
         else:
             thought = self.say(
                 "Next, the change in {scope} of `{path}` ({what}).",
                 "Now {scope} in `{path}` needs the corresponding update.",
-                scope=scope, what=what, path=file.path,
-            )  # fmt: skip
+                scope=scope,
+                what=what,
+                path=file.path,
+            )
         candidates = [(hunk.side(" -"), hunk.side(" +")), (hunk.side(" -", 1), hunk.side(" +", 1))]
         if hunk.removed:
             candidates.append((hunk.side("-", 0), hunk.side("+", 0)))
         for old, new in dict.fromkeys(candidates):
             if not old.strip():
                 line = hunk.new_start - 1 if hunk.old_count == 0 else hunk.new_start
-                yield thought, "str_replace_editor", {"command": "insert", "path": file.path,
-                                                      "insert_line": line, "new_str": "\n".join(hunk.added)}  # fmt: skip
+                yield (
+                    thought,
+                    "str_replace_editor",
+                    {
+                        "command": "insert",
+                        "path": file.path,
+                        "insert_line": line,
+                        "new_str": "\n".join(hunk.added),
+                    },
+                )
                 return
-            result = yield thought, "str_replace_editor", {
-                "command": "str_replace", "path": file.path, "old_str": old, "new_str": new}  # fmt: skip
+            result = yield (
+                thought,
+                "str_replace_editor",
+                {"command": "str_replace", "path": file.path, "old_str": old, "new_str": new},
+            )
             if not result.startswith(_EDIT_FAILED):
                 return
-            view = yield self.say(
-                "The replacement did not apply; the text must differ from what I assumed. Let me look again.",
-                "That edit failed. Let me re-read the exact lines before retrying.",
-            ), "str_replace_editor", {"command": "view", "path": file.path,
-                                      "view_range": [hunk.new_start, hunk.new_start + hunk.old_count - 1]}  # fmt: skip
+            view = yield (
+                self.say(
+                    "The replacement did not apply; the text must differ from what I assumed. Let me look again.",
+                    "That edit failed. Let me re-read the exact lines before retrying.",
+                ),
+                "str_replace_editor",
+                {
+                    "command": "view",
+                    "path": file.path,
+                    "view_range": [hunk.new_start, hunk.new_start + hunk.old_count - 1],
+                },
+            )
             if view.startswith(_EDIT_FAILED):
                 yield (
                     "Let me see the whole file.",
