@@ -1,7 +1,7 @@
 """RL on CPU with the tiny model (the `local` profile): rollout throughput and GRPO step time.
 
 (a) Rollouts: one GRPO step's worth of episodes (`rl.tasks_per_step` tasks × G = `rl.group_size`) played by
-    `protege.rl_rollout.run_rollouts` with `rl.rollout_workers` 1 and 2, for two generators:
+    `protege.rl.rollout.run_rollouts` with `rl.rollout_workers` 1 and 2, for two generators:
     - `model`: the trainer's own transformers generation from the tiny model (untrained, so its episodes
       mostly end in format errors without running a tool);
     - `scripted`: every turn a fixed valid tool call (two reads, one edit), then submit, so the sandbox
@@ -90,7 +90,7 @@ class Clock:
 
 
 class TimedGenerator:
-    """A protege.rl_generation.Generator that times `inner` as `generate` and counts the ids it returns."""
+    """A protege.rl.generation.Generator that times `inner` as `generate` and counts the ids it returns."""
 
     def __init__(self, inner: Any, clock: Clock) -> None:
         self.inner, self.clock = inner, clock
@@ -180,8 +180,8 @@ class ScriptedGenerator:
 
 def measure_rollouts(built: Any, generator: Any, workers: int, logs_dir: Path) -> dict[str, Any]:
     """One step's rollouts with `generator` and `workers` threads, through run_rollouts and step_metrics."""
-    from protege.rl_rollout import SandboxGate, run_rollouts
-    from protege.rl_step import step_metrics
+    from protege.rl.rollout import SandboxGate, run_rollouts
+    from protege.rl.step import step_metrics
 
     step, cfg, clock = built.rollout_step, built.rollout_step.cfg, Clock()
     r = cfg.rl

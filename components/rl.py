@@ -21,7 +21,8 @@ def rl1(
     model: Output[Model],
 ) -> str:
     """RL stage I from the SFT model; returns the trained model's s3:// URI (also the `model` artifact)."""
-    from protege import kfp_steps, rl
+    from protege import rl
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model
@@ -48,7 +49,8 @@ def rl2(
 ) -> str:
     """RL stage II from the stage I model; returns the trained model's s3:// URI (also the `model`
     artifact, the one `register` versions)."""
-    from protege import kfp_steps, rl
+    from protege import rl
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model

@@ -1,7 +1,7 @@
 """The SWE-Protégé pipeline: verify -> synth -> sft -> rl1 -> rl2 -> eval -> register (METHOD.md).
 
 This file only wires the steps, inside an exit handler (`close-run`, components/close_run) that closes
-the MLflow parent run FAILED with the failing step when any step fails; `protege.kfp_placement.place` gives each its resources, GPU pool,
+the MLflow parent run FAILED with the failing step when any step fails; `protege.pipeline.placement.place` gives each its resources, GPU pool,
 secrets, caching, retries and timeout. Compile with `protege compile` (writes protege_pipeline.yaml next
 to this file; CI fails when it is stale); run with `protege submit --host URL` or locally through
 `kfp.local.SubprocessRunner(use_venv=False)`, where the Kubernetes settings are ignored.
@@ -19,7 +19,7 @@ from components.sft import sft
 from components.synth import synth
 from components.verify_tasks import verify_tasks
 from protege.config import PipelineConfig
-from protege.kfp_placement import GpuPool, place
+from protege.pipeline.placement import GpuPool, place
 
 PIPELINE = PipelineConfig()
 
@@ -101,7 +101,7 @@ def steps(
 
 def build(exit_handler: bool) -> Any:
     """The pipeline; `exit_handler` wraps the steps in dsl.ExitHandler(close-run). kfp.local runs the one
-    without it (an exit handler sends kfp.local to its other orchestrator), and protege.kfp_local closes
+    without it (an exit handler sends kfp.local to its other orchestrator), and protege.pipeline.local closes
     the parent run of a failed local run itself (kfp_local.fail_parent_run, the same code as close-run)."""
 
     @dsl.pipeline(name=PIPELINE.name, description="Train a small SWE agent that knows when to ask an expert.")

@@ -64,7 +64,7 @@ class Call:
 
 @dataclass
 class ScriptedGenerator:
-    """A protege.rl_rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
+    """A protege.rl.rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
     the prompt. Records every call (thread-safe)."""
 
     tokenizer: Any

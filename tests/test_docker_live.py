@@ -19,7 +19,7 @@ import pytest
 
 from protege.agent.agent import Agent
 from protege.agent.policies import ScriptedPolicy
-from protege.agent.sandbox_docker import DockerSandbox
+from protege.agent.sandbox.docker import DockerSandbox
 from protege.config import AgentConfig, ProtegeConfig, SandboxConfig
 from protege.demo import demo_tasks
 from protege.grading import grade

@@ -15,18 +15,18 @@ import pytest
 
 from protege.agent.protocols import SandboxError
 from protege.cli import main
+from protege.cli.evaluate import expert_overrides
 from protege.config import load_config
 from protege.evaluate import (
     EvalError,
     ResultsWriter,
     Slot,
-    expert_overrides,
     gold_script,
     grade_row,
     run,
     run_pairs,
 )
-from protege.report import GRADES, PREDICTIONS, REPORT_JSON, REPORT_MD, TRAJECTORIES, read_jsonl
+from protege.evaluate.report import GRADES, PREDICTIONS, REPORT_JSON, REPORT_MD, TRAJECTORIES, read_jsonl
 from protege.trajectory import Trajectory, read_trajectories
 from tests.grading_helpers import make_task
 

@@ -10,7 +10,7 @@ import pytest
 
 from protege.config import ProtegeConfig
 from protege.grading import GradeJob, GradingError, grade_batch
-from protege.grading_docker import container_limits, docker_reachable, grade_batch_docker, harness_main
+from protege.grading.docker import container_limits, docker_reachable, grade_batch_docker, harness_main
 from tests.grading_helpers import make_task, pytest_log
 
 NEW, OLD = "test_calc.py::test_new", "test_calc.py::test_old"
@@ -173,9 +173,9 @@ def test_harness_main_calls_swebench_run_instances(tmp_path, monkeypatch):
     assert kwargs == {"rewrite_reports": False, "skip_patch": False}
     # the harness now makes hardened containers, runs as the sandbox user and writes files through exec
     assert run_evaluation.CONTAINER_USER == "10001:10001"
-    assert run_evaluation.create_container.__module__ == "protege.grading_docker"
-    assert run_evaluation.copy_to_container.__module__ == "protege.grading_docker"
-    assert run_evaluation.cleanup_container.__module__ == "protege.grading_docker"
+    assert run_evaluation.create_container.__module__ == "protege.grading.docker"
+    assert run_evaluation.copy_to_container.__module__ == "protege.grading.docker"
+    assert run_evaluation.cleanup_container.__module__ == "protege.grading.docker"
 
 
 def test_a_later_attempt_is_graded_afresh_not_read_from_the_first_report(tmp_path):

@@ -149,7 +149,7 @@ def fake_stream(core: FakeCore):
 
 
 def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
-    from protege.grading_k8s import pod_opener
+    from protege.grading.kubernetes import pod_opener
 
     cfg = ProtegeConfig.model_validate(
         {
@@ -196,7 +196,7 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
 def test_grading_pod_has_the_sandbox_pods_security_settings():
     """Non-root, no escalation, no capabilities, seccomp RuntimeDefault, read-only root with writable
     emptyDir copies, memory/ephemeral-storage limits, and every exec under `ulimit -u`."""
-    from protege.grading_k8s import PodSandbox, pod_manifest
+    from protege.grading.kubernetes import PodSandbox, pod_manifest
 
     cfg = ProtegeConfig.model_validate(
         {

@@ -9,7 +9,7 @@ import pytest
 
 from protege.agent.expert import ExpertService
 from protege.config import ExpertConfig, ExpertPrices, RewardConfig
-from protege.judge import (
+from protege.rl.judge import (
     FOLLOW_RUBRIC,
     JUDGE_SYSTEM,
     RETRY_NOTE,
@@ -22,7 +22,7 @@ from protege.judge import (
     parse_answer,
     segment,
 )
-from protege.rewards import score_trajectory
+from protege.rl.rewards import score_trajectory
 from protege.trajectory import Action, ExpertCall, Message, ToolCall, Trajectory
 from tests.agent.anthropic_mock import MockLLMServer, anthropic_error, anthropic_text
 from tests.test_rewards import GOLD, TASK

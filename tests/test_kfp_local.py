@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from protege import kfp_local, kfp_steps
 from protege.cli import main
 from protege.config import load_config
+from protege.pipeline import local as kfp_local
+from protege.pipeline import steps as kfp_steps
 from protege.services import free_port
 
 # --------------------------------------------------------------------------------------------------
@@ -188,8 +189,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 ) -> None:
     from kfp.local.config import LocalExecutionConfig
 
-    from protege.lineage import chain
-    from protege.register import TAG_EVAL_REPORT
+    from protege.register import TAG_EVAL_REPORT, chain
     from protege.tracking import TAG_CHECKPOINT_URI, Tracker
 
     store = mlflow_server.store_config()
@@ -296,7 +296,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 
 
 def test_local_runs_clear_retries_only_while_they_run() -> None:
-    from protege.kfp_cli import load_pipeline
+    from protege.pipeline.compile import load_pipeline
 
     pipeline = load_pipeline("local_pipeline")  # what kfp.local runs (no exit handler)
     tasks = pipeline.pipeline_spec.root.dag.tasks

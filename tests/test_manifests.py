@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes.client import models as k8s_models
 
-from protege.agent.sandbox_k8s import SANDBOX_LABEL_VALUE
+from protege.agent.sandbox.kubernetes import SANDBOX_LABEL_VALUE
 from protege.config import PipelineConfig, SandboxConfig
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protege.config import LoopConfig
-from protege.metrics import (
+from protege.evaluate.metrics import (
     FAILURE_CATEGORIES,
     MetricsError,
     failure_breakdown,

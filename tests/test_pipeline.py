@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from protege import kfp_cli, kfp_steps
 from protege.cli import main
 from protege.config import ConfigError, PipelineConfig
-from protege.kfp_placement import GpuPool, PlacementError, place
+from protege.pipeline import compile as kfp_cli
+from protege.pipeline import steps as kfp_steps
+from protege.pipeline.placement import GpuPool, PlacementError, place
 
 CHAIN = ["verify-tasks", "synth", "sft", "rl1", "rl2", "eval", "register"]
 GPU_TASKS = {"sft", "rl1", "rl2", "eval"}

@@ -9,15 +9,17 @@ import pytest
 
 from protege.cli import main
 from protege.config import TrackingConfig, load_config
-from protege.lineage import LineageError, chain, parse_ref
 from protege.register import (
     CHAMPION,
     TAG_PROMOTION,
+    LineageError,
     RegisterError,
+    chain,
     current_champion,
     decide,
     eval_figures,
     lineage_tags,
+    parse_ref,
     run,
 )
 from protege.services import LocalServices

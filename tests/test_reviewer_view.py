@@ -16,8 +16,8 @@ from protege.agent.policies import ScriptedPolicy
 from protege.config import TrackingConfig, load_config
 from protege.evaluate import GOLD_HEREDOC, run
 from protege.tasksets import log_task_set, select_tasks
-from protege.traces import SPAN_AGENT, SPAN_LLM, SPAN_TOOL, episode_trace
 from protege.tracking import Tracker
+from protege.tracking.traces import SPAN_AGENT, SPAN_LLM, SPAN_TOOL, episode_trace
 from protege.trajectory import Action, ExpertCall, Message, Trajectory
 from tests.agent.anthropic_mock import MockLLMServer, anthropic_text
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from protege.config import RewardConfig, RLConfig
-from protege.rewards import (
+from protege.rl.rewards import (
     batch_means,
     changed_lines,
     gate,

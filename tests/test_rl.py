@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from protege import rl, rl_plan
-from protege.rl_step import FlatTasks
+from protege import rl
+from protege.rl import plan as rl_plan
+from protege.rl.step import FlatTasks
 from tests.rl_helpers import (
     SCRIPT,
     AlternatingGenerator,
@@ -180,7 +181,7 @@ def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenize
 def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_generation(
     repos, tiny_dir, tmp_path, monkeypatch
 ):
-    from protege import sft_launch
+    from protege import launch as sft_launch
 
     for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -212,7 +213,7 @@ def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_gener
 
     [command] = commands
     assert "--nproc_per_node=2" in command and command[-2:] == [
-        "protege.sft_launch",
+        "protege.launch",
         str(tmp_path / "out" / "launch.json"),
     ]
     launch = json.loads((tmp_path / "out" / "launch.json").read_text())

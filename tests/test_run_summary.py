@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protege.config import load_config
-from protege.run_summary import TASKS, Facts, render, summarize
+from protege.pipeline.summary import TASKS, Facts, render, summarize
 
 CFG = load_config("local")
 

@@ -13,7 +13,8 @@ import pytest
 
 import protege.config as config_module
 import protege.model as model_module
-from protege import sft, sft_launch
+from protege import launch as sft_launch
+from protege import sft
 from protege.config import TinyModelConfig, load_config
 
 TINY = TinyModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
@@ -436,11 +437,11 @@ def test_relaunch_runs_torchrun_on_every_gpu_and_returns_rank_zero_result(tiny_d
         return type("Completed", (), {"returncode": 0})()
 
     (tmp_path / "out").mkdir()
-    result = sft_launch.relaunch(cfg, "s3://b/sft", tmp_path / "out", nproc=4, runner=fake_torchrun)
+    result = sft.relaunch(cfg, "s3://b/sft", tmp_path / "out", nproc=4, runner=fake_torchrun)
     assert result == {"global_step": 7}
     [(command, env)] = calls
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
-    assert command[6:] == ["protege.sft_launch", str(tmp_path / "out" / sft_launch.LAUNCH_FILE)]
+    assert command[6:] == ["protege.launch", str(tmp_path / "out" / sft_launch.LAUNCH_FILE)]
     assert env["AWS_ACCESS_KEY_ID"] == "SECRET-A" and env["AWS_SECRET_ACCESS_KEY"] == "SECRET-B"
     launch = (tmp_path / "out" / sft_launch.LAUNCH_FILE).read_text()
     assert "SECRET" not in launch and json.loads(launch)["config"]["model"]["base"] == str(tiny_dir)
@@ -452,7 +453,7 @@ def test_relaunch_failure_names_the_command(tiny_dir, tmp_path):
     cfg = sft_cfg(tiny_dir, tmp_path)
     failed = lambda command, env, check: type("Completed", (), {"returncode": 3})()  # noqa: E731
     with pytest.raises(sft_launch.LaunchError, match="torch.distributed.run.*exited with 3"):
-        sft_launch.relaunch(cfg, "data", tmp_path, nproc=2, runner=failed)
+        sft.relaunch(cfg, "data", tmp_path, nproc=2, runner=failed)
 
 
 def test_emit_trainjob_writes_a_multi_node_manifest(tmp_path):

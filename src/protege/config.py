@@ -743,7 +743,7 @@ class EvalConfig(Strict):
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
     serve: Literal["in_process", "vllm"] = "in_process"
-    """How the model under evaluation answers (protege.serving): `in_process` runs the configured policy
+    """How the model under evaluation answers (protege.evaluate.serving): `in_process` runs the configured policy
     backend as is (local: transformers on CPU); `vllm` (cluster profile: the eval step runs on the GPU
     pool) starts `vllm serve` of the evaluated model on loopback for the run and points the openai backend
     at it, tool calls parsed from the text the way training parses them."""

@@ -23,7 +23,6 @@ Run: `protege services up` (or `make services-up`), then `eval "$(protege servic
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -475,72 +474,3 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: protege services up|down|status|env
-# --------------------------------------------------------------------------------------------------
-
-
-def _services(args: argparse.Namespace) -> LocalServices:
-    from protege.cli import load_cfg
-
-    cfg = load_cfg(args)
-    return LocalServices(cfg.services, cfg.store)
-
-
-def _cli_up(args: argparse.Namespace) -> int:
-    from protege.store import StoreError
-
-    services = _services(args)
-    try:
-        services.up()
-    except (ServiceError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print("\n# point clients at these services:")
-    print(_exports(services))
-    return 0
-
-
-def _cli_down(args: argparse.Namespace) -> int:
-    _services(args).down()
-    return 0
-
-
-def _cli_status(args: argparse.Namespace) -> int:
-    rows = _services(args).status()
-    print(f"{'service':<8} {'pid':>8}  {'url':<26} {'health'}")
-    for row in rows:
-        pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<8} {pid:>8}  {row.url:<26} {'healthy' if row.healthy else row.detail}")
-    return 0 if all(r.healthy for r in rows) else 1
-
-
-def _cli_env(args: argparse.Namespace) -> int:
-    print(_exports(_services(args)))
-    return 0
-
-
-def _exports(services: LocalServices) -> str:
-    # A secret taken from the user's environment is not echoed back; the local default one is.
-    env = services.env(include_secret="AWS_SECRET_ACCESS_KEY" not in os.environ)
-    return "\n".join(f"export {key}={value}" for key, value in env.items())
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    from protege.cli import _profile_args
-
-    group = sub.add_parser("services", help="local s3rver + MLflow on loopback").add_subparsers(
-        dest="cmd", required=True
-    )
-    commands = {
-        "up": (_cli_up, "start s3rver and MLflow (idempotent) and print the env exports"),
-        "down": (_cli_down, "stop them by pid (SIGTERM, then SIGKILL after a grace period)"),
-        "status": (_cli_status, "print each service, pid, URL and health (exit 1 if any is unhealthy)"),
-        "env": (_cli_env, "print the env exports that point clients at the services"),
-    }
-    for name, (func, text) in commands.items():
-        parser = group.add_parser(name, help=text, description=text)
-        _profile_args(parser)
-        parser.set_defaults(func=func)

@@ -39,7 +39,6 @@ from any task set (paper: SWE-smith); the oracle teacher stands in for Claude of
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import threading
@@ -54,6 +53,7 @@ from typing import Any
 
 from protege.config import ProtegeConfig
 from protege.tasks import TaskInstance
+from protege.tasksets import train_tasks
 from protege.trajectory import Trajectory, TrajectoryFormatError, append_trajectory, parse_record
 
 PHASE = "synth"
@@ -454,18 +454,6 @@ def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str,
     }
 
 
-def train_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
-    """The training split; the local sandbox's repositories are built first when they are the demo's."""
-    from protege.tasksets import ensure_local_repos, select_tasks
-
-    tasks = select_tasks(cfg.tasks, store=store).train
-    if not tasks:
-        raise SynthError(f"{cfg.tasks.train}: no training tasks selected")
-    if cfg.agent.sandbox.backend == "local":
-        ensure_local_repos(tasks, cfg.tasks.train, cfg.tasks.repos_dir, error=SynthError)
-    return tasks
-
-
 def run(
     cfg: ProtegeConfig,
     out_dir: str | Path,
@@ -496,7 +484,7 @@ def run(
             restored = restore_from_store(store, prefix, path)
             progress(f"synth: restored {restored} recorded episode(s) from {prefix}")
         recorded = load_recorded(path)
-        tasks = train_tasks(cfg, store)
+        tasks = train_tasks(cfg, store, error=SynthError)
         unsent = missing_in_store(store, prefix, recorded) if store is not None else []
     pairs = [
         (t, a) for t in tasks for a in range(cfg.synth.attempts) if _to_run(recorded, (t.instance_id, a))
@@ -587,7 +575,7 @@ def _store_faults(out_dir: Path) -> Iterator[None]:
 def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
     """Metrics, the dataset as a run input with its digest, the card and the first
     `tracking.trace_sample` episodes as traces, on the phase's nested run."""
-    from protege.traces import log_episode_traces
+    from protege.tracking.traces import log_episode_traces
     from protege.trajectory import read_trajectories
 
     tracker.ensure_pipeline(cfg.run_name, cfg)
@@ -613,43 +601,3 @@ def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], exp
         if cfg.tracking.trace_sample and episodes.is_file():
             log_episode_traces(tracker, phase.run_id, read_trajectories(episodes), cfg.tracking.trace_sample)
         return phase.run_id
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: `protege synth`
-# --------------------------------------------------------------------------------------------------
-
-
-def _synth_cli(args: argparse.Namespace) -> int:
-    from protege.cli import CLIError, load_cfg, tracker_and_store
-
-    overrides = list(args.overrides)
-    if args.tasks:
-        overrides.append(f"tasks.train={args.tasks}")
-    if args.ids:
-        overrides.append(f"tasks.train_ids=[{args.ids}]")
-    args.overrides = overrides
-    cfg = load_cfg(args)
-    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-    tracker, store = tracker_and_store(cfg, args.track, args.upload)
-    try:
-        result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
-    except SynthError as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """`protege synth`."""
-    from protege.cli import _profile_args, count
-
-    synth = sub.add_parser("synth", help="synthesise expert-augmented trajectories and the SFT dataset")
-    synth.add_argument("--tasks", help="training task set (overrides tasks.train), e.g. demo:train or a file")
-    synth.add_argument("--ids", help="comma-separated instance ids to keep (overrides tasks.train_ids)")
-    synth.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/synth)")
-    synth.add_argument("--max-episodes", type=count(1), help="stop after N new episodes (resume later)")
-    synth.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    synth.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
-    _profile_args(synth)
-    synth.set_defaults(func=_synth_cli)

@@ -23,7 +23,7 @@ from protege.agent.policies import TransformersPolicy
 from protege.agent.sandbox import open_sandbox
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.rl import RLError
-from protege.rl_rollout import check_history_view, run_rollouts
+from protege.rl.rollout import check_history_view, run_rollouts
 from protege.sft_data import export_dataset, read_dataset
 from protege.tasksets import load_task_set
 from tests.rl_helpers import SCRIPT, ScriptedGenerator, build_tiny, rl_cfg
