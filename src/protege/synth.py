@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from protege import patches
 from protege.config import ProtegeConfig
 from protege.tasks import TaskInstance
 from protege.tasksets import train_tasks
@@ -89,13 +90,7 @@ def _normalise(line: str) -> str:
 
 def gold_added_runs(patch: str) -> list[list[str]]:
     """Runs of consecutive added lines of a diff, whitespace-normalised, blank lines skipped."""
-    runs: list[list[str]] = [[]]
-    for line in patch.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            if text := _normalise(line[1:]):
-                runs[-1].append(text)
-        elif runs[-1]:
-            runs.append([])
+    runs = [[text for line in run if (text := _normalise(line))] for run in patches.added_runs(patch)]
     return [run for run in runs if run]
 
 

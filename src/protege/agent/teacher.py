@@ -31,6 +31,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from protege import patches
 from protege.agent.expert_backends import estimate_tokens
 from protege.agent.policies import PolicyError
 from protege.agent.protocols import PolicyTurn
@@ -50,7 +51,6 @@ MISSING_INPUT = "FileNotFoundError"
 GUIDANCE_QUOTE_CHARS = 220
 """Longest piece of expert guidance the teacher paraphrases in its next thought."""
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 _DEF = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
 _BACKTICKED = re.compile(r"`([A-Za-z_][\w.]*)(?:\(\))?`")
 _EDIT_FAILED = ("No replacement was performed", "str_replace_editor")
@@ -102,35 +102,26 @@ class FilePatch:
 
 
 def parse_patch(patch: str) -> list[FilePatch]:
-    """Files and hunks of a unified git diff (hunk bodies read by their header's line counts)."""
+    """Files and hunks of a unified git diff (protege.patches)."""
     files: list[FilePatch] = []
-    old_left = new_left = 0
-    old_path = ""
-    for line in patch.splitlines():
-        if old_left > 0 or new_left > 0:
-            tag, text = line[:1] or " ", line[1:]
-            if tag == "\\":
-                continue
-            hunk = files[-1].hunks[-1]
-            hunk.lines.append((tag, text))
-            if tag in " -":
-                old_left -= 1
-                if not hunk.removed and not hunk.added and (m := _DEF.match(text)):
-                    hunk.scope = m.group(1)
-            if tag in " +":
-                new_left -= 1
-        elif line.startswith("--- "):
-            old_path = line[4:].strip()
-        elif line.startswith("+++ "):
-            new_path = line[4:].strip()
-            kind = "create" if old_path == "/dev/null" else "delete" if new_path == "/dev/null" else "modify"
-            path = (old_path if kind == "delete" else new_path).removeprefix("a/").removeprefix("b/")
-            files.append(FilePatch(path, kind))
-        elif (m := _HUNK.match(line)) and files:
-            old_left, new_left = int(m.group(2) or 1), int(m.group(4) or 1)
-            scope = _DEF.match(m.group(5)).group(1) if _DEF.match(m.group(5)) else ""
-            files[-1].hunks.append(PatchHunk(int(m.group(1)), old_left, int(m.group(3)), scope))
+    for changed in patches.parse(patch):
+        kind = "create" if changed.is_added_file else "delete" if changed.is_removed_file else "modify"
+        files.append(FilePatch(changed.path, kind, [_hunk(hunk) for hunk in changed]))
     return files
+
+
+def _hunk(hunk: Any) -> PatchHunk:
+    """A unidiff hunk as a PatchHunk; its scope: the `def`/`class` of the `@@` header or, closer, of a
+    context line before the first change."""
+    header = _DEF.match(hunk.section_header)
+    scope = header.group(1) if header else ""
+    body = [(line.line_type, line.value.rstrip("\n")) for line in hunk if line.line_type in " -+"]
+    for tag, text in body:
+        if tag != " ":
+            break
+        if match := _DEF.match(text):
+            scope = match.group(1)
+    return PatchHunk(hunk.source_start, hunk.source_length, hunk.target_start, scope, body)
 
 
 # --------------------------------------------------------------------------------------------------

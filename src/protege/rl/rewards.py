@@ -20,31 +20,13 @@ import difflib
 from collections import Counter
 from collections.abc import Sequence
 
+from protege import patches
 from protege.agent.loops import r_loop as loop_penalty
 from protege.agent.loops import trajectory_runs
 from protege.config import RewardConfig
 from protege.rl.judge import ASK_EXPERT, Judge, annotate, judged_calls, segment
 from protege.tasks import TaskInstance
 from protege.trajectory import Trajectory
-
-# Lines of a unified diff that describe rather than change (file headers, hunk headers, metadata).
-_HEADER_PREFIXES = (
-    "diff --git",
-    "index ",
-    "--- ",
-    "+++ ",
-    "@@",
-    "new file mode",
-    "deleted file mode",
-    "old mode",
-    "new mode",
-    "similarity index",
-    "rename from",
-    "rename to",
-    "Binary files",
-    "\\ No newline",
-)
-
 
 # --------------------------------------------------------------------------------------------------
 # Patch similarity
@@ -59,17 +41,14 @@ def changed_lines(diff: str) -> list[str]:
     change, e.g. re-indentation) cancel each other out.
     """
     files: dict[str, list[str]] = {}
-    current = ""
-    for line in diff.splitlines():
-        # The file a change belongs to: `diff --git a/x b/x` -> b/x; `+++ b/x<TAB>timestamp` -> b/x.
-        if line.startswith("diff --git") or line.startswith("+++ "):
-            words = line.split()
-            current = words[-1] if line.startswith("diff") else words[1] if len(words) > 1 else ""
-        if line.startswith(_HEADER_PREFIXES) or line[:1] not in ("+", "-"):
-            continue
-        text = "".join(line[1:].split())
-        if text:
-            files.setdefault(current, []).append(line[0] + text)
+    try:
+        parsed = patches.parse(diff)
+    except patches.PatchError:
+        return []  # not a diff (an agent's patch is always git's own output): nothing it changes counts
+    for changed in parsed:
+        for sign, line in patches.changed_lines(changed):
+            if text := "".join(line.split()):
+                files.setdefault(changed.path, []).append(sign + text)
     result: list[str] = []
     for lines in files.values():
         removed = Counter(t[1:] for t in lines if t[0] == "-")
