@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from protege import tracking
 from protege.cli import main
 from protege.config import load_config
 from protege.pipeline import local as kfp_local
@@ -155,7 +156,7 @@ def test_sft_adopts_the_synth_run_into_the_new_parent_run(mlflow_server, monkeyp
     tracker = kfp_steps.open_pipeline_run(cfg, "kfp-7", phase.run_id, "s3://b/r/synth/dataset")
     (copy,) = tracker.nested_runs()
     assert copy.info.run_id != phase.run_id and copy.info.run_name == "synth"
-    assert copy.data.tags[kfp_steps.TAG_ADOPTED_FROM] == phase.run_id
+    assert copy.data.tags[tracking.TAG_ADOPTED_FROM] == phase.run_id
     assert copy.data.metrics == {"kept": 8.0, "episodes": 8.0}
     assert copy.data.params == {"teacher": "oracle:oracle"}
     assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)

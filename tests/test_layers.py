@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege",
             "protege.config",
             "protege.image_refs",
+            "protege.patches",
             "protege.trajectory",
             "protege.tasks",
             "protege.tasksets",
@@ -136,8 +137,8 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
 
 
 def _owner(module: str, groups: tuple[str, ...]) -> str | None:
-    """The longest prefix in `groups` that `module` is or lies under."""
-    matches = [g for g in groups if module == g or module.startswith(g + ".")]
+    """The longest prefix in `groups` that `module` is or lies under (`protege` itself: only the package)."""
+    matches = [g for g in groups if module == g or (g != "protege" and module.startswith(g + "."))]
     return max(matches, key=len) if matches else None
 
 
@@ -208,3 +209,5 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     assert any("protege.store imports protege.cli (layer foundation below cli)" in p for p in problems)
     assert any("protege.rl imports protege.sft (one phase importing another)" in p for p in problems)
     assert not any(p.split(": ", 1)[1].startswith("protege.cli imports") for p in problems)
+    with pytest.raises(AssertionError, match="protege.newcomer: in no layer"):
+        layer_of("protege.newcomer")

@@ -527,3 +527,23 @@ def test_deepspeed_zero3_two_steps_on_cpu(tiny_dir, dataset_dir, tmp_path, monke
     assert (checkpoint / "model.safetensors").is_file() and any(
         checkpoint.glob("global_step2/*optim_states.pt")
     )
+
+
+def test_trainjob_reads_the_pipelines_s3_secret_and_runs_the_pipelines_trainer_image():
+    import yaml
+
+    from protege import launch
+    from protege.config import load_config
+
+    cfg = load_config("cluster")
+    job = launch.trainjob_manifest(cfg, "s3://protege/x/synth", "cluster", [])
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == cfg.pipeline.trainer_image
+    manifests = Path(__file__).resolve().parents[1] / "manifests" / "base" / "secrets.yaml"
+    defined = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(manifests.read_text())}
+    refs = [e["valueFrom"]["secretKeyRef"] for e in trainer["env"] if "valueFrom" in e]
+    assert refs and all(ref["key"] in defined.get(ref["name"], set()) for ref in refs), (refs, defined)
+    pinned = load_config("cluster", None, ["sft.trainjob_image=registry.local/trainer@sha256:" + "0" * 64])
+    assert launch.trainjob_manifest(pinned, "s3://p/d", "cluster", [])["spec"]["trainer"]["image"].endswith(
+        "0" * 64
+    )

@@ -628,8 +628,9 @@ class SFTConfig(Strict):
     """Multi-node runs: GPUs per node of the TrainJob (one training process each)."""
     trainjob_runtime: str = "torch-distributed"
     """Multi-node runs: the Kubeflow Trainer ClusterTrainingRuntime the TrainJob references."""
-    trainjob_image: str = "ghcr.io/protege-ai/protege-trainer:latest"
-    """Multi-node runs: the trainer image (CUDA, torch, trl, deepspeed, protege); pin a digest on clusters."""
+    trainjob_image: str = ""
+    """Multi-node runs: the trainer image; empty = `pipeline.trainer_image`, the image of the pipeline's GPU
+    steps (pin a digest on clusters)."""
     trainjob_namespace: str = "protege"
     """Multi-node runs: namespace of the TrainJob."""
 

@@ -16,8 +16,9 @@ the parent plans the stage once (downloads included) and every rank trains that 
 Several nodes: `trainjob_manifest` builds a `TrainJob` (trainer.kubeflow.org/v1alpha1) whose trainer runs
 `torchrun -m protege.cli sft --profile P --dataset URI ...` on `sft.num_nodes` nodes; the runtime
 (`sft.trainjob_runtime`, e.g. the stock `torch-distributed` ClusterTrainingRuntime) injects the PET_*
-rendezvous variables that torchrun reads. Store and tracking credentials come from the Secret
-`protege-credentials` (issue 8's manifests). It cannot run here; tests check the manifest.
+rendezvous variables that torchrun reads. The store's credentials come from the Secret the pipeline's steps
+read (`pipeline.s3_secret`, manifests/base/secrets.yaml), and the image is the pipeline's trainer image
+unless `sft.trainjob_image` names another. It cannot run here; tests check the manifest.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from protege.config import ProtegeConfig
 
 LAUNCH_FILE = "launch.json"
 RESULT_FILE = "result.json"
-CREDENTIALS_SECRET = "protege-credentials"
 TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
+# Keys of the S3 Secret (`pipeline.s3_secret`) -> the env vars the store reads; the pipeline's steps map it
+# the same way (protege.pipeline.placement.SECRET_ENV).
+S3_SECRET_KEYS = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY"}
 
 
 class LaunchError(RuntimeError):
@@ -171,8 +174,8 @@ def trainjob_manifest(cfg: ProtegeConfig, dataset: str, profile: str, overrides:
     s = cfg.sft
     command = ["torchrun", "-m", "protege.cli", "sft", "--profile", profile, "--dataset", dataset, *overrides]
     secret_env = [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": name}}}
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": cfg.pipeline.s3_secret, "key": key}}}
+        for key, env in S3_SECRET_KEYS.items()
     ]
     plain_env = {
         "PROTEGE_S3_ENDPOINT": cfg.store.endpoint,
@@ -195,7 +198,7 @@ def trainjob_manifest(cfg: ProtegeConfig, dataset: str, profile: str, overrides:
                 "kind": "ClusterTrainingRuntime",
             },
             "trainer": {
-                "image": s.trainjob_image,
+                "image": s.trainjob_image or cfg.pipeline.trainer_image,
                 "command": command,
                 "numNodes": s.num_nodes,
                 "numProcPerNode": s.gpus_per_node,

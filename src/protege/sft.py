@@ -673,7 +673,7 @@ def relaunch(
 
     model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": str(model_dir)})})
-    entry, args = f"{__name__}:run_launched", {"dataset": dataset}
+    entry, args = f"{__name__}:run_launched", {"phase": "sft", "dataset": dataset}
     return launch.launch(cfg, entry, args, out_dir, tracker, store, nproc, runner or subprocess.run)
 
 

@@ -99,9 +99,9 @@ def run_cli(args: argparse.Namespace) -> int:
         file_overrides,
         parse_params,
         pipeline_arguments,
-        render,
         run_pipeline,
     )
+    from protege.pipeline.summary import render
     from protege.store import S3ArtifactStore
 
     try:

@@ -38,10 +38,6 @@ def _tasks_list(args: argparse.Namespace) -> int:
 
 
 def _tasks_verify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from protege.verify import run_cli
-
     # PATH is optional, so a lone `KEY=VALUE` lands in it; one that is no file is the override it looks like.
     if args.path and "=" in args.path and not Path(args.path).exists():
         args.overrides, args.path = [args.path, *args.overrides], None

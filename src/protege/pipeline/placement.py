@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protege.config import PipelineConfig
+from protege.launch import S3_SECRET_KEYS
 
 STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "register", "close")
 """The pipeline's steps in order; `close` is its exit handler (components/close_run)."""
@@ -26,7 +27,7 @@ RETRIED_STEPS = frozenset({"verify", "synth", "rl1", "rl2", "eval"})
 # Secret (a PipelineConfig field naming it) -> {key in the Secret: env var the code reads}.
 SECRET_ENV: dict[str, dict[str, str]] = {
     "anthropic_secret": {"api_key": "ANTHROPIC_API_KEY"},
-    "s3_secret": {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY"},
+    "s3_secret": S3_SECRET_KEYS,
     "mlflow_secret": {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
 }
 # MLflow servers without auth have no such Secret: a missing one must not block the pod.

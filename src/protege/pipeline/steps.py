@@ -258,3 +258,28 @@ def close_pipeline_run(cfg: ProtegeConfig, kfp_run_id: str, state: str, error: s
         return f"KFP run {kfp_run_id} ended {state} before sft opened its MLflow run: nothing to close"
     step = fail_pipeline_run(tracker, parent, f"KFP run {kfp_run_id} ended {state}: {error}".strip(": "))
     return f"KFP run {kfp_run_id} ended {state}: MLflow run {parent} closed FAILED at step {step or '?'}"
+
+
+def rl(
+    stage: int,
+    profile: str,
+    overrides: str,
+    train_tasks: str,
+    expert_model: str,
+    model_uri: str,
+    parent_run_id: str,
+    kfp_run_id: str,
+    model: Any,
+) -> str:
+    """The rl1/rl2 step (components/rl.py): RL stage `stage` from `model_uri`; publishes the trained model as
+    the `model` artifact and returns its s3:// URI."""
+    from protege import rl as rl_phase
+
+    cfg = step_config(profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model)
+    tracker = attach_tracker(cfg, parent_run_id)
+    out = work_dir(cfg, f"rl{stage}")
+    result = rl_phase.run(cfg, stage, model_uri, out, tracker=tracker, store=open_store(cfg))
+    publish_artifact(
+        model, result["model_uri"], mlflow_model_id=result["model_id"], mlflow_pipeline_run_id=parent_run_id
+    )
+    return result["model_uri"]

@@ -389,10 +389,8 @@ def run(
     plan = plan_stage(cfg, stage, model_uri, out_dir, store)  # once, here: ranks of a relaunch reuse it
     gpus = launch.visible_gpus(cfg)
     if launch.should_relaunch(cfg, gpus):
-        phase_args = {"model_uri": model_uri, "plan": plan_to_json(plan)}
-        return launch.launch(
-            cfg, f"{__name__}:run_launched", phase_args, out_dir, tracker, store, nproc=gpus
-        )
+        phase_args = {"phase": "rl", "model_uri": model_uri, "plan": plan_to_json(plan)}
+        return launch.launch(cfg, f"{__name__}:run_launched", phase_args, out_dir, tracker, store, nproc=gpus)
     return run_planned(cfg, plan, model_uri, out_dir, tracker, store, callbacks, sandbox_opener, generator)
 
 
