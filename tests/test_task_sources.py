@@ -297,7 +297,7 @@ def test_hub_ids_are_refused_offline_in_one_line_and_pinned_online(tmp_path, mon
 
 
 def test_hub_access_is_offline_only_in_the_local_profile_runner():
-    from protege.kfp_local import STEP_ENV
+    from protege.pipeline.local import STEP_ENV
     from tests.test_images import DOCKERFILES, instructions
 
     assert STEP_ENV["HF_HUB_OFFLINE"] == "1"  # the local run: no hub
