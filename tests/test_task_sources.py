@@ -14,11 +14,11 @@ import pytest
 
 from protege.cli import main
 from protege.config import TaskSetConfig, load_config
+from protege.patches import reversed_patch
 from protege.task_schemas import (
     EvalCommands,
     classic_eval_lines,
     detect_schema,
-    reverse_patch,
     smith_eval_lines,
 )
 from protege.tasksets import (
@@ -57,6 +57,29 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def test_a_reversed_patch_undoes_the_patch_with_git(tmp_path):
+    """A created and a deleted file, a file without a final newline and a removed line starting with `--`."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    files = {"x.py": "a\nb\nc\n-- d\ne\n", "gone.txt": "keep\n", "nn.txt": "no newline"}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    (repo / "x.py").write_text("a\nB\nc\ne\nf\n")
+    (repo / "gone.txt").unlink()
+    (repo / "added.py").write_text("new\n")
+    (repo / "nn.txt").write_text("no newline, changed")
+    git(repo, "add", "-A")
+    forward = git(repo, "diff", "--cached") + "\n"
+    git(repo, "commit", "-qm", "change")
+    backward = reversed_patch(forward)
+    assert reversed_patch(backward) == forward
+    subprocess.run(["git", "-C", str(repo), "apply", "-"], input=backward, text=True, check=True)
+    assert {name: (repo / name).read_text() for name in files} == files and not (repo / "added.py").exists()
+
+
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_fixture_rows_in_each_published_schema_load_and_validate(name, capsys):
     rows = rows_of(name)
@@ -78,7 +101,8 @@ def test_published_columns_are_kept_or_derived():
     (smith, _) = load_task_set(str(PUBLISHED / "swe_smith.jsonl"))
     assert smith.base_commit == smith.instance_id  # SWE-smith's bug branch
     assert (
-        smith.patch == reverse_patch(smith_row["patch"]) and reverse_patch(smith.patch) == smith_row["patch"]
+        smith.patch == reversed_patch(smith_row["patch"])
+        and reversed_patch(smith.patch) == smith_row["patch"]
     )
     assert smith.image == smith_row["image_name"] and smith.test_patch == ""
     # only the FAIL_TO_PASS files run: PASS_TO_PASS keeps the tests in them
@@ -161,7 +185,7 @@ def smith_mirror(repos: Path, mirror: str, instance_id: str) -> dict:
     for patch in (task.patch, task.test_patch):
         subprocess.run(["git", "-C", str(clone), "apply", "-"], input=patch, text=True, check=True)
     git(clone, "commit", "-qam", "fixed, with its tests")
-    bug = reverse_patch(task.patch)  # SWE-smith's patch breaks clean code: here it puts the demo's bug back
+    bug = reversed_patch(task.patch)  # SWE-smith's patch breaks clean code: here it puts the demo's bug back
     git(clone, "checkout", "-q", "-b", instance_id)
     subprocess.run(["git", "-C", str(clone), "apply", "-"], input=bug, text=True, check=True)
     git(clone, "commit", "-qam", "Bug Patch")

@@ -25,16 +25,16 @@ naming the row, the instance, the field and why.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
+
+from protege.patches import PatchError, reversed_patch, touched_files
 
 TESTBED = "/testbed"
 DEFAULT_TEST_COMMAND = "python -m pytest -rA -p no:cacheprovider"
 """`-rA` prints one `PASSED path::test` / `FAILED path::test` line per test: what parse_log_pytest reads."""
 DEFAULT_LOG_PARSER = "parse_log_pytest"
-_DIFF_HEADER = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.M)
 
 
 class RowRefused(ValueError):
@@ -100,11 +100,11 @@ def test_directives(test_patch: str) -> list[str]:
     """The test files a test patch touches, data files left out (swebench 4.x `get_test_directives`)."""
     from swebench.harness.constants import NON_TEST_EXTS
 
-    return [
-        path
-        for _, path in _DIFF_HEADER.findall(test_patch)
-        if not any(path.endswith(ext) for ext in NON_TEST_EXTS)
-    ]
+    try:
+        paths = touched_files(test_patch)
+    except PatchError as err:
+        raise RowRefused("test_patch", str(err)) from None
+    return [path for path in paths if not any(path.endswith(ext) for ext in NON_TEST_EXTS)]
 
 
 def classic_eval_lines(base_commit: str, test_patch: str, env: EvalCommands) -> list[str]:
@@ -209,7 +209,10 @@ def _swe_smith(row: dict[str, Any], env: EvalCommands) -> dict[str, Any]:
     # SWE-smith's harness checks out the branch named like the instance (the bug applied) in its mirror
     # repository, and grades a fix by reverting the bug patch.
     out["base_commit"] = instance_id
-    out["patch"] = reverse_patch(bug_patch)
+    try:
+        out["patch"] = reversed_patch(bug_patch)
+    except PatchError as err:
+        raise RowRefused("patch", str(err)) from None
     out["test_patch"] = ""
     out["image"] = str(row.get("image_name") or "")
     out["eval_script"] = render_eval_script(out, smith_eval_lines(row.get("FAIL_TO_PASS"), env))
@@ -220,98 +223,3 @@ def _swe_smith(row: dict[str, Any], env: EvalCommands) -> dict[str, Any]:
     out["log_parser"] = env.log_parser
     out["eval_type"] = "pass_and_fail"
     return out
-
-
-_HUNK = re.compile(r"^@@ -(\d+(?:,\d+)?) \+(\d+(?:,\d+)?) @@(.*)$")
-_SWAPPED_HEADERS = (
-    ("new file mode ", "deleted file mode "),
-    ("rename from ", "rename to "),
-    ("copy from ", "copy to "),
-    ("old mode ", "new mode "),
-)
-
-
-def _swap_header(line: str) -> str:
-    for one, other in _SWAPPED_HEADERS:
-        if line.startswith(one):
-            return other + line[len(one) :]
-        if line.startswith(other):
-            return one + line[len(other) :]
-    if line.startswith("index "):
-        ids, _, mode = line[6:].partition(" ")
-        old, _, new = ids.partition("..")
-        return f"index {new}..{old}" + (f" {mode}" if mode else "")
-    return line
-
-
-def _file_header(minus: str, plus: str) -> tuple[str, str]:
-    """`--- a/x` / `+++ b/y` reversed: the new side becomes the old one (and /dev/null moves across)."""
-    old, new = minus[4:], plus[4:]
-    old_after = "/dev/null" if new == "/dev/null" else "a/" + new.removeprefix("b/")
-    new_after = "/dev/null" if old == "/dev/null" else "b/" + old.removeprefix("a/")
-    return f"--- {old_after}", f"+++ {new_after}"
-
-
-def _count(span: str) -> int:
-    return int(span.split(",")[1]) if "," in span else 1
-
-
-def reverse_patch(patch: str) -> str:
-    """The unified diff that undoes `patch` (what `git apply --reverse` applies), as text.
-
-    Hunk bodies are walked by their line counts, so a removed line that starts with `--` is never taken for
-    a file header. Within a run of changed lines the removals come first, as git writes them.
-    """
-    if "GIT binary patch" in patch:
-        raise RowRefused("patch", "a binary patch cannot be reversed as text")
-    out: list[str] = []
-    removed: list[str] = []  # the reversed hunk's removals (the original's additions), in order
-    added: list[str] = []
-
-    def flush() -> None:
-        out.extend(removed + added)
-        removed.clear()
-        added.clear()
-
-    # Split on "\n" only: a CRLF file's lines keep their "\r" (str.splitlines would cut there too).
-    lines = re.findall(r"[^\n]*\n|[^\n]+$", patch)
-    old_left = new_left = 0
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        text = line.removesuffix("\n")
-        newline = line[len(text) :]
-        following = lines[index + 1] if index + 1 < len(lines) else ""
-        if old_left > 0 or new_left > 0:
-            # "\ No newline at end of file" belongs to the line before it and moves with it.
-            marker = following if following.startswith("\\") else ""
-            if text.startswith("+"):
-                new_left -= 1
-                removed.append("-" + line[1:] + marker)
-            elif text.startswith("-"):
-                old_left -= 1
-                added.append("+" + line[1:] + marker)
-            else:  # context (an empty line is context whose leading space was stripped)
-                flush()
-                old_left, new_left = old_left - 1, new_left - 1
-                out.append(line + marker)
-            index += 1 if marker else 0
-        elif hunk := _HUNK.match(text):
-            flush()
-            old_left, new_left = _count(hunk.group(1)), _count(hunk.group(2))
-            out.append(f"@@ -{hunk.group(2)} +{hunk.group(1)} @@{hunk.group(3)}{newline}")
-        elif text.startswith("diff --git "):
-            flush()
-            match = _DIFF_HEADER.match(text)
-            out.append(f"diff --git a/{match.group(2)} b/{match.group(1)}{newline}" if match else line)
-        elif text.startswith("--- ") and following.startswith("+++ "):
-            flush()
-            minus, plus = _file_header(text, following.removesuffix("\n"))
-            out += [minus + newline, plus + following[len(following.removesuffix("\n")) :]]
-            index += 1
-        else:
-            flush()
-            out.append(_swap_header(text) + newline)
-        index += 1
-    flush()
-    return "".join(out)
