@@ -445,7 +445,7 @@ def import_task_set(
     """Every row of `source` that normalises, written to `out` as JSONL in swebench 5.x columns (FAIL_TO_PASS
     and PASS_TO_PASS as JSON strings, `eval_script` filled in): a file `load_task_set` reads as is. Refused
     rows are reported, not fatal; the file is replaced only once complete. `progress(rows read, total or
-    None)` is called every PROGRESS_EVERY rows and at the end."""
+    None)` is called every PROGRESS_EVERY rows and at the end of a longer import."""
     if source.startswith("s3://"):
         store = store or _default_store()
         with tempfile.TemporaryDirectory(prefix="protege-import-") as tmp:
@@ -475,7 +475,7 @@ def import_task_set(
             if progress and read % PROGRESS_EVERY == 0:
                 progress(read, total)
     partial.replace(out)
-    if progress:
+    if progress and read >= PROGRESS_EVERY:  # a short import needs no progress line
         progress(read, total)
     return ImportReport(out, written, refused, origin)
 
