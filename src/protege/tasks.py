@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protege.environments import EnvironmentSpec
+
 TEST_OUTPUT_START = ">>>>> Start Test Output"
 TEST_OUTPUT_END = ">>>>> End Test Output"
 
@@ -53,6 +55,8 @@ class TaskInstance(BaseModel):
     """Key of swebench's PARSER_REGISTRY that parses the test log (5.x)."""
     eval_type: Literal["pass_and_fail", "fail_only"] = "pass_and_fail"
     """swebench EvalType (5.x)."""
+    environment: EnvironmentSpec | None = None
+    """The environment the tests need (protege.environments); None = resolved from elsewhere."""
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod
@@ -80,7 +84,7 @@ class TaskInstance(BaseModel):
 
     def to_swebench(self) -> dict[str, Any]:
         """The row as swebench expects it (FAIL_TO_PASS / PASS_TO_PASS as JSON strings)."""
-        row = self.model_dump()
+        row = self.model_dump(exclude={"environment"} if self.environment is None else set())
         row["FAIL_TO_PASS"] = json.dumps(self.FAIL_TO_PASS)
         row["PASS_TO_PASS"] = json.dumps(self.PASS_TO_PASS)
         return row
