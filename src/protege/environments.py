@@ -203,7 +203,7 @@ def builtin_spec(repo: str) -> EnvironmentSpec | None:
 
     for demo in load_specs():
         if demo.repo == repo and demo.environment is not None:
-            return parse_spec(demo.environment, f"built-in {repo}")
+            return parse_spec(demo.environment, f"built-in environment of {repo}")
     return None
 
 
@@ -216,7 +216,7 @@ def resolve_environment(
     (the user's spec file), the built-in demo specs; else the empty spec (protege's own environment)."""
     if task.environment is not None:
         return task.environment.model_copy(
-            update={"name": task.environment.name or f"row {task.instance_id}"}
+            update={"name": task.environment.name or f"environment of row {task.instance_id}"}
         )
     if repo_dir is not None and (found := repository_spec(task, Path(repo_dir))) is not None:
         return found

@@ -5,6 +5,11 @@ tests still run (the unfixed repository must not resolve: every FAIL_TO_PASS tes
 PASS_TO_PASS test passes, the definitions SWE-bench's own validation uses). A broken instance is
 reported by id with the reason, so a broken environment never reaches synthesis or RL.
 
+Every instance that can be graded is; one that cannot (its repository is missing, it has no eval
+script, its environment asks for a Python this machine lacks) is reported by id with a one-line reason
+before grading starts, and never stops the others. Tests that error during collection (a missing
+package in `tests/conftest.py`) are reported as the import error itself.
+
     protege tasks verify demo:all            # one task set
     protege tasks verify --profile local     # that profile's train and eval sets
 """
@@ -12,6 +17,7 @@ reported by id with the reason, so a broken environment never reaches synthesis 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import ProtegeConfig
-from protege.grading import GradeJob, GradeResult, grade_batch
+from protege.environments import EnvironmentBuildError, EnvironmentSpecError, environment_for
+from protege.grading import GradeJob, GradeResult, GradingError, grade_batch, swebench_spec
 from protege.tasks import TaskInstance
 
 # Failure reasons meaning the grading itself did not happen: the run says nothing about the tests.
@@ -29,11 +36,12 @@ GOLD, EMPTY = "gold", "empty"
 
 @dataclass
 class InstanceVerdict:
-    """Both gradings of one instance and what is wrong with it (nothing when `ok`)."""
+    """Both gradings of one instance and what is wrong with it (nothing when `ok`); no gradings when the
+    instance could not be graded at all (`problems` says why)."""
 
     instance_id: str
-    gold: GradeResult
-    empty: GradeResult
+    gold: GradeResult | None
+    empty: GradeResult | None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -64,7 +72,7 @@ class VerifyReport:
             "duration_s": self.duration_s,
             "verdicts": [
                 {"instance_id": v.instance_id, "ok": v.ok, "problems": v.problems,
-                 "gold": v.gold.to_dict(), "empty": v.empty.to_dict()}
+                 "gold": v.gold and v.gold.to_dict(), "empty": v.empty and v.empty.to_dict()}
                 for v in self.verdicts
             ],
         }  # fmt: skip
@@ -76,7 +84,7 @@ class VerifyReport:
         for v in self.verdicts:
             rows.append(
                 f"{v.instance_id:<{width}}  {_outcome(v.gold):<12} {_outcome(v.empty):<12} "
-                f"{v.gold.duration_s:>7.1f} {v.empty.duration_s:>7.1f}  {'ok' if v.ok else 'BROKEN'}"
+                f"{_seconds(v.gold):>7} {_seconds(v.empty):>7}  {'ok' if v.ok else 'BROKEN'}"
             )
         rows.append(f"{len(self.verdicts) - len(self.broken)}/{len(self.verdicts)} instance(s) ok")
         for v in self.broken:
@@ -85,8 +93,75 @@ class VerifyReport:
         return "\n".join(rows)
 
 
-def _outcome(result: GradeResult) -> str:
+def _outcome(result: GradeResult | None) -> str:
+    if result is None:
+        return "not graded"
     return "resolved" if result.resolved else result.failure_reason
+
+
+def _seconds(result: GradeResult | None) -> str:
+    return "-" if result is None else f"{result.duration_s:.1f}"
+
+
+# pytest's own words for a file it could not import, and the exception line under it ("E   ...Error: ...").
+_COLLECTION_FAILURE = re.compile(
+    r"ImportError while loading conftest '(?P<conftest>[^']+)'"
+    r"|ImportError while importing test module '(?P<module>[^']+)'"
+    r"|_ ERROR collecting (?P<file>\S+) _"
+)
+_EXCEPTION_LINE = re.compile(r"^E\s+(?P<what>[\w.]*(?:Error|Exception)\b.*?)\s*$", re.M)
+
+
+def collection_error(log: str, workdir: str = "/testbed") -> str | None:
+    """'the tests error during collection: <exception> (in <file>)' when pytest could not import a test
+    file or conftest, else None."""
+    found = _COLLECTION_FAILURE.search(log)
+    if found is None:
+        return None
+    where = next(value for value in found.groupdict().values() if value)
+    where = where.removeprefix(workdir.rstrip("/") + "/")
+    exception = _EXCEPTION_LINE.search(log, found.end())
+    what = exception.group("what") if exception else "see the log"
+    return f"the tests error during collection: {what} (in {where})"
+
+
+def _collection_error_of(result: GradeResult | None, workdir: str) -> str | None:
+    if result is None or result.resolved:
+        return None
+    try:
+        text = Path(result.log_path).read_text(errors="replace")
+    except OSError:
+        return None
+    return collection_error(text, workdir)
+
+
+def verdict_problems(gold: GradeResult, empty: GradeResult, workdir: str = "/testbed") -> list[str]:
+    """What is wrong with an instance given both gradings; a collection error stands for all of it."""
+    problems = gold_problems(gold) + empty_problems(empty)
+    if problems and (why := _collection_error_of(gold, workdir) or _collection_error_of(empty, workdir)):
+        return [why]
+    return problems
+
+
+def instance_problem(task: TaskInstance, cfg: ProtegeConfig, repos_dir: str | Path) -> str | None:
+    """Why `task` cannot be graded here at all (None: it can). Builds a local environment on first use."""
+    if not task.eval_script.strip():
+        return "no eval_script: the row has no script that runs its tests (the `eval_script` column is empty)"
+    try:
+        swebench_spec(task)
+    except GradingError as err:
+        return str(err).removeprefix(f"{task.instance_id}: ")
+    backend = cfg.agent.sandbox.backend
+    if backend != "local":
+        return None if task.image else f"no `image` to run it in on the {backend} backend"
+    repo = Path(repos_dir) / task.repo_dirname
+    if not repo.is_dir():
+        return f"repository {task.repo} is missing: no {repo} (tasks.repos_dir is {repos_dir})"
+    try:
+        environment_for(cfg.agent.sandbox.environments, task, repos_dir)
+    except (EnvironmentBuildError, EnvironmentSpecError) as err:
+        return str(err)
+    return None
 
 
 def _where(test: str, result: GradeResult) -> str:
@@ -152,28 +227,39 @@ def verify_task_set(
     on_verdict: Callable[[InstanceVerdict], None] | None = None,
 ) -> VerifyReport:
     """Grade gold and empty patches of every task in parallel (`workers`, default cfg.eval.workers);
-    `on_verdict` is called once per instance as soon as both its gradings are in."""
+    `on_verdict` is called once per instance as soon as both its gradings are in (at once for an instance
+    that cannot be graded, see `instance_problem`)."""
     started = time.monotonic()
     run_id = run_id or time.strftime("verify-%Y%m%d-%H%M%S")
-    jobs = [GradeJob(t, t.patch, GOLD) for t in tasks] + [
-        GradeJob(t, "", EMPTY, run_tests_on_empty=True) for t in tasks
+    verdicts: dict[str, InstanceVerdict] = {}
+    for task in tasks:
+        if (why := instance_problem(task, cfg, repos_dir)) is not None:
+            verdicts[task.instance_id] = InstanceVerdict(task.instance_id, None, None, [why])
+            if on_verdict:
+                on_verdict(verdicts[task.instance_id])
+    gradable = [t for t in tasks if t.instance_id not in verdicts]
+    jobs = [GradeJob(t, t.patch, GOLD) for t in gradable] + [
+        GradeJob(t, "", EMPTY, run_tests_on_empty=True) for t in gradable
     ]
     done: dict[int, GradeResult] = {}
-    verdicts: dict[int, InstanceVerdict] = {}
 
     def collect(index: int, result: GradeResult) -> None:
         done[index] = result
-        task_index = index % len(tasks)
-        pair = (done.get(task_index), done.get(task_index + len(tasks)))
-        if pair[0] is not None and pair[1] is not None and task_index not in verdicts:
-            verdict = InstanceVerdict(tasks[task_index].instance_id, pair[0], pair[1])
-            verdict.problems = gold_problems(pair[0]) + empty_problems(pair[1])
-            verdicts[task_index] = verdict
+        task_index = index % len(gradable)
+        gold, empty = done.get(task_index), done.get(task_index + len(gradable))
+        task = gradable[task_index]
+        if gold is not None and empty is not None and task.instance_id not in verdicts:
+            verdict = InstanceVerdict(task.instance_id, gold, empty)
+            verdict.problems = verdict_problems(gold, empty, cfg.agent.sandbox.workdir)
+            verdicts[task.instance_id] = verdict
             if on_verdict:
                 on_verdict(verdict)
 
-    grade_batch(jobs, cfg, repos_dir, workers=workers, run_id=run_id, logs_dir=logs_dir, on_result=collect)
-    report = VerifyReport([verdicts[i] for i in range(len(tasks))], time.monotonic() - started)
+    if jobs:
+        grade_batch(
+            jobs, cfg, repos_dir, workers=workers, run_id=run_id, logs_dir=logs_dir, on_result=collect
+        )
+    report = VerifyReport([verdicts[t.instance_id] for t in tasks], time.monotonic() - started)
     out = Path(logs_dir or cfg.eval.grade_logs_dir) / run_id / "verify.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -191,6 +277,9 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
     def show(verdict: InstanceVerdict) -> None:
         seen.append(verdict.instance_id)
         state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
+        if verdict.gold is None or verdict.empty is None:
+            print(f"[{len(seen)}/{total}] {verdict.instance_id}: not graded  {state}", flush=True)
+            return
         print(
             f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
             f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
@@ -213,8 +302,10 @@ def run_cli(args: Any) -> int:
     broken = 0
     for source in sources:
         tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
-        if cfg.agent.sandbox.backend == "local":
-            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
+        if cfg.agent.sandbox.backend == "local" and source.startswith("demo:"):
+            ensure_local_repos(
+                tasks, source, repos_dir, error=CLIError
+            )  # builds the demo's; others: per instance
         print(
             f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
             flush=True,
