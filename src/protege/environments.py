@@ -115,9 +115,14 @@ class EnvironmentSpec(BaseModel):
         """True when the spec asks for nothing beyond protege's own environment."""
         return not self.python and not self.packages
 
+    def venv_packages(self) -> list[str]:
+        """What the environment installs: `packages`, plus setuptools for the offline editable install."""
+        needs_backend = self.install_repo and not any(re.match(r"setuptools\b", p) for p in self.packages)
+        return [*self.packages, "setuptools"] if needs_backend else list(self.packages)
+
     def env_digest(self) -> str:
-        """Identity of the built environment (python + packages): the cache key of venvs and env images."""
-        return _sha({"python": self.python, "packages": self.packages})
+        """Identity of the built environment (python + what it installs): the key of venvs and env images."""
+        return _sha({"python": self.python, "packages": self.venv_packages()})
 
     def digest(self) -> str:
         """Identity of the whole spec (the install commands too): the cache key of instance images."""
@@ -328,9 +333,7 @@ def _build_venv(spec: EnvironmentSpec, target: Path, timeout_s: float) -> str:
     found = _version_of(str(target / "bin" / "python"))
     if found is None:
         raise EnvironmentBuildError(f"{spec.label()}: the new virtualenv's python does not run")
-    packages = list(spec.packages)
-    if spec.install_repo:  # the editable install builds with the venv's setuptools, offline
-        packages += [] if any(re.match(r"setuptools\b", p) for p in packages) else ["setuptools"]
+    packages = spec.venv_packages()
     if packages:
         argv = [uv, "pip", "install", "--quiet", "--python", str(target / "bin" / "python"), *packages]
         _run_build(argv, spec.label(), timeout_s)
