@@ -72,7 +72,10 @@ def test_digests_are_stable_and_say_what_changed():
     assert spec.digest() == EnvironmentSpec(name="b", python="3.11", packages=["pytest==9.2.0"]).digest()
     with_install = spec.model_copy(update={"install": "make develop"})
     assert with_install.env_digest() == spec.env_digest() and with_install.digest() != spec.digest()
-    assert spec.model_copy(update={"install_repo": True}).venv_packages() == ["pytest==9.2.0", "setuptools"]
+    assert spec.model_copy(update={"install_repo": True}).venv_packages() == [
+        "pytest==9.2.0",
+        "setuptools>=70.1",
+    ]
     assert spec.model_copy(update={"packages": ["pytest==9.1.0"]}).env_digest() != spec.env_digest()
     assert spec.env_digest() == "20d4aada028168cb"  # the cache key must not move between releases
 
@@ -161,3 +164,30 @@ def test_deps_demo_verifies_in_its_own_environment_and_reuses_it(tmp_path):
         )
     assert probe.exit_code == 0, probe.output
     assert probe.output.split() == ["/testbed/src/pagination/__init__.py", "read-only"]
+
+
+@pytest.mark.docker
+def test_deps_demo_verifies_on_docker_in_its_layered_images(docker_engine, tmp_path):
+    """Must show (issue 14), Docker half: the instance image sits on an environment image holding
+    more-itertools; gold resolves, empty fails. A Python the base image lacks is an error naming the spec."""
+    from protege.config import ProtegeConfig
+    from protege.demo import build_demo_repos, demo_tasks
+    from protege.docker_engine import _label
+    from protege.environment_images import build_environment_image, engine_base
+    from protege.verify import verify_task_set
+
+    repos = tmp_path / "repos"
+    build_demo_repos(repos, only=["protege-demo/pagination"])
+    cfg = ProtegeConfig.model_validate(
+        {"agent": {"sandbox": {"backend": "docker"}}, "eval": {"grade_logs_dir": str(tmp_path / "grading")}}
+    )
+    (task,) = demo_tasks("deps")
+    report = verify_task_set([task], cfg, repos, workers=1)
+    assert report.ok, report.table()
+    assert report.verdicts[0].gold.resolved and not report.verdicts[0].empty.resolved
+    assert _label(task.image, "protege.env").startswith("protege-env/py3.11:")
+    wrong = EnvironmentSpec(name="specs.yaml: acme/calc", python="3.12", packages=["six"])
+    with pytest.raises(
+        UnavailablePython, match=r"^specs.yaml: acme/calc: Python 3.12 is not available in the base"
+    ):
+        build_environment_image(wrong, engine_base())

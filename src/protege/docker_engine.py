@@ -391,6 +391,9 @@ def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
         for spec in load_specs():
             name = spec_image(spec)
             built.append(name)
+            if spec.environment is not None:  # its own environment image (protege.environment_images)
+                _build_with_environment(spec, name, base, Path(tmp), log, force)
+                continue
             if not force and _image_exists(name) and _label(name, "protege.env") == env_image:
                 continue
             context = Path(tmp) / spec.name
@@ -400,6 +403,15 @@ def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
             _docker(["build", "-q", "--network", "none", "--build-arg", f"ENV_IMAGE={env_image}",
                      "--label", f"protege.env={env_image}", "-t", name, str(context)])  # fmt: skip
     return built
+
+
+def _build_with_environment(spec, name: str, base: str, tmp: Path, log, force: bool) -> None:
+    from protege.demo.build import build_repo, head_commit
+    from protege.environment_images import build_instance_image
+    from protege.environments import builtin_spec
+
+    repo = build_repo(spec, tmp / spec.name)
+    build_instance_image(builtin_spec(spec.repo), repo, head_commit(repo), name, base, log=log, force=force)
 
 
 def _copy_ca(dest: Path) -> None:

@@ -17,8 +17,9 @@ A spec looks like swebench's per-version specs:
     install_repo: true             # install the repository in development mode (editable, offline)
 
 Local backend (`prepare_local_environment`): one virtualenv per `env_digest` (python + packages) under
-`environments.cache_dir`, built once with uv (measured against pip in bench/results/envs_install.json:
-about 20x faster cold, and the in-sandbox editable install 0.6 s against pip's 6 s), under a file lock
+`environments.cache_dir`, built once with uv (against pip, bench/results/envs_install.json: 1.6 s against
+37.6 s from an empty cache, 0.8 s against 35.7 s from a full one, and the in-sandbox editable install
+3.2 s against 6.3 s, on 2 cores at load 25), under a file lock
 so concurrent episodes build it once; the sandbox mounts it read-only and puts its `bin` first on PATH.
 `episode_setup_script` gives the commands that run in each episode's copy: the pre-install and install
 lines, and for `install_repo` an editable install into a per-episode prefix the venv's
@@ -116,9 +117,10 @@ class EnvironmentSpec(BaseModel):
         return not self.python and not self.packages
 
     def venv_packages(self) -> list[str]:
-        """What the environment installs: `packages`, plus setuptools for the offline editable install."""
+        """What the environment installs: `packages`, plus setuptools for the offline editable install (70.1 is
+        the first with bdist_wheel built in; the setuptools a venv is seeded with may be older)."""
         needs_backend = self.install_repo and not any(re.match(r"setuptools\b", p) for p in self.packages)
-        return [*self.packages, "setuptools"] if needs_backend else list(self.packages)
+        return [*self.packages, "setuptools>=70.1"] if needs_backend else list(self.packages)
 
     def env_digest(self) -> str:
         """Identity of the built environment (python + what it installs): the key of venvs and env images."""

@@ -152,8 +152,12 @@ def instance_problem(task: TaskInstance, cfg: ProtegeConfig, repos_dir: str | Pa
     except GradingError as err:
         return str(err).removeprefix(f"{task.instance_id}: ")
     backend = cfg.agent.sandbox.backend
-    if backend != "local":
-        return None if task.image else f"no `image` to run it in on the {backend} backend"
+    if backend == "kubernetes":
+        return (
+            None if task.image else "no `image` to run it in on the kubernetes backend (rows must carry one)"
+        )
+    if backend == "docker":
+        return None  # with_docker_image has built or found its image
     repo = Path(repos_dir) / task.repo_dirname
     if not repo.is_dir():
         return f"repository {task.repo} is missing: no {repo} (tasks.repos_dir is {repos_dir})"
@@ -216,6 +220,25 @@ def empty_problems(empty: GradeResult) -> list[str]:
     return problems
 
 
+def with_docker_image(
+    task: TaskInstance, cfg: ProtegeConfig, repos_dir: str | Path, broken: dict[str, InstanceVerdict]
+) -> TaskInstance:
+    """The task with its instance image present in the engine (built from its environment when missing);
+    a task whose image cannot be had goes to `broken` with the reason."""
+    from protege.docker_engine import EngineError
+    from protege.environment_images import ensure_task_image
+    from protege.environments import resolve_environment, user_specs
+
+    try:
+        spec = resolve_environment(
+            task, Path(repos_dir) / task.repo_dirname, user_specs(cfg.agent.sandbox.environments)
+        )
+        return ensure_task_image(task, spec, Path(repos_dir))
+    except (EngineError, EnvironmentBuildError, EnvironmentSpecError) as err:
+        broken[task.instance_id] = InstanceVerdict(task.instance_id, None, None, [str(err)])
+        return task
+
+
 def verify_task_set(
     tasks: Sequence[TaskInstance],
     cfg: ProtegeConfig,
@@ -232,7 +255,13 @@ def verify_task_set(
     started = time.monotonic()
     run_id = run_id or time.strftime("verify-%Y%m%d-%H%M%S")
     verdicts: dict[str, InstanceVerdict] = {}
+    if cfg.agent.sandbox.backend == "docker":
+        tasks = [with_docker_image(task, cfg, repos_dir, verdicts) for task in tasks]
     for task in tasks:
+        if task.instance_id in verdicts:
+            if on_verdict:
+                on_verdict(verdicts[task.instance_id])
+            continue
         if (why := instance_problem(task, cfg, repos_dir)) is not None:
             verdicts[task.instance_id] = InstanceVerdict(task.instance_id, None, None, [why])
             if on_verdict:
@@ -302,7 +331,7 @@ def run_cli(args: Any) -> int:
     broken = 0
     for source in sources:
         tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
-        if cfg.agent.sandbox.backend == "local" and source.startswith("demo:"):
+        if cfg.agent.sandbox.backend in ("local", "docker") and source.startswith("demo:"):
             ensure_local_repos(
                 tasks, source, repos_dir, error=CLIError
             )  # builds the demo's; others: per instance
