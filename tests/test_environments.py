@@ -26,7 +26,7 @@ from tests.grading_helpers import make_task
 
 def _repo_with_env_file(path, content: str) -> str:
     """A git repository whose only commit holds `.protege/environment.yaml`; returns that commit."""
-    (path / ".protege").mkdir(parents=True)
+    (path / ".protege").mkdir(parents=True, exist_ok=True)
     (path / REPO_ENV_FILE).write_text(content)
     env = {
         "GIT_AUTHOR_NAME": "t",
@@ -191,3 +191,13 @@ def test_deps_demo_verifies_on_docker_in_its_layered_images(docker_engine, tmp_p
         UnavailablePython, match=r"^specs.yaml: acme/calc: Python 3.12 is not available in the base"
     ):
         build_environment_image(wrong, engine_base())
+
+
+def test_install_repo_gains_the_repositorys_build_backend(tmp_path):
+    repo = tmp_path / "acme__calc"
+    (repo / ".protege").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[build-system]\nrequires = ["hatchling>=1.20", "setuptools>=61"]\n')
+    base = _repo_with_env_file(repo, "packages: [pytest==9.2.0]\ninstall_repo: true\n")
+    spec = resolve_environment(make_task().model_copy(update={"base_commit": base}), repo, {})
+    assert spec.packages == ["pytest==9.2.0", "hatchling>=1.20"]
+    assert spec.venv_packages() == ["pytest==9.2.0", "hatchling>=1.20", "setuptools>=70.1"]

@@ -42,12 +42,15 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 if TYPE_CHECKING:
@@ -214,18 +217,50 @@ def builtin_spec(repo: str) -> EnvironmentSpec | None:
     return None
 
 
+def with_build_requirements(
+    spec: EnvironmentSpec, task: TaskInstance, repo_dir: Path | None
+) -> EnvironmentSpec:
+    """For `install_repo`, the spec plus the repository's `[build-system] requires` at base_commit that it does
+    not list already: the editable install runs offline, so its build backend must be in the environment."""
+    if not spec.install_repo or repo_dir is None or not repo_dir.is_dir():
+        return spec
+    show = ["git", "show", f"{task.base_commit}:pyproject.toml"]
+    done = subprocess.run(show, cwd=repo_dir, capture_output=True, text=True, check=False)
+    try:
+        requires = (
+            tomllib.loads(done.stdout).get("build-system", {}).get("requires", [])
+            if done.returncode == 0
+            else []
+        )
+        have = {canonicalize_name(Requirement(p).name) for p in spec.packages} | {
+            "setuptools"
+        }  # venv_packages
+        extra = [r for r in requires if canonicalize_name(Requirement(r).name) not in have]
+    except (tomllib.TOMLDecodeError, InvalidRequirement, AttributeError, TypeError):
+        return spec  # an unreadable pyproject: the install itself will say what is wrong
+    return spec.model_copy(update={"packages": [*spec.packages, *extra]}) if extra else spec
+
+
 def resolve_environment(
     task: TaskInstance,
     repo_dir: str | Path | None,
     specs: Mapping[str, EnvironmentSpec] | None = None,
 ) -> EnvironmentSpec:
     """The task's environment, from (in order) its row, its repository's environment file, `specs`
-    (the user's spec file), the built-in demo specs; else the empty spec (protege's own environment)."""
+    (the user's spec file), the built-in demo specs; else the empty spec (protege's own environment).
+    An `install_repo` spec gains the repository's build requirements (`with_build_requirements`)."""
+    repo_dir = Path(repo_dir) if repo_dir is not None else None
+    return with_build_requirements(_first_spec(task, repo_dir, specs), task, repo_dir)
+
+
+def _first_spec(
+    task: TaskInstance, repo_dir: Path | None, specs: Mapping[str, EnvironmentSpec] | None
+) -> EnvironmentSpec:
     if task.environment is not None:
         return task.environment.model_copy(
             update={"name": task.environment.name or f"environment of row {task.instance_id}"}
         )
-    if repo_dir is not None and (found := repository_spec(task, Path(repo_dir))) is not None:
+    if repo_dir is not None and (found := repository_spec(task, repo_dir)) is not None:
         return found
     specs = specs or {}
     for key in (f"{task.repo}@{task.version}", task.repo):

@@ -4,7 +4,9 @@
 - `local` (this module): a private work tree cloned from `<repos_dir>/<task.repo_dirname>` and every
   command run under bubblewrap: no network (new net, pid, ipc, uts namespaces), a read-only view of
   only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
-  tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
+  tree read-write at `workdir`, the task's environment read-only (its venv first on PATH, built once per
+  spec by protege.environments, the repository installed into the episode where the spec asks), private
+  /tmp and HOME, never host root (see `LocalSandbox`), all
   capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
   processes and disk, a per-command timeout that kills the whole process group. Host-side reads are
   bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
