@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import ProtegeConfig
-from protege.environments import EnvironmentBuildError, EnvironmentSpecError, environment_for
+from protege.environments import EnvironmentBuildError, EnvironmentSpecError, environment_for, user_specs
 from protege.grading import GradeJob, GradeResult, GradingError, grade_batch, swebench_spec
 from protege.tasks import TaskInstance
 
@@ -227,7 +227,7 @@ def with_docker_image(
     a task whose image cannot be had goes to `broken` with the reason."""
     from protege.docker_engine import EngineError
     from protege.environment_images import ensure_task_image
-    from protege.environments import resolve_environment, user_specs
+    from protege.environments import resolve_environment
 
     try:
         spec = resolve_environment(
@@ -326,6 +326,7 @@ def run_cli(args: Any) -> int:
     if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
         args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
     cfg = load_cfg(args)
+    user_specs(cfg.agent.sandbox.environments)  # a bad spec file is bad input for the whole run: exit 2
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
