@@ -209,12 +209,19 @@ def repository_spec(task: TaskInstance, repo_dir: Path) -> EnvironmentSpec | Non
 
 def builtin_spec(repo: str) -> EnvironmentSpec | None:
     """The spec a bundled demo repository declares in its task.yaml."""
+    return _builtin_specs().get(repo)
+
+
+@functools.cache
+def _builtin_specs() -> dict[str, EnvironmentSpec]:
+    """Package data: read once per process (every sandbox resolves its task's environment)."""
     from protege.demo.spec import load_specs
 
-    for demo in load_specs():
-        if demo.repo == repo and demo.environment is not None:
-            return parse_spec(demo.environment, f"built-in environment of {repo}")
-    return None
+    return {
+        demo.repo: parse_spec(demo.environment, f"built-in environment of {demo.repo}")
+        for demo in load_specs()
+        if demo.environment is not None
+    }
 
 
 def with_build_requirements(
