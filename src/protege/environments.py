@@ -116,8 +116,9 @@ class EnvironmentSpec(BaseModel):
 
     @property
     def is_host(self) -> bool:
-        """True when the spec asks for nothing beyond protege's own environment."""
-        return not self.python and not self.packages
+        """True when the spec asks for nothing beyond protege's own environment (which has pytest; a spec
+        that asks for anything gets a venv of its own, and must list its test runner)."""
+        return not self.python and not self.packages and not self.install_repo
 
     def venv_packages(self) -> list[str]:
         """What the environment installs: `packages`, plus setuptools for the offline editable install (70.1 is
@@ -224,27 +225,34 @@ def _builtin_specs() -> dict[str, EnvironmentSpec]:
     }
 
 
+def _build_requires(task: TaskInstance, repo_dir: Path) -> list[str]:
+    """The repository's `[build-system] requires` at base_commit (none when it has no pyproject.toml)."""
+    show = ["git", "show", f"{task.base_commit}:pyproject.toml"]
+    done = subprocess.run(show, cwd=repo_dir, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return []
+    try:
+        requires = tomllib.loads(done.stdout).get("build-system", {}).get("requires", [])
+    except tomllib.TOMLDecodeError:
+        return []  # the editable install itself will say what is wrong with it
+    return [r for r in requires if isinstance(r, str)]
+
+
 def with_build_requirements(
     spec: EnvironmentSpec, task: TaskInstance, repo_dir: Path | None
 ) -> EnvironmentSpec:
-    """For `install_repo`, the spec plus the repository's `[build-system] requires` at base_commit that it does
-    not list already: the editable install runs offline, so its build backend must be in the environment."""
+    """For `install_repo`, the spec plus the repository's build requirements it does not list already: the
+    editable install runs offline, so its build backend must be in the environment (setuptools always is,
+    see `venv_packages`)."""
     if not spec.install_repo or repo_dir is None or not repo_dir.is_dir():
         return spec
-    show = ["git", "show", f"{task.base_commit}:pyproject.toml"]
-    done = subprocess.run(show, cwd=repo_dir, capture_output=True, text=True, check=False)
     try:
-        requires = (
-            tomllib.loads(done.stdout).get("build-system", {}).get("requires", [])
-            if done.returncode == 0
-            else []
-        )
-        have = {canonicalize_name(Requirement(p).name) for p in spec.packages} | {
-            "setuptools"
-        }  # venv_packages
-        extra = [r for r in requires if canonicalize_name(Requirement(r).name) not in have]
-    except (tomllib.TOMLDecodeError, InvalidRequirement, AttributeError, TypeError):
-        return spec  # an unreadable pyproject: the install itself will say what is wrong
+        have = {canonicalize_name(Requirement(p).name) for p in spec.packages} | {"setuptools"}
+        extra = [
+            r for r in _build_requires(task, repo_dir) if canonicalize_name(Requirement(r).name) not in have
+        ]
+    except InvalidRequirement:
+        return spec
     return spec.model_copy(update={"packages": [*spec.packages, *extra]}) if extra else spec
 
 
