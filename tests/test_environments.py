@@ -201,3 +201,18 @@ def test_install_repo_gains_the_repositorys_build_backend(tmp_path):
     spec = resolve_environment(make_task().model_copy(update={"base_commit": base}), repo, {})
     assert spec.packages == ["pytest==9.2.0", "hatchling>=1.20"]
     assert spec.venv_packages() == ["pytest==9.2.0", "hatchling>=1.20", "setuptools>=70.1"]
+
+
+def test_concurrent_episodes_build_one_venv(tmp_path):
+    _uv_or_skip()
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = EnvironmentSpec(name="tiny", packages=["more-itertools==11.2.1"])
+    with ThreadPoolExecutor(3) as pool:
+        envs = list(pool.map(lambda _: prepare_local_environment(spec, tmp_path / "envs"), range(3)))
+    assert len({env.path for env in envs}) == 1
+    assert sum(env.built_s > 0 for env in envs) == 1, (
+        "exactly one caller built it; the others waited and reused it"
+    )
+    done = subprocess.run([envs[0].bin_dir / "python", "-c", "import more_itertools"], check=False)
+    assert done.returncode == 0
