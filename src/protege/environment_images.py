@@ -24,6 +24,7 @@ from pathlib import Path
 
 from protege.docker_engine import SANDBOX_UID, EngineError, _copy_ca, _docker, _image_exists, _label
 from protege.environments import EXCLUDE_NEW_FILES, EnvironmentSpec, UnavailablePython
+from protege.tasks import spec_digest
 
 ENV_PREFIX = "/opt/testbed-env"
 ENV_DOCKERFILE = f"""\
@@ -61,9 +62,7 @@ def base_python(base: str) -> str:
 
 
 def environment_image_name(spec: EnvironmentSpec, base: str) -> str:
-    from protege.environments import _sha
-
-    return f"protege-env/py{spec.python or 'base'}:{_sha({'env': spec.env_digest(), 'base': base})}"
+    return f"protege-env/py{spec.python or 'base'}:{spec_digest({'env': spec.env_digest(), 'base': base})}"
 
 
 def build_environment_image(spec: EnvironmentSpec, base: str, log: Callable[[str], None] = print) -> str:
@@ -187,3 +186,27 @@ def ensure_task_image(task, spec: EnvironmentSpec, repos_dir: Path, log: Callabl
         )
     build_instance_image(spec, repo, task.base_commit, name, engine_base(), log=log)
     return task.model_copy(update={"image": name})
+
+
+def build_demo_images(base: str, log: Callable[[str], None] = print, force: bool = False) -> list[str]:
+    """Every demo task's instance image (its `image` column), each built once; returns their names: those that
+    need only pytest share docker_engine's demo environment image, `demo:deps` gets its own."""
+    from protege.demo.build import build_repo, head_commit
+    from protege.demo.spec import load_specs
+    from protege.docker_engine import build_demo_images as build_plain_demo_images
+    from protege.docker_engine import spec_image
+    from protege.environments import builtin_spec
+
+    built = build_plain_demo_images(base, log=log, force=force)
+    with tempfile.TemporaryDirectory(prefix="protege-demo-images-") as tmp:
+        for demo in load_specs():
+            if demo.environment is None:
+                continue
+            repo = build_repo(demo, Path(tmp))
+            spec = builtin_spec(demo.repo)
+            built.append(
+                build_instance_image(
+                    spec, repo, head_commit(repo), spec_image(demo), base, log=log, force=force
+                )
+            )
+    return built

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -51,11 +49,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
+
+from protege.tasks import EnvironmentSpec, TaskInstance
 
 if TYPE_CHECKING:
     from protege.config import EnvironmentConfig
-    from protege.tasks import TaskInstance
+
+__all__ = ["EnvironmentSpec"]  # defined with the row schema it is a column of (protege.tasks)
 
 REPO_ENV_FILE = ".protege/environment.yaml"
 """Where a repository keeps its own environment spec (read at the task's base_commit)."""
@@ -80,66 +81,6 @@ class EnvironmentBuildError(RuntimeError):
 
 class UnavailablePython(EnvironmentBuildError):
     """The spec asks for a Python version this machine cannot provide."""
-
-
-class EnvironmentSpec(BaseModel):
-    """What a task's tests need: an interpreter, packages, and the commands that install the repository."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    name: str = ""
-    """Where the spec came from (for messages; not part of the digest)."""
-    python: str = ""
-    """Python `major.minor` (e.g. "3.11"); empty = the interpreter protege runs on."""
-    packages: list[str] = []
-    """Requirement specifiers installed from the package index into the environment (pin them)."""
-    pre_install: list[str] = []
-    """Shell lines run in the episode's copy of the repository before `install` (no network)."""
-    install: str = ""
-    """Shell line run in the episode's copy after the environment is ready (no network)."""
-    install_repo: bool = False
-    """Install the repository in development mode (editable, no dependencies, offline) in each episode."""
-
-    @field_validator("python")
-    @classmethod
-    def _major_minor(cls, value: str) -> str:
-        if value and not re.fullmatch(r"\d+\.\d+", value):
-            raise ValueError(f"must be a major.minor version like '3.11', got {value!r}")
-        return value
-
-    @field_validator("packages")
-    @classmethod
-    def _no_blank(cls, value: list[str]) -> list[str]:
-        if any(not p.strip() for p in value):
-            raise ValueError("an entry is blank")
-        return value
-
-    @property
-    def is_host(self) -> bool:
-        """True when the spec asks for nothing beyond protege's own environment (which has pytest; a spec
-        that asks for anything gets a venv of its own, and must list its test runner)."""
-        return not self.python and not self.packages and not self.install_repo
-
-    def venv_packages(self) -> list[str]:
-        """What the environment installs: `packages`, plus setuptools for the offline editable install (70.1 is
-        the first with bdist_wheel built in; the setuptools a venv is seeded with may be older)."""
-        needs_backend = self.install_repo and not any(re.match(r"setuptools\b", p) for p in self.packages)
-        return [*self.packages, "setuptools>=70.1"] if needs_backend else list(self.packages)
-
-    def env_digest(self) -> str:
-        """Identity of the built environment (python + what it installs): the key of venvs and env images."""
-        return _sha({"python": self.python, "packages": self.venv_packages()})
-
-    def digest(self) -> str:
-        """Identity of the whole spec (the install commands too): the cache key of instance images."""
-        return _sha(self.model_dump(exclude={"name"}))
-
-    def label(self) -> str:
-        return self.name or f"environment {self.env_digest()}"
-
-
-def _sha(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_spec(data: Any, where: str) -> EnvironmentSpec:
