@@ -216,3 +216,16 @@ def test_concurrent_episodes_build_one_venv(tmp_path):
     )
     done = subprocess.run([envs[0].bin_dir / "python", "-c", "import more_itertools"], check=False)
     assert done.returncode == 0
+
+
+def test_docker_rows_with_a_prebuilt_image_use_it_and_rows_without_need_their_repository(tmp_path):
+    from protege.docker_engine import EngineError
+    from protege.environment_images import ensure_task_image
+
+    prebuilt = make_task().model_copy(update={"image": "registry.example/acme-calc:sha256-abc"})
+    assert ensure_task_image(prebuilt, EnvironmentSpec(), tmp_path) is prebuilt  # the harness pulls it
+    bare = make_task().model_copy(update={"image": ""})
+    with pytest.raises(
+        EngineError, match=r"repository acme/calc is missing to build it: no .*acme__calc \(tasks.repos_dir"
+    ):
+        ensure_task_image(bare, EnvironmentSpec(packages=["six"]), tmp_path)

@@ -169,8 +169,9 @@ def instance_image_name(task, spec: EnvironmentSpec) -> str:
 
 
 def ensure_task_image(task, spec: EnvironmentSpec, repos_dir: Path, log: Callable[[str], None] = print):
-    """`task` with an `image` present in the engine: a prebuilt one is used as is; a missing one is built from
-    the repository under `repos_dir` (EngineError naming the image and the directory when there is none)."""
+    """`task` with an `image` the engine can run: one present is used as is; a missing one is built from the
+    repository under `repos_dir` when it is there, else left to the harness to pull (a row without an image and
+    without its repository is an EngineError naming both)."""
     if spec.is_host:  # protege's own environment, in a container: the base's Python with protege's pytest
         from protege.docker_engine import DEMO_PYTEST
 
@@ -179,6 +180,8 @@ def ensure_task_image(task, spec: EnvironmentSpec, repos_dir: Path, log: Callabl
     if _image_exists(name):
         return task if task.image == name else task.model_copy(update={"image": name})
     repo = Path(repos_dir) / task.repo_dirname
+    if not repo.is_dir() and task.image:
+        return task  # a prebuilt image from a registry: the harness pulls it
     if not repo.is_dir():
         raise EngineError(
             f"image {name} is not in the Docker engine and repository {task.repo} is missing to build it: no {repo} "
