@@ -233,8 +233,8 @@ def load_task_set(source: str, *, hf_split: str = "test", store: Any = None) -> 
         from protege.demo import demo_tasks
 
         split = source.removeprefix("demo:") or "all"
-        if split not in ("train", "eval", "all"):
-            raise TaskSetError(source, message=f"{source}: demo split must be train, eval or all")
+        if split not in ("train", "eval", "all", "deps"):
+            raise TaskSetError(source, message=f"{source}: demo split must be train, eval, all or deps")
         return demo_tasks(split)
     if source.startswith("s3://"):
         return _load_from_s3(source, hf_split=hf_split, store=store)

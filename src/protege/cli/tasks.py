@@ -81,6 +81,9 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
     def show(verdict: InstanceVerdict) -> None:
         seen.append(verdict.instance_id)
         state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
+        if verdict.gold is None or verdict.empty is None:
+            print(f"[{len(seen)}/{total}] {verdict.instance_id}: not graded  {state}", flush=True)
+            return
         print(
             f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
             f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
@@ -92,18 +95,20 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
+    from protege.environments import user_specs
     from protege.tasksets import ensure_local_repos, load_task_set
 
     if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
         args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
     cfg = load_cfg(args)
+    user_specs(cfg.agent.sandbox.environments)  # a bad spec file is bad input for the whole run: exit 2
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
     for source in sources:
         tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
-        if cfg.agent.sandbox.backend == "local":
-            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
+        if cfg.agent.sandbox.backend in ("local", "docker") and source.startswith("demo:"):
+            ensure_local_repos(tasks, source, repos_dir, error=CLIError)  # others: one broken instance each
         print(
             f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
             flush=True,
