@@ -30,6 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.model",
             "protege.services",
             "protege.docker_engine",
+            "protege.environments",
+            "protege.environment_images",
             "protege.training",
             "protege.launch",
             "protege.demo",

@@ -236,7 +236,7 @@ def test_tasks_import_writes_the_local_form_and_names_each_refused_row(tmp_path,
     refused = [line for line in captured.err.splitlines() if line.startswith("refused ")]
     assert refused == [
         f"refused {source}:3 [acme__data-1]: test_patch: touches no test file (only data files); nothing to run",
-        f"refused {source}:6 [acme__nopatch-1]: test_patch: missing required field",
+        f"refused {source}:6 [acme__nopatch-1]: eval_script: missing, and no test_patch to derive it from",
         f"refused {source}:7 [acme__odd-1]: (row): no eval_script, test_patch or image_name column: not a "
         "swebench 5.x, SWE-bench/SWE-Gym or SWE-smith row",
         f"refused {source}:8 [acme__smith.1.x]: problem_statement: String should have at least 1 character",
@@ -248,7 +248,7 @@ def test_tasks_import_writes_the_local_form_and_names_each_refused_row(tmp_path,
     again = tmp_path / "again.jsonl"
     assert main(["tasks", "import", str(out), "--out", str(again)]) == 0  # the local form imports as itself
     assert task_set_digest(load_task_set(str(again))) == task_set_digest(imported)
-    with pytest.raises(TaskSetError, match="test_patch: missing required field"):
+    with pytest.raises(TaskSetError, match="eval_script: missing, and no test_patch to derive it from"):
         load_task_set(str(source))  # a load is all or nothing; import is the forgiving path
 
 

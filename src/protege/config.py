@@ -269,6 +269,17 @@ class ModelConfig(Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+class EnvironmentConfig(Strict):
+    """Per-task environments (protege.environments): where specs come from and where venvs are cached."""
+
+    spec_file: str = ""
+    """YAML mapping `owner/name` (or `owner/name@version`) to an environment spec; empty = none."""
+    cache_dir: str = ".protege/envs"
+    """Local backend: one virtualenv per environment digest, built once, here."""
+    build_timeout_s: float = Field(default=900.0, gt=0)
+    """Limit of each step of an environment build (making the venv, installing its packages)."""
+
+
 class SandboxConfig(Strict):
     """Where agent commands and grading run."""
 
@@ -345,6 +356,8 @@ class SandboxConfig(Strict):
     SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
     container_tmpfs_mb: int = Field(default=512, ge=16)
     """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
+    environments: EnvironmentConfig = EnvironmentConfig()
+    """Per-task environments: Python version and packages the task's tests need (see protege.environments)."""
 
 
 class ExpertPrices(Strict):

@@ -159,7 +159,10 @@ def _required_text(row: dict[str, Any], name: str, why: str) -> str:
 def _classic(row: dict[str, Any], env: EvalCommands) -> dict[str, Any]:
     why = "a classic SWE-bench row needs it to derive the eval script"
     base_commit = _required_text(row, "base_commit", why)
-    test_patch = _required_text(row, "test_patch", why)
+    test_patch = row.get("test_patch")
+    if not isinstance(test_patch, str) or not test_patch.strip():
+        state = "empty" if "eval_script" in row else "missing"
+        raise RowRefused("eval_script", f"{state}, and no test_patch to derive it from")
     if "diff --git " not in test_patch:
         raise RowRefused("test_patch", "is not a git unified diff (no 'diff --git' header)")
     out = dict(row)

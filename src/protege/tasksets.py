@@ -346,9 +346,14 @@ def _checked_rows(
 
 
 def validate_rows(
-    source: str, rows: Iterable[RawRow], origin: TaskSetOrigin | None = None, env: EvalCommands | None = None
+    source: str,
+    rows: Iterable[RawRow],
+    origin: TaskSetOrigin | None = None,
+    env: EvalCommands | None = None,
+    refused: list[RowProblem] | None = None,
 ) -> TaskSet:
-    """Every row normalised and validated; raises TaskSetError listing every bad row, else returns them all."""
+    """Every row normalised and validated; raises TaskSetError listing every bad row, else returns them all.
+    With a `refused` list the bad rows go there instead (what `tasks verify` reports as broken instances)."""
     tasks = TaskSet(origin=origin or TaskSetOrigin(source))
     problems: list[RowProblem] = []
     for _, checked in _checked_rows(rows, env):
@@ -356,9 +361,11 @@ def validate_rows(
             tasks.append(checked)
         else:
             problems.extend(checked)
-    if problems:
+    if problems and refused is not None:
+        refused.extend(problems)
+    elif problems:
         raise TaskSetError(source, problems)
-    if not tasks:
+    if not tasks and not problems:
         raise TaskSetError(source, message=f"{source}: no task instances found")
     return tasks
 
@@ -383,24 +390,30 @@ _DIR_MARKERS = ("tasks", "dataset_info.json", "dataset_dict.json")
 
 
 def load_task_set(
-    source: str, *, split: str = "", store: Any = None, env: EvalCommands | None = None
+    source: str,
+    *,
+    split: str = "",
+    store: Any = None,
+    env: EvalCommands | None = None,
+    refused: list[RowProblem] | None = None,
 ) -> TaskSet:
     """Load and validate a whole task set from any supported source (see module docstring).
 
     `split` applies to hub datasets and their local copies (a `:split` in the source wins); '' reads the
-    dataset's only split, else its `test` split.
+    dataset's only split, else its `test` split. With a `refused` list, rows that cannot become instances
+    are appended there and the others load (a source that cannot be read at all still raises).
     """
     if source.startswith("demo:"):
         from protege.demo import demo_tasks
 
         demo_split = source.removeprefix("demo:") or "all"
-        if demo_split not in ("train", "eval", "all"):
-            raise TaskSetError(source, message=f"{source}: demo split must be train, eval or all")
+        if demo_split not in ("train", "eval", "all", "deps"):
+            raise TaskSetError(source, message=f"{source}: demo split must be train, eval, all or deps")
         return TaskSet(demo_tasks(demo_split), TaskSetOrigin(source, demo_split))
     if source.startswith("s3://"):
-        return _load_from_s3(source, split=split, store=store, env=env)
+        return _load_from_s3(source, split=split, store=store, env=env, refused=refused)
     rows, origin = _raw_rows(source, split)
-    return validate_rows(source, rows, origin, env)
+    return validate_rows(source, rows, origin, env, refused)
 
 
 def _default_store() -> Any:
@@ -410,11 +423,13 @@ def _default_store() -> Any:
     return S3ArtifactStore.from_config(StoreConfig())
 
 
-def _load_from_s3(uri: str, *, split: str, store: Any, env: EvalCommands | None) -> TaskSet:
+def _load_from_s3(
+    uri: str, *, split: str, store: Any, env: EvalCommands | None, refused: list[RowProblem] | None
+) -> TaskSet:
     store = store or _default_store()
     with tempfile.TemporaryDirectory(prefix="protege-taskset-") as tmp:
         local = store.fetch(uri, Path(tmp))
-        loaded = load_task_set(str(local), split=split, env=env)
+        loaded = load_task_set(str(local), split=split, env=env, refused=refused)
         return TaskSet(loaded, TaskSetOrigin(uri, loaded.origin.split, loaded.origin.revision))
 
 

@@ -127,6 +127,9 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
     def show(verdict: InstanceVerdict) -> None:
         seen.append(verdict.instance_id)
         state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
+        if verdict.gold is None or verdict.empty is None:
+            print(f"[{len(seen)}/{total}] {verdict.instance_id}: not graded  {state}", flush=True)
+            return
         print(
             f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
             f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
@@ -138,24 +141,40 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
-    from protege.tasksets import ensure_local_repos, load_task_set, split_of
+    from protege.environments import user_specs
+    from protege.tasksets import RowProblem, ensure_local_repos, load_task_set, split_of
 
     if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
         args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
     cfg = load_cfg(args)
+    user_specs(cfg.agent.sandbox.environments)  # a bad spec file is bad input for the whole run: exit 2
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
     for source in sources:
-        # A TaskSetError is bad input: exit 2.
-        tasks = load_task_set(source, split=split_of(cfg.tasks, source))
-        if cfg.agent.sandbox.backend == "local":
-            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
+        # A source that cannot be read is bad input (TaskSetError: exit 2); a row that cannot become an
+        # instance (e.g. no eval script and no test patch to derive one from) is one broken instance.
+        refused: list[RowProblem] = []
+        tasks = load_task_set(source, split=split_of(cfg.tasks, source), refused=refused)
+        unloadable: dict[str, list[str]] = {}
+        for problem in refused:
+            unloadable.setdefault(problem.instance_id or problem.where, []).append(
+                f"{problem.field}: {problem.reason}"
+            )
+        if cfg.agent.sandbox.backend in ("local", "docker") and source.startswith("demo:"):
+            ensure_local_repos(tasks, source, repos_dir, error=CLIError)  # others: one broken instance each
         print(
-            f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
+            f"verifying {len(tasks) + len(unloadable)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
             flush=True,
         )
-        report = verify_task_set(tasks, cfg, repos_dir, args.workers, on_verdict=_print_progress(len(tasks)))
+        report = verify_task_set(
+            tasks,
+            cfg,
+            repos_dir,
+            args.workers,
+            on_verdict=_print_progress(len(tasks) + len(unloadable)),
+            unloadable=unloadable,
+        )
         print(report.table())
         broken += len(report.broken)
     return 1 if broken else 0

@@ -189,15 +189,21 @@ class SandboxGate:
             self.sleep(start - now)
 
     def open(self, *args: Any) -> Any:
-        for attempt in range(self.retries + 1):
+        """The opener's sandbox; a SandboxError/OSError is retried `retries` times, backing off exponentially."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        def attempt() -> Any:
             self._wait_turn()
-            try:
-                return self.opener(*args)
-            except (SandboxError, OSError):
-                if attempt == self.retries:
-                    raise
-                self.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+            return self.opener(*args)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s, exp_base=2, min=self.backoff_s),
+            retry=retry_if_exception_type((SandboxError, OSError)),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        return retrying(attempt)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -170,15 +170,20 @@ def with_backoff(
     action: Callable[[], T], transient: Callable[[Exception], bool], retries: int, backoff_s: float
 ) -> T:
     """Call action; on a transient error retry up to `retries` times, waiting backoff_s * 2**attempt."""
-    for attempt in range(retries + 1):
-        try:
-            return action()
-        except Exception as err:
-            if attempt == retries or not transient(err):
-                raise
-            log.warning("sandbox start refused (%s); retry %d/%d", err, attempt + 1, retries)
-            time.sleep(backoff_s * 2**attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    def warn(state: Any) -> None:
+        error = state.outcome.exception()
+        log.warning("sandbox start refused (%s); retry %d/%d", error, state.attempt_number, retries)
+
+    retrying = Retrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential(multiplier=backoff_s, exp_base=2, min=backoff_s),
+        retry=retry_if_exception(transient),
+        before_sleep=warn,
+        reraise=True,
+    )
+    return retrying(action)
 
 
 def container_kwargs(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) -> dict[str, Any]:

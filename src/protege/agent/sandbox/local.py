@@ -3,7 +3,9 @@
 - `local` (this module): a private work tree cloned from `<repos_dir>/<task.repo_dirname>` and every
   command run under bubblewrap: no network (new net, pid, ipc, uts namespaces), a read-only view of
   only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
-  tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
+  tree read-write at `workdir`, the task's environment read-only (its venv first on PATH, built once per
+  spec by protege.environments, the repository installed into the episode where the spec asks), private
+  /tmp and HOME, never host root (see `LocalSandbox`), all
   capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
   processes and disk, a per-command timeout that kills the whole process group. Host-side reads are
   bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
@@ -63,6 +65,15 @@ from protege.agent.sandbox.confinement import (
     unmount,
 )
 from protege.config import SandboxConfig
+from protege.environments import (
+    EnvironmentBuildError,
+    EnvironmentSpecError,
+    LocalEnvironment,
+    environment_for,
+    episode_setup_script,
+    find_uv,
+    sandbox_variables,
+)
 from protege.tasks import TaskInstance
 
 log = logging.getLogger(__name__)
@@ -340,21 +351,46 @@ class LocalSandbox:
             self.base_commit = clone_at_base(
                 Path(repos_dir) / task.repo_dirname, task.base_commit, self._tree, cfg.setup_timeout_s, what
             )
+            self.environment = self._environment(Path(repos_dir))
             if bwrap is None:
                 log.warning("%s: running commands WITHOUT isolation (sandbox.allow_unsandboxed=true)", what)
                 self.workdir, self._cwd = str(self._tree), str(self._tree)
                 self._prefix: list[str] = []
-                self._env = {**_ENV, "PATH": os.environ.get("PATH", ""), "HOME": str(scratch_home)}
-                self._env["TMPDIR"] = str(scratch_tmp)
+                path = os.environ.get("PATH", "")
+                if self.environment is not None:
+                    path = f"{self.environment.bin_dir}:{path}"
+                self._env = {**_ENV, "PATH": path, "HOME": str(scratch_home), "TMPDIR": str(scratch_tmp)}
+                self._env.update(sandbox_variables(self.environment, str(scratch_tmp)))
+                self._install(str(scratch_tmp))
             else:
                 self._confine(what)
                 self.workdir, self._cwd = cfg.workdir, "/"
                 self._prefix = self._bwrap_prefix(bwrap, scratch_tmp, scratch_home, Path(repos_dir))
                 self._env = {**_ENV, "PATH": self._path(), "HOME": _SANDBOX_HOME, "TMPDIR": "/tmp"}
+                self._env.update(sandbox_variables(self.environment, "/tmp"))
                 self._probe(what)
+                self._install("/tmp")
         except BaseException:
             self.close()
             raise
+
+    def _environment(self, repos_dir: Path) -> LocalEnvironment | None:
+        """The task's environment (protege.environments), built on first use; None: protege's own."""
+        try:
+            self.environment_spec, env = environment_for(self.cfg.environments, self.task, repos_dir)
+        except (EnvironmentBuildError, EnvironmentSpecError) as err:
+            raise SandboxError(f"{self.what}: {err}") from err
+        return env
+
+    def _install(self, tmp: str) -> None:
+        """The spec's pre-install and install lines, in this episode's copy (no network)."""
+        script = episode_setup_script(self.environment_spec, self.environment, tmp)
+        if not script:
+            return
+        result = self._exec(script, [], self.cfg.setup_timeout_s, self.cfg.output_limit_chars)
+        if result.exit_code != 0:
+            tail = " | ".join(result.output.strip().splitlines()[-3:])
+            raise SandboxError(f"{self.what}: installing {self.environment_spec.label()} failed: {tail}")
 
     def _confine(self, what: str) -> None:
         """The uid owns the tree; the cgroup and the seccomp filter are made once per sandbox."""
@@ -391,7 +427,7 @@ class LocalSandbox:
         for path in _KERNEL_INTERFACES:
             args += ["--ro-bind-try", path, path]
         args += ["--bind", str(tmp), "/tmp", *_parent_dirs(_SANDBOX_HOME), "--bind", str(home), _SANDBOX_HOME]
-        for path in _python_dirs():
+        for path in _python_dirs() + self._environment_dirs():
             if not any(_under(path, b) for b in bound):
                 args += [*_parent_dirs(path), "--ro-bind", path, path]
                 bound.append(path)
@@ -404,7 +440,19 @@ class LocalSandbox:
         args += ["--bind", str(self._tree), self.workdir, "--remount-ro", "/"]
         return [*args, "--chdir", self.workdir]
 
+    def _environment_dirs(self) -> list[str]:
+        """The task's venv, the installation its interpreter comes from, and uv (for the editable install)."""
+        env = self.environment
+        if env is None:
+            return []
+        dirs = [str(env.path), str(env.base_python_dir)]
+        if self.environment_spec.install_repo:
+            dirs.append(os.path.dirname(find_uv()))
+        return [os.path.realpath(d) for d in dirs]
+
     def _path(self) -> str:
+        if self.environment is not None:
+            return ":".join([str(self.environment.bin_dir), _SYSTEM_PATH])
         venv_bin = [f"{sys.prefix}/bin"] if sys.prefix != sys.base_prefix else []
         return ":".join([*venv_bin, _SYSTEM_PATH])
 
