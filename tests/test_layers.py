@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.patches",
             "protege.trajectory",
             "protege.tasks",
+            "protege.task_schemas",
             "protege.tasksets",
             "protege.store",
             "protege.tracking",

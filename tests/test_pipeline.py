@@ -500,6 +500,7 @@ def test_verify_component_runs_under_kfp_local(store, tmp_path: Path, monkeypatc
     report = json.loads(store.fetch(report_uri, tmp_path / "fetched").read_text())
     assert [v["instance_id"] for v in report["train"]["verdicts"]] == [TRAIN_ID]
     assert report["eval"]["ok"] and report["train"]["ok"]
+    assert report["eval"]["split"] == "eval"  # each set's origin (split; for a hub set also its commit)
     assert len(task.outputs["tasks_digest"]) == 64
 
 

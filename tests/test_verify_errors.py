@@ -85,7 +85,10 @@ def test_verify_reports_each_broken_instance_and_verifies_the_good_ones(tmp_path
     good, other = demo_tasks("all")[:2]
     broken = {
         "missing repository": good.model_copy(update={"instance_id": "acme__gone-1", "repo": "acme/gone"}),
-        "missing eval script": good.model_copy(update={"instance_id": "acme__noeval-1", "eval_script": ""}),
+        # no eval script, and no test patch to derive one from (a classic row with one is derived and verifies)
+        "missing eval script": good.model_copy(
+            update={"instance_id": "acme__noeval-1", "eval_script": "", "test_patch": ""}
+        ),
         "unavailable python": good.model_copy(
             update={"instance_id": "acme__py34-1", "environment": EnvironmentSpec(python="3.4")}
         ),
@@ -109,7 +112,7 @@ def test_verify_reports_each_broken_instance_and_verifies_the_good_ones(tmp_path
         assert f"BROKEN {task.instance_id}:" not in out
     reasons = {
         "acme__gone-1": f"repository acme/gone is missing: no {repos / 'acme__gone'} (tasks.repos_dir is {repos})",
-        "acme__noeval-1": "no eval_script: the row has no script that runs its tests",
+        "acme__noeval-1": "eval_script: empty, and no test_patch to derive it from",
         "acme__py34-1": "environment of row acme__py34-1: Python 3.4 is not available on this machine",
         broken["collection error"].instance_id: "the tests error during collection: ModuleNotFoundError: "
         "No module named 'protege_no_such_package' (in tests/conftest.py)",

@@ -204,11 +204,14 @@ class TaskSetConfig(Strict):
     """Where the training and evaluation task instances come from and how they are split."""
 
     train: str = "demo:train"
-    """Training task set: a file/dir path, an s3:// URI, an HF dataset id, or `demo:train|eval|all`."""
+    """Training task set: a file/dir path, an s3:// URI, an HF dataset id `owner/name[@revision][:split]`, or
+    `demo:train|eval|all`. Rows in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith)."""
     eval: str = "demo:eval"
     """Evaluation task set (same forms as `train`)."""
-    hf_split: str = "test"
-    """Split to read when a task set is an HF hub id."""
+    train_split: str = ""
+    """Split of `train` when it has splits (a hub dataset or a copy of one); '' = its only split, else `test`."""
+    eval_split: str = ""
+    """Split of `eval` (as `train_split`), chosen independently: SWE-Gym has only `train`, SWE-bench `test`."""
     train_ids: list[str] = []
     """If non-empty, keep only these training instance ids."""
     eval_ids: list[str] = []

@@ -95,8 +95,9 @@ class TaskInstance(BaseModel):
     """The issue text the agent is given."""
     patch: str
     """Gold patch (a unified diff); never shown to the agent."""
-    test_patch: str
-    """Patch adding/changing the tests that judge a fix; applied only at grading."""
+    test_patch: str = ""
+    """Patch adding/changing the tests that judge a fix; applied only at grading (by the eval script).
+    Empty for a task whose tests are already in the repository (SWE-smith)."""
     FAIL_TO_PASS: list[str]
     """Tests that fail before the fix and must pass after it."""
     PASS_TO_PASS: list[str] = []
@@ -137,7 +138,9 @@ class TaskInstance(BaseModel):
 
     @field_validator("patch", "test_patch")
     @classmethod
-    def _is_diff(cls, value: str) -> str:
+    def _is_diff(cls, value: str, info: Any) -> str:
+        if info.field_name == "test_patch" and not value:
+            return value
         if not value.strip():
             raise ValueError("is empty; expected a unified diff")
         if "diff --git " not in value and not value.lstrip().startswith("--- "):

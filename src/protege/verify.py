@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,10 +260,12 @@ def verify_task_set(
     run_id: str | None = None,
     logs_dir: str | Path | None = None,
     on_verdict: Callable[[InstanceVerdict], None] | None = None,
+    unloadable: Mapping[str, list[str]] | None = None,
 ) -> VerifyReport:
     """Grade gold and empty patches of every task in parallel (`workers`, default cfg.eval.workers);
     `on_verdict` is called once per instance as soon as both its gradings are in (at once for an instance
-    that cannot be graded, see `instance_problem`)."""
+    that cannot be graded, see `instance_problem`). `unloadable` (id -> reasons): rows of the task set
+    that did not even load, reported as broken instances after the others."""
     started = time.monotonic()
     run_id = run_id or time.strftime("verify-%Y%m%d-%H%M%S")
     verdicts: dict[str, InstanceVerdict] = {}
@@ -300,7 +302,11 @@ def verify_task_set(
         grade_batch(
             jobs, cfg, repos_dir, workers=workers, run_id=run_id, logs_dir=logs_dir, on_result=collect
         )
-    report = VerifyReport([verdicts[t.instance_id] for t in tasks], time.monotonic() - started)
+    refused = [InstanceVerdict(iid, None, None, list(why)) for iid, why in (unloadable or {}).items()]
+    for verdict in refused:
+        if on_verdict:
+            on_verdict(verdict)
+    report = VerifyReport([verdicts[t.instance_id] for t in tasks] + refused, time.monotonic() - started)
     out = Path(logs_dir or cfg.eval.grade_logs_dir) / run_id / "verify.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -332,7 +338,13 @@ def run(cfg: ProtegeConfig, out: Path, store: Any = None) -> dict[str, str]:
                 tasks, source, repos_dir, error=TaskSetError
             )  # others: one broken instance each
         report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
-        reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
+        # tasks.origin: the split read and, for a hub dataset, the commit; the digest says which rows.
+        reports[split] = {
+            "source": source,
+            "digest": task_set_digest(tasks),
+            **tasks.origin.tags(),
+            **report.to_dict(),
+        }
     broken = [
         f"{rep['source']}:{iid} ({', '.join(problems)})"
         for rep in reports.values()

@@ -528,7 +528,7 @@ def log_to_tracker(
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
         if tasks:
-            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, list(tasks), "evaluation")
+            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, tasks, "evaluation")
         episodes = load_results(out_dir).episodes
         log_episode_traces(tracker, phase.run_id, episodes, model=cfg.model.base)
         if failure:
