@@ -1,0 +1,176 @@
+"""The host's end of a local sandbox's persistent shell (`shell_server`): start, frames, deadlines, restart.
+
+`ShellClient.request` sends one operation and reads the answer's frames until its deadline; output frames
+go to a callback (the caller's OutputCap), so the host never holds more than the cap. A server that does
+not answer in time is killed with its whole process tree; one that died (killed from inside, or by the
+memory limit) is noticed at the next read. Either way `ShellGone` is raised and the next request starts
+a fresh server: the documented state rule is that such a restart puts the session back in the work tree
+with the sandbox's initial environment.
+
+Servers are started from one long-lived thread (`_spawn`): bubblewrap's `--die-with-parent` is
+PR_SET_PDEATHSIG, which fires when the *thread* that started the process ends, and a sandbox outlives the
+thread that opened it (rollout and evaluation workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+from protege.agent import shell_server
+
+SERVER_SOURCE = Path(shell_server.__file__).read_text()
+"""What the sandbox's Python runs (`-c`): the installed package itself is not visible inside."""
+_READ_CHUNK = 1 << 16
+
+
+class ShellGone(Exception):
+    """The server died or missed its deadline before answering; it has been killed and will be restarted."""
+
+    def __init__(self, why: str, deadline_passed: bool) -> None:
+        super().__init__(why)
+        self.deadline_passed = deadline_passed
+
+
+def child_pidfds(pid: int) -> list[int]:
+    """pidfds of pid's direct children (bwrap's pid-1 of the sandbox runs in a session of its own)."""
+    fds = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                fds.append(os.pidfd_open(int(stat_file.parent.name)))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return fds
+
+
+def kill_group(pgid: int, leader_alive: bool, grace_s: float) -> None:
+    """SIGKILL the group; if the leader was still alive, return once its children are gone too (or after grace_s).
+
+    A sandbox's pid-1 dies with its parent (--die-with-parent) and takes the whole pid namespace with it,
+    asynchronously: waiting for it means no process of a killed sandbox outlives this call.
+    """
+    children = child_pidfds(pgid) if leader_alive else []
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    for fd in children:
+        select.select([fd], [], [], max(0.0, deadline - time.monotonic()))  # readable once it exited
+        os.close(fd)
+
+
+_spawn_queue: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+_spawn_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawn_forever() -> None:
+    while True:
+        action, done = _spawn_queue.get()
+        try:
+            done.set_result(action())
+        except BaseException as err:  # handed to the caller's thread
+            done.set_exception(err)
+
+
+def _spawn(action: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    """Run `action` (which starts a process) on the process-wide spawner thread."""
+    global _spawner
+    with _spawn_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawn_forever, name="protege-sandbox-spawner", daemon=True)
+            _spawner.start()
+    done: Future = Future()
+    _spawn_queue.put((action, done))
+    return done.result()
+
+
+class ShellClient:
+    """One sandbox's server process, started on first use and after it is lost."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen], grace_s: float) -> None:
+        self._start, self.grace_s = start, grace_s
+        self._proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def request(
+        self, operation: dict, blob: bytes, wait_s: float, on_output: Callable[[bytes], None]
+    ) -> dict:
+        """Send `operation` (+ blob), feed output bytes to on_output, return the final JSON reply.
+
+        ShellGone when the server dies or has not answered within wait_s (it is killed then).
+        """
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        header = json.dumps(operation).encode()
+        frame = shell_server.FRAME
+        try:
+            proc.stdin.write(frame.pack(b"Q", len(header)) + header + frame.pack(b"B", len(blob)))
+            proc.stdin.write(blob)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self._lost(leader_alive=False)
+            raise ShellGone("the sandbox shell had died", deadline_passed=False) from None
+        return self._answer(proc.stdout.fileno(), time.monotonic() + wait_s, on_output)
+
+    def _answer(self, fd: int, deadline: float, on_output: Callable[[bytes], None]) -> dict:
+        frame = shell_server.FRAME
+        buffer = bytearray()
+        while True:
+            while len(buffer) >= frame.size:
+                kind, size = frame.unpack_from(buffer)
+                if len(buffer) < frame.size + size:
+                    break
+                payload = bytes(buffer[frame.size : frame.size + size])
+                del buffer[: frame.size + size]
+                if kind == b"R":
+                    return json.loads(payload)
+                on_output(payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._lost(leader_alive=True)
+                raise ShellGone("the sandbox shell did not answer in time", deadline_passed=True)
+            if not select.select([fd], [], [], remaining)[0]:
+                continue
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                self._lost(leader_alive=False)
+                raise ShellGone("the sandbox shell died", deadline_passed=False)
+            buffer += chunk
+
+    def _running(self) -> subprocess.Popen:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._lost(leader_alive=False)
+        if self._proc is None:
+            self._proc = _spawn(self._start)
+            self.starts += 1
+        return self._proc
+
+    def _lost(self, leader_alive: bool) -> None:
+        """Kill what is left of the server's process tree and forget it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        kill_group(proc.pid, leader_alive and proc.poll() is None, self.grace_s)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    continue
+        proc.wait()
+
+    def close(self) -> None:
+        self._lost(leader_alive=True)
