@@ -211,6 +211,17 @@ def _python_dirs() -> list[str]:
     return [d for d in unique if os.access(d, os.R_OK | os.X_OK)]
 
 
+def _server_python() -> str:
+    """An interpreter for the shell server that this user can run and the sandbox binds: the real one
+    behind this process's (a venv's link may point into a home this user cannot enter), else the
+    system's. `-I -S` needs only the standard library."""
+    candidates = [os.path.realpath(sys.executable), shutil.which("python3", path=_SYSTEM_PATH)]
+    usable = [c for c in candidates if c and os.access(c, os.X_OK)]
+    if not usable:
+        raise SandboxError(f"no Python interpreter this user can run for the sandbox's shell: {candidates}")
+    return usable[0]
+
+
 def _protected_paths(repos_dir: Path) -> list[str]:
     """Paths that hold gold patches: the source repositories and the installed protege package."""
     paths = [os.path.realpath(repos_dir)]
@@ -391,7 +402,7 @@ class LocalSandbox:
         if self._prefix:  # RLIMIT_NPROC counts per uid: only meaningful for the sandbox's own uid
             limits += f" && ulimit -u {cfg.max_processes}"
         config = {"workdir": self.workdir, "contain": bool(self._prefix), "grace_s": cfg.exec_grace_s}
-        server = [sys.executable, "-I", "-S", "-c", SERVER_SOURCE, json.dumps(config)]
+        server = [_server_python(), "-I", "-S", "-c", SERVER_SOURCE, json.dumps(config)]
         argv = ["/bin/bash", "-c", limits + ' && exec "$@"', "protege-sandbox", *server]
         head: list[str] = []
         if self._prefix:
