@@ -103,7 +103,8 @@ class ShellClient:
     def __init__(self, start: Callable[[], subprocess.Popen], grace_s: float) -> None:
         self._start, self.grace_s = start, grace_s
         self._proc: subprocess.Popen | None = None
-        self.starts = 0
+        self.starts = 0  # servers started (1 + restarts)
+        self.requests = 0  # round trips
 
     def request(
         self, operation: dict, blob: bytes, wait_s: float, on_output: Callable[[bytes], None]
@@ -113,6 +114,7 @@ class ShellClient:
         ShellGone when the server dies or has not answered within wait_s (it is killed then).
         """
         proc = self._running()
+        self.requests += 1
         assert proc.stdin is not None and proc.stdout is not None
         header = json.dumps(operation).encode()
         frame = shell_server.FRAME
