@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import logging
+import marshal
 import math
 import os
 import secrets
@@ -402,7 +402,7 @@ class LocalSandbox:
         if self._prefix:  # RLIMIT_NPROC counts per uid: only meaningful for the sandbox's own uid
             limits += f" && ulimit -u {cfg.max_processes}"
         config = {"workdir": self.workdir, "contain": bool(self._prefix), "grace_s": cfg.exec_grace_s}
-        server = [_server_python(), "-I", "-S", "-c", SERVER_SOURCE, json.dumps(config)]
+        server = [_server_python(), "-I", "-S", "-c", SERVER_SOURCE, marshal.dumps(config, 4).hex()]
         argv = ["/bin/bash", "-c", limits + ' && exec "$@"', "protege-sandbox", *server]
         head: list[str] = []
         if self._prefix:
@@ -498,7 +498,7 @@ class LocalSandbox:
         operation = {"op": "read", "path": path, "limit": self.cfg.read_limit_bytes, "listing": True}
         text, reply = self._file_request(operation)
         self._raise_for(path, reply)
-        return reply["kind"], text
+        return reply.get("kind", "file"), text
 
     def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
         """Create or replace a file (parents created) as the sandbox sees it; OSError naming the path,
@@ -514,7 +514,7 @@ class LocalSandbox:
         operation.update(old=old, new=new, line=line)
         text, reply = self._file_request(operation)
         self._raise_for(path, reply)
-        return text, reply["applied"]
+        return text, bool(reply.get("applied"))
 
     def diff(self) -> str:
         """`git diff` of the work tree against base_commit, new files included, text only; PatchTooLarge

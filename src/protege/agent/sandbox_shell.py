@@ -15,6 +15,7 @@ thread that opened it (rollout and evaluation workers).
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import queue
 import select
@@ -116,10 +117,10 @@ class ShellClient:
         proc = self._running()
         self.requests += 1
         assert proc.stdin is not None and proc.stdout is not None
-        header = json.dumps(operation).encode()
-        frame = shell_server.FRAME
+        header = marshal.dumps(operation, 4)
+        frame = shell_server.frame_header
         try:
-            proc.stdin.write(frame.pack(b"Q", len(header)) + header + frame.pack(b"B", len(blob)))
+            proc.stdin.write(frame(b"Q", len(header)) + header + frame(b"B", len(blob)))
             proc.stdin.write(blob)
             proc.stdin.flush()
         except (BrokenPipeError, ValueError):
@@ -128,18 +129,23 @@ class ShellClient:
         return self._answer(proc.stdout.fileno(), time.monotonic() + wait_s, on_output)
 
     def _answer(self, fd: int, deadline: float, on_output: Callable[[bytes], None]) -> dict:
-        frame = shell_server.FRAME
+        head = shell_server.HEADER_SIZE
         buffer = bytearray()
+        error = ""
         while True:
-            while len(buffer) >= frame.size:
-                kind, size = frame.unpack_from(buffer)
-                if len(buffer) < frame.size + size:
+            while len(buffer) >= head:
+                kind, size = bytes(buffer[:1]), int.from_bytes(buffer[1:head], "big")
+                if len(buffer) < head + size:
                     break
-                payload = bytes(buffer[frame.size : frame.size + size])
-                del buffer[: frame.size + size]
+                payload = bytes(buffer[head : head + size])
+                del buffer[: head + size]
                 if kind == b"R":
-                    return json.loads(payload)
-                on_output(payload)
+                    reply = json.loads(payload)
+                    return {**reply, "error": error} if isinstance(reply, dict) else {"exit_code": -1}
+                if kind == b"E":
+                    error = payload.decode(errors="replace")
+                else:
+                    on_output(payload)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._lost(leader_alive=True)

@@ -1,10 +1,12 @@
 """The command server that lives inside a local sandbox for its whole episode (standard library only).
 
 The host starts it once, under the sandbox's full confinement (`python -I -S -c <this file's source>
-<config JSON>`), and talks to it over its stdin/stdout in frames: a 1-byte kind and a 4-byte big-endian
-length, then that many bytes. A request is a `Q` frame (JSON: the operation and its arguments) followed
-by a `B` frame (raw bytes: a file's new content, else empty); the answer is any number of `O` frames
-(output or file bytes, in order) and one `R` frame (JSON: exit code and the operation's facts).
+<config, marshalled, hex>`), and talks to it over its stdin/stdout in frames: a 1-byte kind and a 4-byte big-endian
+length, then that many bytes. A request is a `Q` frame (the operation and its arguments, marshalled:
+the host is trusted) followed by a `B` frame (raw bytes: a file's new content, else empty); the answer is
+any number of `O` frames (output or file bytes, in order), an `E` frame with an error's text if there is
+one, and one `R` frame (JSON, which the host parses safely whatever a command inside may have forged:
+exit code and the operation's facts).
 
 Operations:
 - `run`: `bash -c` a script in a new session, stdout and stderr into one pipe, stdin /dev/null, a CPU
@@ -26,16 +28,23 @@ editor too, so the two sides agree on what an edit does.
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import select
-import signal
 import stat
-import struct
 import sys
 import time
 
-FRAME = struct.Struct(">cI")
+# Not `signal`, `json` or `struct`: the imports would be most of this server's start-up time.
+SIGKILL, SIGPIPE, SIGXFSZ = 9, 13, 25
+
+HEADER_SIZE = 5  # a frame: its kind (1 byte), its payload's length (4 bytes, big-endian), the payload
+
+
+def frame_header(kind: bytes, size: int) -> bytes:
+    return kind + size.to_bytes(4, "big")
+
+
 STATE_FD = 250  # where a session command's bash reports its directory and environment
 _CHUNK = 1 << 16
 _STATE_LIMIT = 4 << 20  # a bigger report is ignored (the kernel caps an environment far below this)
@@ -154,34 +163,40 @@ def parse_exports(data: bytes) -> dict[bytes, bytes]:
 class Server:
     def __init__(self, config: dict) -> None:
         self.workdir = config["workdir"]
+        os.chdir(
+            self.workdir
+        )  # every command starts from here (its own directory, if any, is entered around the spawn)
         self.contain = config["contain"]  # in a pid namespace of its own: kill(-1) reaches only the sandbox
         self.grace_s = config["grace_s"]
         self.cwd = self.workdir
         self.base_env = {k: v for k, v in os.environb.items() if k not in _DROPPED_VARIABLES}
         self.env = dict(self.base_env)
         self.null = os.open(os.devnull, os.O_RDWR)
+        self.requests = open(0, "rb", buffering=_CHUNK, closefd=False)  # noqa: SIM115  (for the server's life)
 
     # framing ------------------------------------------------------------------------------------
     def _read_exact(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = os.read(0, size - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return bytes(data)
+        data = self.requests.read(size)  # buffered: a request's frames usually arrive in one read
+        if len(data) < size:
+            raise EOFError
+        return data
 
     def receive(self) -> tuple[bytes, bytes]:
-        kind, size = FRAME.unpack(self._read_exact(FRAME.size))
-        return kind, self._read_exact(size)
+        header = self._read_exact(HEADER_SIZE)
+        return header[:1], self._read_exact(int.from_bytes(header[1:], "big"))
 
     def send(self, kind: bytes, payload: bytes) -> None:
-        data = FRAME.pack(kind, len(payload)) + payload
+        data = frame_header(kind, len(payload)) + payload
         while data:
             data = data[os.write(1, data) :]
 
-    def reply(self, code: int, **facts: object) -> None:
-        self.send(b"R", json.dumps({"exit_code": code, **facts}).encode())
+    def reply(self, code: int, error: str = "", **facts: bool | int | float | str) -> None:
+        """An `E` frame with the error text (if any), then the `R` frame: JSON of plain numbers, booleans
+        and fixed words, written by hand (see the imports)."""
+        if error:
+            self.send(b"E", error.encode(errors="surrogateescape"))
+        fields = [f'"exit_code": {code}'] + [f'"{k}": {_json_scalar(v)}' for k, v in facts.items()]
+        self.send(b"R", ("{" + ", ".join(fields) + "}").encode())
 
     def serve(self) -> None:
         handlers = {"run": self.run, "read": self.read, "write": self.write, "edit": self.edit}
@@ -192,7 +207,7 @@ class Server:
                 _, blob = self.receive()
             except EOFError:
                 return
-            request = json.loads(header)
+            request = marshal.loads(header)  # from the host, which is trusted (the answers are JSON)
             handlers[request.pop("op")](blob=blob, **request)
 
     # commands -----------------------------------------------------------------------------------
@@ -202,10 +217,10 @@ class Server:
         received = time.monotonic()
         cwd, env = (self.cwd, self.env) if session else (self.workdir, self.base_env)
         try:
-            os.chdir(cwd)
+            if cwd != self.workdir:
+                os.chdir(cwd)
         except OSError:  # removed by the last command: start where the episode started
             cwd = self.workdir
-            os.chdir(cwd)
         text = f"ulimit -t {cpu_s}; " + (_STATE_TRAP if session else "") + script
         out_r, out_w = os.pipe()
         state_r, state_w = os.pipe()
@@ -223,7 +238,7 @@ class Server:
                 {**env, b"PWD": os.fsencode(cwd)},
                 file_actions=actions,
                 setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores both; a command must not
+                setsigdef=(SIGPIPE, SIGXFSZ),  # Python ignores both; a command must not
             )
         except OSError as err:
             for fd in (out_r, out_w, state_r, state_w):
@@ -231,7 +246,8 @@ class Server:
             self.reply(126, error=f"cannot start bash: {err}")
             return
         finally:
-            os.chdir(self.workdir)
+            if cwd != self.workdir:
+                os.chdir(self.workdir)
         os.close(out_w)
         os.close(state_w)
         code, timed_out, state = self._wait(pid, out_r, state_r, started + timeout)
@@ -285,13 +301,13 @@ class Server:
     def _end_all(self, pid: int) -> None:
         """SIGKILL the command's group and, contained, every other process of the sandbox but this one."""
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, SIGKILL)
         except ProcessLookupError:
             pass
         if not self.contain:
             return
         try:
-            os.kill(-1, signal.SIGKILL)
+            os.kill(-1, SIGKILL)
         except ProcessLookupError:  # nothing else was running: the common case
             return
         deadline = time.monotonic() + self.grace_s
@@ -383,6 +399,14 @@ def _write(target: str, path: str, data: bytes, exclusive: bool) -> tuple[int, s
     return 0, ""
 
 
+def _json_scalar(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'  # fixed words only ("file", "dir")
+    return repr(value)
+
+
 def _read_regular(target: str, path: str, limit: int | None) -> tuple[bytes, int, str]:
     """(bytes, 0, "") or (b"", exit code, why): READ-style codes, 2 missing, 27 over the limit."""
     try:
@@ -449,4 +473,4 @@ def _others_alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
-    Server(json.loads(sys.argv[1])).serve()
+    Server(marshal.loads(bytes.fromhex(sys.argv[1]))).serve()
