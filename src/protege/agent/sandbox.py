@@ -6,7 +6,8 @@
   only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
   tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
   capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
-  processes and disk, a per-command timeout that kills the whole process group. Host-side reads are
+  processes and disk, a per-command timeout that kills everything the command started; one persistent
+  shell per sandbox (below). Host-side reads are
   bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
   `allow_unsandboxed=true` runs the same commands without bubblewrap; that is the only way to get
   there: a missing or broken bubblewrap raises SandboxError.
@@ -21,11 +22,28 @@ may postdate the commit), so later objects are never copied; the
 source repositories, the project checkout and the installed `protege` package (its demo data holds
 gold patches) are not mounted. Container images get `sandbox_docker.CLEANUP_SCRIPT` at start.
 
-Simplifications: each command is its own process tree (background jobs end with the command, as in
-mini-swe-agent); /tmp and HOME persist across commands of one sandbox because they are bind-mounted
-scratch directories beside the tree. A sandbox lives in `$TMPDIR/protege-sbx-*` with a lock file its
-owner holds; one whose owner died (kill -9) is removed, with its mount and cgroups, by the next sandbox
-opened on the host.
+The persistent shell (SWE-agent keeps one shell session per episode through SWE-ReX; so does this
+backend, differently): a command server (`shell_server.py`) starts with the sandbox, inside the same
+bubblewrap, uid, cgroup, seccomp filter and limits, and every command of the episode is one round trip to
+it (`sandbox_shell.py` is the host's end). Each command is `bash -c` in a process of its own (a new
+session, a CPU limit of its own), so it can be timed out and killed without losing the shell.
+- What persists between commands, as in SWE-agent's session: the working directory (`cd`, `cd -`) and
+  exported environment variables (`export`, `unset`, what `source venv/bin/activate` exports).
+- What does not (SWE-ReX's single interactive bash keeps these; here they end with the command): shell
+  variables that are not exported, functions, aliases, `set` options, and background jobs: once a
+  command returns, every process it started is killed (as in mini-swe-agent).
+- A command killed at its timeout (with everything it started) leaves the directory and environment as
+  they were before it; the shell serves on. So does one that replaces the EXIT trap or `exec`s.
+- If the server itself dies (killed from inside, or by the memory limit), that command's output says so
+  and the next command starts a fresh server in the work tree with the initial environment.
+- File reads and writes and the editor's edits are done by the server itself (one round trip, no
+  process); they and the diff run in the work tree with the initial environment, whatever the agent's
+  `cd` or `export`.
+- Unsandboxed (`allow_unsandboxed`), there is no pid namespace to sweep: a command's process group is
+  killed, a daemon that left it (setsid) is not.
+/tmp and HOME persist across commands of one sandbox because they are bind-mounted scratch directories
+beside the tree. A sandbox lives in `$TMPDIR/protege-sbx-*` with a lock file its owner holds; one whose
+owner died (kill -9) is removed, with its mount and cgroups, by the next sandbox opened on the host.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Operations:
 - `run`: `bash -c` a script in a new session, stdout and stderr into one pipe, stdin /dev/null, a CPU
   limit of its own, killed with everything it started at its timeout. With `"session": true` (the agent's
   commands) it starts in the session's directory with the session's environment, and when it ends its
-  bash reports `$PWD` and `export -p` on a side pipe: that becomes the session's directory and environment
+  bash reports `$PWD` and `export -p` into a memfd (fd 250): that becomes the session's directory and environment
   for the next command. This is how `cd` and `export` persist while every command still runs in a process
   of its own that the server can time out and kill. The work the server does per command is one
   posix_spawn and a wait on the command's pidfd.
@@ -172,6 +172,7 @@ class Server:
         self.base_env = {k: v for k, v in os.environb.items() if k not in _DROPPED_VARIABLES}
         self.env = dict(self.base_env)
         self.null = os.open(os.devnull, os.O_RDWR)
+        self.state = os.memfd_create("protege-shell-state")
         self.requests = open(0, "rb", buffering=_CHUNK, closefd=False)  # noqa: SIM115  (for the server's life)
 
     # framing ------------------------------------------------------------------------------------
@@ -223,12 +224,11 @@ class Server:
             cwd = self.workdir
         text = f"ulimit -t {cpu_s}; " + (_STATE_TRAP if session else "") + script
         out_r, out_w = os.pipe()
-        state_r, state_w = os.pipe()
         actions = [
             (os.POSIX_SPAWN_DUP2, self.null, 0),
             (os.POSIX_SPAWN_DUP2, out_w, 1),
             (os.POSIX_SPAWN_DUP2, out_w, 2),
-            (os.POSIX_SPAWN_DUP2, state_w, STATE_FD),
+            (os.POSIX_SPAWN_DUP2, self.state, STATE_FD),
         ]
         started = time.monotonic()
         try:
@@ -241,7 +241,7 @@ class Server:
                 setsigdef=(SIGPIPE, SIGXFSZ),  # Python ignores both; a command must not
             )
         except OSError as err:
-            for fd in (out_r, out_w, state_r, state_w):
+            for fd in (out_r, out_w):
                 os.close(fd)
             self.reply(126, error=f"cannot start bash: {err}")
             return
@@ -249,17 +249,16 @@ class Server:
             if cwd != self.workdir:
                 os.chdir(self.workdir)
         os.close(out_w)
-        os.close(state_w)
-        code, timed_out, state = self._wait(pid, out_r, state_r, started + timeout)
+        code, timed_out = self._wait(pid, out_r, started + timeout)
+        state = self._take_state()
         if session and not timed_out and state:
             self._adopt(state)
         self.reply(code, timed_out=timed_out, spawn_s=started - received, took_s=time.monotonic() - started)
 
-    def _wait(self, pid: int, out_r: int, state_r: int, deadline: float) -> tuple[int, bool, bytes]:
+    def _wait(self, pid: int, out_r: int, deadline: float) -> tuple[int, bool]:
         """Stream the output until the command exits (or its deadline), then end what it left behind."""
         pidfd = os.pidfd_open(pid)
-        state = bytearray()
-        readers = {out_r, state_r}
+        readers = [out_r]
         timed_out = exited = False
         while not exited:
             remaining = deadline - time.monotonic()
@@ -267,36 +266,35 @@ class Server:
                 timed_out = True
                 break
             ready, _, _ = select.select([pidfd, *readers], [], [], remaining)
-            for fd in ready:
-                if fd == pidfd:
-                    exited = True
-                else:
-                    self._forward(fd, readers, state if fd == state_r else None)
+            exited = pidfd in ready
+            if out_r in ready:
+                self._forward(out_r, readers)
         self._end_all(pid)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         # Contained, every writer is gone now and EOF comes at once; outside a pid namespace a detached
         # daemon may hold the pipe, so what it has not written within a moment is left behind.
         idle_s = self.grace_s if self.contain else _UNCONTAINED_DRAIN_S
-        while readers:
-            ready, _, _ = select.select(list(readers), [], [], idle_s)
-            if not ready:
-                break
-            for fd in ready:
-                self._forward(fd, readers, state if fd == state_r else None)
-        for fd in (out_r, state_r):
-            os.close(fd)
-        return os.waitstatus_to_exitcode(status), timed_out, bytes(state)
+        while readers and select.select(readers, [], [], idle_s)[0]:
+            self._forward(out_r, readers)
+        os.close(out_r)
+        return os.waitstatus_to_exitcode(status), timed_out
 
-    def _forward(self, fd: int, readers: set[int], state: bytearray | None) -> None:
-        """One read from fd: output goes to the host, the state report into `state` (None: output)."""
+    def _forward(self, fd: int, readers: list[int]) -> None:
         chunk = os.read(fd, _CHUNK)
-        if not chunk:
-            readers.discard(fd)
-        elif state is None:
+        if chunk:
             self.send(b"O", chunk)
-        elif len(state) <= _STATE_LIMIT:
-            state += chunk
+        else:
+            readers.remove(fd)
+
+    def _take_state(self) -> bytes:
+        """What the last command's bash reported (a memfd: no pipe to wake on, none to fill), emptied."""
+        size = os.lseek(self.state, 0, os.SEEK_END)
+        os.lseek(self.state, 0, os.SEEK_SET)
+        report = os.read(self.state, min(size, _STATE_LIMIT)) if 0 < size <= _STATE_LIMIT else b""
+        os.ftruncate(self.state, 0)
+        os.lseek(self.state, 0, os.SEEK_SET)
+        return report
 
     def _end_all(self, pid: int) -> None:
         """SIGKILL the command's group and, contained, every other process of the sandbox but this one."""
