@@ -4,12 +4,14 @@ commands that try to wedge it, a killed server, and one round trip per editor op
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from protege.agent.editor import Editor
+from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import LocalSandbox, open_sandbox
 from protege.agent.shell_server import apply_edit, parse_exports
 from protege.config import SandboxConfig
@@ -186,3 +188,18 @@ def test_parse_exports_reads_what_bash_exported():
 )
 def test_apply_edit(text: str, old: str | None, new: str, line: int | None, expected: str | None):
     assert apply_edit(text, old, new, line) == expected
+
+
+@BWRAP
+def test_closing_from_another_thread_ends_a_running_command_and_later_ones_fail(demo: Demo):  # noqa: F811
+    """A rollout's timeout closes its sandbox from the scheduler's thread to stop the episode's thread."""
+    sandbox = open_sandbox(SandboxConfig(), demo.task, demo.repos_dir)
+    closer = threading.Timer(1.0, sandbox.close)
+    closer.start()
+    started = time.monotonic()
+    result = sandbox.run("sleep 1000.81", timeout=600)
+    assert time.monotonic() - started < 60 and result.exit_code != 0
+    closer.join()
+    with pytest.raises(SandboxError):
+        sandbox.run("echo after")
+    assert _leftovers("1000.81") == []

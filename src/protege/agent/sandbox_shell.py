@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from protege.agent import shell_server
+from protege.agent.protocols import SandboxError
 
 SERVER_SOURCE = Path(shell_server.__file__).read_text()
 """What the sandbox's Python runs (`-c`): the installed package itself is not visible inside."""
@@ -72,14 +73,13 @@ def kill_group(pgid: int, leader_alive: bool, grace_s: float) -> None:
         os.close(fd)
 
 
-_spawn_queue: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
 _spawn_lock = threading.Lock()
-_spawner: threading.Thread | None = None
+_spawner: tuple[int, queue.SimpleQueue] | None = None  # (the pid it belongs to, its queue)
 
 
-def _spawn_forever() -> None:
+def _spawn_forever(jobs: queue.SimpleQueue) -> None:
     while True:
-        action, done = _spawn_queue.get()
+        action, done = jobs.get()
         try:
             done.set_result(action())
         except BaseException as err:  # handed to the caller's thread
@@ -90,11 +90,14 @@ def _spawn(action: Callable[[], subprocess.Popen]) -> subprocess.Popen:
     """Run `action` (which starts a process) on the process-wide spawner thread."""
     global _spawner
     with _spawn_lock:
-        if _spawner is None:
-            _spawner = threading.Thread(target=_spawn_forever, name="protege-sandbox-spawner", daemon=True)
-            _spawner.start()
+        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or a forked child's copy of none
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            name = "protege-sandbox-spawner"
+            threading.Thread(target=_spawn_forever, args=(jobs,), name=name, daemon=True).start()
+            _spawner = (os.getpid(), jobs)
+        jobs = _spawner[1]
     done: Future = Future()
-    _spawn_queue.put((action, done))
+    jobs.put((action, done))
     return done.result()
 
 
@@ -104,6 +107,8 @@ class ShellClient:
     def __init__(self, start: Callable[[], subprocess.Popen], grace_s: float) -> None:
         self._start, self.grace_s = start, grace_s
         self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # one request at a time: frames of two would interleave
+        self.closed = False
         self.starts = 0  # servers started (1 + restarts)
         self.requests = 0  # round trips
 
@@ -114,6 +119,12 @@ class ShellClient:
 
         ShellGone when the server dies or has not answered within wait_s (it is killed then).
         """
+        with self._lock:
+            return self._request(operation, blob, wait_s, on_output)
+
+    def _request(
+        self, operation: dict, blob: bytes, wait_s: float, on_output: Callable[[bytes], None]
+    ) -> dict:
         proc = self._running()
         self.requests += 1
         assert proc.stdin is not None and proc.stdout is not None
@@ -159,6 +170,8 @@ class ShellClient:
             buffer += chunk
 
     def _running(self) -> subprocess.Popen:
+        if self.closed:
+            raise SandboxError("the sandbox is closed")
         if self._proc is not None and self._proc.poll() is not None:
             self._lost(leader_alive=False)
         if self._proc is None:
@@ -181,4 +194,12 @@ class ShellClient:
         proc.wait()
 
     def close(self) -> None:
-        self._lost(leader_alive=True)
+        """Kill the server for good. Safe from another thread while a request is in flight (a rollout's
+        timeout closes its sandbox to stop the episode): the kill ends that request with ShellGone and
+        every later one raises SandboxError."""
+        self.closed = True
+        proc = self._proc
+        if proc is not None:
+            kill_group(proc.pid, proc.poll() is None, self.grace_s)
+        with self._lock:
+            self._lost(leader_alive=False)
