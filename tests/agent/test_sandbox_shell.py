@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from protege.agent import sandbox as sandbox_module
 from protege.agent.editor import Editor
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import LocalSandbox, open_sandbox
@@ -203,3 +204,13 @@ def test_closing_from_another_thread_ends_a_running_command_and_later_ones_fail(
     with pytest.raises(SandboxError):
         sandbox.run("echo after")
     assert _leftovers("1000.81") == []
+
+
+@BWRAP
+def test_a_shell_that_cannot_start_is_a_sandbox_error_at_first_use(
+    demo: Demo, monkeypatch: pytest.MonkeyPatch
+):  # noqa: F811
+    monkeypatch.setattr(sandbox_module, "_server_python", lambda: "/nonexistent/python3")
+    with open_sandbox(SandboxConfig(), demo.task, demo.repos_dir) as sandbox:  # returns before the boot
+        with pytest.raises(SandboxError, match="could not start a sandbox.*nonexistent/python3"):
+            sandbox.run("true")

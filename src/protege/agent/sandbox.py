@@ -25,7 +25,9 @@ gold patches) are not mounted. Container images get `sandbox_docker.CLEANUP_SCRI
 The persistent shell (SWE-agent keeps one shell session per episode through SWE-ReX; so does this
 backend, differently): a command server (`shell_server.py`) starts with the sandbox, inside the same
 bubblewrap, uid, cgroup, seccomp filter and limits, and every command of the episode is one round trip to
-it (`sandbox_shell.py` is the host's end). Each command is `bash -c` in a process of its own (a new
+it (`sandbox_shell.py` is the host's end). Opening a sandbox does not wait for the server to boot: its
+first job, a probe (is the tree there, does git run?), is answered at the first operation, which raises
+SandboxError if bubblewrap could not start; in a rollout the boot overlaps the policy's first turn. Each command is `bash -c` in a process of its own (a new
 session, a CPU limit of its own), so it can be timed out and killed without losing the shell.
 - What persists between commands, as in SWE-agent's session: the working directory (`cd`, `cd -`) and
   exported environment variables (`export`, `unset`, what `source venv/bin/activate` exports).
@@ -338,8 +340,7 @@ class LocalSandbox:
                 self._prefix = self._bwrap_prefix(bwrap, scratch_tmp, scratch_home, Path(repos_dir))
                 self._env = {**_ENV, "PATH": self._path(), "HOME": _SANDBOX_HOME, "TMPDIR": "/tmp"}
             self._held.shell = ShellClient(self._launcher(), cfg.exec_grace_s)
-            if bwrap is not None:
-                self._probe(what)
+            self._start_shell(bwrap is not None)
         except BaseException:
             self.close()
             raise
@@ -396,19 +397,18 @@ class LocalSandbox:
         venv_bin = [f"{sys.prefix}/bin"] if sys.prefix != sys.base_prefix else []
         return ":".join([*venv_bin, _SYSTEM_PATH])
 
-    def _probe(self, what: str) -> None:
-        try:
-            result = self._exec("git rev-parse HEAD", [], self.cfg.setup_timeout_s, None)
-        except SandboxError as err:
-            result = CommandResult(str(err), -1)
-        if result.exit_code != 0 or result.output.strip() != self.base_commit:
-            said = (self._root / "shell.log").read_text(errors="replace").strip()[
-                -1000:
-            ] or result.output.strip()
-            raise SandboxError(
-                f"{what}: bubblewrap could not start a sandbox (user namespaces disabled?): {said!r}; "
-                "set sandbox.allow_unsandboxed=true to run commands without isolation"
-            )
+    def _start_shell(self, probe: bool) -> None:
+        """Start the shell server without waiting for it; under bubblewrap its first job is a probe (is the
+        tree there, does git run?) whose answer the first operation checks (SandboxError if wrong)."""
+        operation = {"op": "run", "script": "git rev-parse HEAD", "args": [], "session": False}
+        operation |= {"timeout": self.cfg.setup_timeout_s, "cpu_s": math.ceil(self.cfg.setup_timeout_s)}
+        if not probe:
+            operation |= {"script": "true"}
+        check = functools.partial(_check_probe, self.what, self.base_commit if probe else "", self._root)
+        assert self._held.shell is not None
+        self._held.shell.send_ahead(
+            operation, self.cfg.setup_timeout_s + 2 * self.cfg.exec_grace_s + 5, check
+        )
 
     def _launcher(self) -> Callable[[], subprocess.Popen]:
         """What starts the shell server (again after it is lost); it holds no reference to the sandbox,
@@ -554,6 +554,20 @@ class LocalSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_probe(what: str, base_commit: str, root: Path, output: bytes, reply: dict | None) -> None:
+    """SandboxError unless the probe printed base_commit (nothing to check unsandboxed: base_commit "")."""
+    if not base_commit:
+        return
+    if reply is None or reply.get("exit_code") != 0 or output.decode(errors="replace").strip() != base_commit:
+        said = (root / "shell.log").read_text(errors="replace").strip()[-1000:] or output.decode(
+            errors="replace"
+        )
+        raise SandboxError(
+            f"{what}: bubblewrap could not start a sandbox (user namespaces disabled?): {said.strip()!r}; "
+            "set sandbox.allow_unsandboxed=true to run commands without isolation"
+        )
 
 
 def _start_server(

@@ -109,6 +109,7 @@ class ShellClient:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one request at a time: frames of two would interleave
         self.closed = False
+        self._ahead: tuple[float, Callable[[bytes, dict | None], None]] | None = None
         self.starts = 0  # servers started (1 + restarts)
         self.requests = 0  # round trips
 
@@ -122,12 +123,32 @@ class ShellClient:
         with self._lock:
             return self._request(operation, blob, wait_s, on_output)
 
+    def send_ahead(self, operation: dict, wait_s: float, check: Callable[[bytes, dict | None], None]) -> None:
+        """Start the server and send `operation` now, without waiting: the next request first reads its
+        answer and calls check(output, reply, or None if the server was lost), which may raise. A sandbox
+        opens without waiting for its server to boot; the boot overlaps the policy's first turn."""
+        with self._lock:
+            self._send(self._running(), operation, b"")
+            self._ahead = (wait_s, check)
+
     def _request(
         self, operation: dict, blob: bytes, wait_s: float, on_output: Callable[[bytes], None]
     ) -> dict:
+        if self._ahead is not None:
+            (ahead_s, check), self._ahead = self._ahead, None
+            output = bytearray()
+            try:
+                reply: dict | None = self._answer(self._running(), time.monotonic() + ahead_s, output.extend)
+            except ShellGone:
+                reply = None
+            check(bytes(output), reply)
         proc = self._running()
+        self._send(proc, operation, blob)
+        return self._answer(proc, time.monotonic() + wait_s, on_output)
+
+    def _send(self, proc: subprocess.Popen, operation: dict, blob: bytes) -> None:
         self.requests += 1
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         header = marshal.dumps(operation, 4)
         frame = shell_server.frame_header
         try:
@@ -137,9 +158,10 @@ class ShellClient:
         except (BrokenPipeError, ValueError):
             self._lost(leader_alive=False)
             raise ShellGone("the sandbox shell had died", deadline_passed=False) from None
-        return self._answer(proc.stdout.fileno(), time.monotonic() + wait_s, on_output)
 
-    def _answer(self, fd: int, deadline: float, on_output: Callable[[bytes], None]) -> dict:
+    def _answer(self, proc: subprocess.Popen, deadline: float, on_output: Callable[[bytes], None]) -> dict:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
         head = shell_server.HEADER_SIZE
         buffer = bytearray()
         error = ""
