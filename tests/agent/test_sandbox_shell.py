@@ -3,9 +3,12 @@ commands that try to wedge it, a killed server, and one round trip per editor op
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,20 +17,35 @@ from protege.agent import sandbox as sandbox_module
 from protege.agent.editor import Editor
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import LocalSandbox, open_sandbox
+from protege.agent.sandbox_shell import SERVER_SOURCE, server_command
 from protege.agent.shell_server import apply_edit, parse_exports
 from protege.config import SandboxConfig
-from tests.agent.test_sandbox import BWRAP, Demo, _cmdline, demo  # noqa: F401  (demo is a fixture)
+from protege.tasks import TaskInstance
+from tests.agent.test_sandbox import BWRAP, _cmdline, make_repo, make_task
+
+
+@dataclass
+class Demo:
+    repos_dir: Path
+    task: TaskInstance
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    repos = tmp_path_factory.mktemp("repos")
+    return Demo(repos, make_task(make_repo(repos / "owner__calc")["base"]))
+
 
 BOTH = pytest.mark.parametrize("unsandboxed", [False, True], ids=["bwrap", "unsandboxed"])
 
 
 @pytest.fixture(scope="module")
-def shell(demo: Demo):  # noqa: F811
+def shell(demo: Demo):
     with open_sandbox(SandboxConfig(command_timeout_s=30), demo.task, demo.repos_dir) as sandbox:
         yield sandbox
 
 
-def _open(demo: Demo, unsandboxed: bool, **cfg: object) -> LocalSandbox:  # noqa: F811
+def _open(demo: Demo, unsandboxed: bool, **cfg: object) -> LocalSandbox:
     if not unsandboxed and BWRAP.args[0]:
         pytest.skip(BWRAP.kwargs["reason"])
     return LocalSandbox(SandboxConfig(allow_unsandboxed=unsandboxed, **cfg), demo.task, demo.repos_dir)
@@ -38,7 +56,7 @@ def _leftovers(marker: str) -> list[int]:
 
 
 @BOTH
-def test_cd_and_export_persist_and_shell_variables_do_not(demo: Demo, unsandboxed: bool):  # noqa: F811
+def test_cd_and_export_persist_and_shell_variables_do_not(demo: Demo, unsandboxed: bool):
     with _open(demo, unsandboxed) as sandbox:
         home = sandbox.workdir
         odd = 'two words\n"quoted" $dollar `tick` \\ \x01 caf\u00e9'
@@ -92,7 +110,7 @@ def test_exit_codes(shell: LocalSandbox, command: str, code: int):
 
 
 @BWRAP
-def test_output_is_capped_and_the_shell_goes_on(demo: Demo):  # noqa: F811
+def test_output_is_capped_and_the_shell_goes_on(demo: Demo):
     cfg = SandboxConfig(output_limit_chars=1000)
     with open_sandbox(cfg, demo.task, demo.repos_dir) as sandbox:
         result = sandbox.run("head -c 3000000 /dev/zero | tr '\\0' y; echo END >&2")
@@ -121,7 +139,7 @@ def test_closed_stdout_and_daemons_do_not_wedge_the_shell(shell: LocalSandbox):
 
 
 @BWRAP
-def test_a_killed_shell_is_restarted_in_the_work_tree_with_the_initial_environment(demo: Demo):  # noqa: F811
+def test_a_killed_shell_is_restarted_in_the_work_tree_with_the_initial_environment(demo: Demo):
     with open_sandbox(SandboxConfig(), demo.task, demo.repos_dir) as sandbox:
         sandbox.run("cd /tmp && export GONE=1")
         killed = sandbox.run("kill -9 $PPID; sleep 5")
@@ -131,7 +149,7 @@ def test_a_killed_shell_is_restarted_in_the_work_tree_with_the_initial_environme
 
 
 @BOTH
-def test_every_editor_operation_is_one_round_trip(demo: Demo, unsandboxed: bool):  # noqa: F811
+def test_every_editor_operation_is_one_round_trip(demo: Demo, unsandboxed: bool):
     with _open(demo, unsandboxed) as sandbox:
         editor = Editor(sandbox)
         shell = sandbox._held.shell
@@ -192,7 +210,7 @@ def test_apply_edit(text: str, old: str | None, new: str, line: int | None, expe
 
 
 @BWRAP
-def test_closing_from_another_thread_ends_a_running_command_and_later_ones_fail(demo: Demo):  # noqa: F811
+def test_closing_from_another_thread_ends_a_running_command_and_later_ones_fail(demo: Demo):
     """A rollout's timeout closes its sandbox from the scheduler's thread to stop the episode's thread."""
     sandbox = open_sandbox(SandboxConfig(), demo.task, demo.repos_dir)
     closer = threading.Timer(1.0, sandbox.close)
@@ -209,8 +227,22 @@ def test_closing_from_another_thread_ends_a_running_command_and_later_ones_fail(
 @BWRAP
 def test_a_shell_that_cannot_start_is_a_sandbox_error_at_first_use(
     demo: Demo, monkeypatch: pytest.MonkeyPatch
-):  # noqa: F811
+):
     monkeypatch.setattr(sandbox_module, "_server_python", lambda: "/nonexistent/python3")
     with open_sandbox(SandboxConfig(), demo.task, demo.repos_dir) as sandbox:  # returns before the boot
         with pytest.raises(SandboxError, match="could not start a sandbox.*nonexistent/python3"):
             sandbox.run("true")
+
+
+@BWRAP
+def test_the_server_also_runs_from_source_on_another_interpreter(demo: Demo, monkeypatch: pytest.MonkeyPatch):
+    """Compiled code goes only to this very interpreter; any other (here the system's) gets the source."""
+    other = "/usr/bin/python3"
+    if not Path(other).exists() or Path(other).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no second interpreter")
+    assert server_command(other)[-1] == SERVER_SOURCE
+    assert server_command(os.path.realpath(sys.executable))[-2] != SERVER_SOURCE
+    monkeypatch.setattr(sandbox_module, "_server_python", lambda: other)
+    with open_sandbox(SandboxConfig(), demo.task, demo.repos_dir) as sandbox:
+        assert sandbox.run("cd /tmp && export V=1").exit_code == 0
+        assert sandbox.run('pwd; echo "$V"').output == "/tmp\n1\n"

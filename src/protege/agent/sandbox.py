@@ -79,7 +79,7 @@ from protege.agent.confinement import (
     unmount,
 )
 from protege.agent.protocols import CommandResult, PatchTooLarge, Sandbox, SandboxError
-from protege.agent.sandbox_shell import SERVER_SOURCE, ShellClient, ShellGone
+from protege.agent.sandbox_shell import ShellClient, ShellGone, server_command
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 
@@ -420,7 +420,7 @@ class LocalSandbox:
         if self._prefix:  # RLIMIT_NPROC counts per uid: only meaningful for the sandbox's own uid
             limits += f" && ulimit -u {cfg.max_processes}"
         config = {"workdir": self.workdir, "contain": bool(self._prefix), "grace_s": cfg.exec_grace_s}
-        server = [_server_python(), "-I", "-S", "-c", SERVER_SOURCE, marshal.dumps(config, 4).hex()]
+        server = [*server_command(_server_python()), marshal.dumps(config, 4).hex()]
         argv = ["/bin/bash", "-c", limits + ' && exec "$@"', "protege-sandbox", *server]
         head: list[str] = []
         if self._prefix:

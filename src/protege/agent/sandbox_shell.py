@@ -14,6 +14,7 @@ thread that opened it (rollout and evaluation workers).
 
 from __future__ import annotations
 
+import functools
 import json
 import marshal
 import os
@@ -21,6 +22,7 @@ import queue
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,23 @@ from protege.agent.protocols import SandboxError
 
 SERVER_SOURCE = Path(shell_server.__file__).read_text()
 """What the sandbox's Python runs (`-c`): the installed package itself is not visible inside."""
+_BOOT_COMPILED = "import marshal, sys; exec(marshal.loads(bytes.fromhex(sys.argv[1])))"
+_ARGUMENT_LIMIT = 120_000  # the kernel refuses one argument over 128 KiB
+
+
+@functools.cache
+def _compiled_hex() -> str:
+    return marshal.dumps(compile(SERVER_SOURCE, "protege-shell-server", "exec")).hex()
+
+
+def server_command(python: str) -> list[str]:
+    """argv that runs the server (its config to be appended). With this very interpreter the code goes
+    compiled (marshal's code format is this Python's own), which saves compiling it at every start."""
+    if python == os.path.realpath(sys.executable) and len(_compiled_hex()) < _ARGUMENT_LIMIT:
+        return [python, "-I", "-S", "-c", _BOOT_COMPILED, _compiled_hex()]
+    return [python, "-I", "-S", "-c", SERVER_SOURCE]
+
+
 _READ_CHUNK = 1 << 16
 
 
