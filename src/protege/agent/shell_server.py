@@ -1,24 +1,24 @@
 """The command server that lives inside a local sandbox for its whole episode (standard library only).
 
-The host starts it once, under the sandbox's full confinement (`python -I -S -c <this file's source>
-<config, marshalled, hex>`), and talks to it over its stdin/stdout in frames: a 1-byte kind and a 4-byte big-endian
-length, then that many bytes. A request is a `Q` frame (the operation and its arguments, marshalled:
-the host is trusted) followed by a `B` frame (raw bytes: a file's new content, else empty); the answer is
-any number of `O` frames (output or file bytes, in order), an `E` frame with an error's text if there is
-one, and one `R` frame (JSON, which the host parses safely whatever a command inside may have forged:
-exit code and the operation's facts).
+The host starts it once, under the sandbox's full confinement (`python -I -S -c <this file, as source or
+compiled> <config, marshalled, hex>`), and talks to it over its stdin/stdout in frames: a 1-byte kind and
+a 4-byte big-endian length, then that many bytes. A request is a `Q` frame (the operation and its
+arguments, marshalled: the host is trusted) followed by a `B` frame (raw bytes: a file's new content,
+else empty); the answer is any number of `O` frames (output or file bytes, in order), an `E` frame with
+an error's text if there is one, and one `R` frame (JSON, which the host parses safely whatever a
+command inside may have forged: exit code and the operation's facts).
 
 Operations:
 - `run`: `bash -c` a script in a new session, stdout and stderr into one pipe, stdin /dev/null, a CPU
   limit of its own, killed with everything it started at its timeout. With `"session": true` (the agent's
   commands) it starts in the session's directory with the session's environment, and when it ends its
-  bash reports `$PWD` and `export -p` into a memfd (fd 250): that becomes the session's directory and environment
-  for the next command. This is how `cd` and `export` persist while every command still runs in a process
-  of its own that the server can time out and kill. The work the server does per command is one
-  posix_spawn and a wait on the command's pidfd.
+  bash reports `$PWD` and `export -p` into a memfd (fd 250): that becomes the session's directory and
+  environment for the next command. This is how `cd` and `export` persist while every command still
+  runs in a process of its own that the server can time out and kill. The work the server does per
+  command is one posix_spawn and a wait on the command's pidfd.
 - `read` (a file's bytes, or with `listing` a directory's two-level listing), `write` (optionally
-  exclusive, parents created), `edit` (`apply_edit` on the file, written back when it applies; the
-  answer holds the text before) and `remove`: done by the server itself, no process started.
+  exclusive, parents created) and `edit` (`apply_edit` on the file, written back when it applies; the
+  answer holds the text before): done by the server itself, no process started.
 
 Inside a pid namespace (`contain`), once a command ends every other process of the sandbox but this one
 is killed (`kill(-1)`): background jobs and daemons end with the command that started them, and none of
@@ -163,9 +163,9 @@ def parse_exports(data: bytes) -> dict[bytes, bytes]:
 class Server:
     def __init__(self, config: dict) -> None:
         self.workdir = config["workdir"]
-        os.chdir(
-            self.workdir
-        )  # every command starts from here (its own directory, if any, is entered around the spawn)
+        # Commands start here unless the session has moved: then the server enters that directory
+        # around the spawn only (posix_spawn has no chdir of its own before Python 3.14).
+        os.chdir(self.workdir)
         self.contain = config["contain"]  # in a pid namespace of its own: kill(-1) reaches only the sandbox
         self.grace_s = config["grace_s"]
         self.cwd = self.workdir
@@ -201,7 +201,6 @@ class Server:
 
     def serve(self) -> None:
         handlers = {"run": self.run, "read": self.read, "write": self.write, "edit": self.edit}
-        handlers["remove"] = self.remove
         while True:
             try:
                 _, header = self.receive()
@@ -215,7 +214,6 @@ class Server:
     def run(
         self, blob: bytes, script: str, args: list[str], timeout: float, cpu_s: int, session: bool
     ) -> None:
-        received = time.monotonic()
         cwd, env = (self.cwd, self.env) if session else (self.workdir, self.base_env)
         try:
             if cwd != self.workdir:
@@ -253,7 +251,7 @@ class Server:
         state = self._take_state()
         if session and not timed_out and state:
             self._adopt(state)
-        self.reply(code, timed_out=timed_out, spawn_s=started - received, took_s=time.monotonic() - started)
+        self.reply(code, timed_out=timed_out)
 
     def _wait(self, pid: int, out_r: int, deadline: float) -> tuple[int, bool]:
         """Stream the output until the command exits (or its deadline), then end what it left behind."""
@@ -363,15 +361,6 @@ class Server:
         for at in range(0, len(data), _CHUNK):
             self.send(b"O", data[at : at + _CHUNK])
         self.reply(code, error=error, applied=updated is not None and not code)
-
-    def remove(self, blob: bytes, path: str) -> None:
-        try:
-            os.unlink(self._path(path))
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            return self.reply(1, error=err.strerror)
-        self.reply(0)
 
 
 def _write(target: str, path: str, data: bytes, exclusive: bool) -> tuple[int, str]:
