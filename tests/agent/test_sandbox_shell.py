@@ -246,3 +246,15 @@ def test_the_server_also_runs_from_source_on_another_interpreter(demo: Demo, mon
     with open_sandbox(SandboxConfig(), demo.task, demo.repos_dir) as sandbox:
         assert sandbox.run("cd /tmp && export V=1").exit_code == 0
         assert sandbox.run('pwd; echo "$V"').output == "/tmp\n1\n"
+
+
+@BOTH
+def test_a_command_writing_into_the_servers_pipe_cannot_crash_the_host(demo: Demo, unsandboxed: bool):
+    """As root, the sandbox's uid cannot open the host-made pipe at all; a process of the server's own
+    user can, and a garbled answer then counts as a killed shell."""
+    with _open(demo, unsandboxed) as sandbox:
+        garbled = sandbox.run("printf 'R\\0\\0\\0\\5hello' > /proc/$PPID/fd/1; sleep 1")
+        refused = "Permission denied" in garbled.output and garbled.exit_code == 0
+        restarted = garbled.exit_code == -9 and "the next command starts a fresh one" in garbled.output
+        assert restarted or (refused and not unsandboxed), garbled
+        assert sandbox.run("echo fine").output == "fine\n"

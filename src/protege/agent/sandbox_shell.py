@@ -155,9 +155,11 @@ class ShellClient:
     ) -> dict:
         if self._ahead is not None:
             (ahead_s, check), self._ahead = self._ahead, None
-            output = bytearray()
+            output, proc = bytearray(), self._proc  # the server it went to, even if dead: never a new one
             try:
-                reply: dict | None = self._answer(self._running(), time.monotonic() + ahead_s, output.extend)
+                reply = (
+                    None if proc is None else self._answer(proc, time.monotonic() + ahead_s, output.extend)
+                )
             except ShellGone:
                 reply = None
             check(bytes(output), reply)
@@ -192,8 +194,16 @@ class ShellClient:
                 payload = bytes(buffer[head : head + size])
                 del buffer[: head + size]
                 if kind == b"R":
-                    reply = json.loads(payload)
-                    return {**reply, "error": error} if isinstance(reply, dict) else {"exit_code": -1}
+                    try:
+                        reply = json.loads(payload)
+                    except ValueError:
+                        reply = None
+                    if not isinstance(reply, dict) or not isinstance(reply.get("exit_code"), int):
+                        # only a command writing into the server's own pipe can do this: it is treated as
+                        # having killed the server
+                        self._lost(leader_alive=True)
+                        raise ShellGone("the sandbox shell's answer was garbled", deadline_passed=False)
+                    return {**reply, "error": error}
                 if kind == b"E":
                     error = payload.decode(errors="replace")
                 else:
