@@ -116,7 +116,7 @@ def _pair(tool: Callable[[], object], host: Callable[[], object]) -> dict[str, o
 def tool_calls(**overrides: object) -> dict[str, object]:
     from protege.agent.editor import Editor, numbered
     from protege.agent.sandbox import open_sandbox
-    from protege.agent.shell_server import file_lines
+    from protege.agent.sandbox.shell_server import file_lines
     from protege.config import SandboxConfig
 
     load_before = os.getloadavg()

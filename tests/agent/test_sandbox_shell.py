@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from protege.agent import sandbox as sandbox_module
 from protege.agent.editor import Editor
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import LocalSandbox, open_sandbox
-from protege.agent.sandbox_shell import SERVER_SOURCE, server_command
-from protege.agent.shell_server import apply_edit, parse_exports
+from protege.agent.sandbox import local as sandbox_module
+from protege.agent.sandbox.shell import SERVER_SOURCE, server_command
+from protege.agent.sandbox.shell_server import apply_edit, parse_exports
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 from tests.agent.test_sandbox import BWRAP, _cmdline, make_repo, make_task

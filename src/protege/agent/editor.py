@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from protege.agent.protocols import Sandbox
-from protege.agent.shell_server import file_lines, join_lines
+from protege.agent.sandbox.shell_server import file_lines, join_lines
 
 SNIPPET_LINES = 4
 """Lines of context shown around an edit (SWE-agent's value)."""
