@@ -30,9 +30,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from protege.agent.protocols import SandboxError
-from protege.agent.sandbox import shell_server
+from protege.agent.sandbox.shell_server import HEADER_SIZE, frame_header
 
-SERVER_SOURCE = Path(shell_server.__file__).read_text()
+SERVER_SOURCE = Path(__file__).with_name("shell_server.py").read_text()
 """What the sandbox's Python runs (`-c`): the installed package itself is not visible inside."""
 _BOOT_COMPILED = "import marshal, sys; exec(marshal.loads(bytes.fromhex(sys.argv[1])))"
 _ARGUMENT_LIMIT = 120_000  # the kernel refuses one argument over 128 KiB
@@ -171,7 +171,7 @@ class ShellClient:
         self.requests += 1
         assert proc.stdin is not None
         header = marshal.dumps(operation, 4)
-        frame = shell_server.frame_header
+        frame = frame_header
         try:
             proc.stdin.write(frame(b"Q", len(header)) + header + frame(b"B", len(blob)))
             proc.stdin.write(blob)
@@ -183,7 +183,7 @@ class ShellClient:
     def _answer(self, proc: subprocess.Popen, deadline: float, on_output: Callable[[bytes], None]) -> dict:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        head = shell_server.HEADER_SIZE
+        head = HEADER_SIZE
         buffer = bytearray()
         error = ""
         while True:
