@@ -6,8 +6,8 @@
   tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
   capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
   processes and disk, a per-command timeout that kills everything the command started; one persistent
-  shell per sandbox (below). Host-side reads are
-  bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
+  shell per sandbox (below). Host-side reads are bounded (`read_limit_bytes`, `patch_limit_bytes`); a
+  vanished work tree is a SandboxError.
   `allow_unsandboxed=true` runs the same commands without bubblewrap; that is the only way to get
   there: a missing or broken bubblewrap raises SandboxError.
 - `docker` (`docker.py`) and `kubernetes` (`kubernetes.py`): the instance image, commands
@@ -23,11 +23,12 @@ gold patches) are not mounted. Container images get `docker.CLEANUP_SCRIPT` at s
 
 The persistent shell (SWE-agent keeps one shell session per episode through SWE-ReX; so does this
 backend, differently): a command server (`shell_server.py`) starts with the sandbox, inside the same
-bubblewrap, uid, cgroup, seccomp filter and limits, and every command of the episode is one round trip to
-it (`shell.py` is the host's end). Opening a sandbox does not wait for the server to boot: its
-first job, a probe (is the tree there, does git run?), is answered at the first operation, which raises
-SandboxError if bubblewrap could not start; in a rollout the boot overlaps the policy's first turn. Each command is `bash -c` in a process of its own (a new
-session, a CPU limit of its own), so it can be timed out and killed without losing the shell.
+bubblewrap, uid, cgroup, seccomp filter and limits, and every command of the episode is one round trip
+to it (`shell.py` is the host's end). Opening a sandbox does not wait for the server to boot: its first
+job, a probe (is the tree there, does git run?), is answered at the first operation, which raises
+SandboxError if bubblewrap could not start; in a rollout the boot overlaps the policy's first turn.
+Each command is `bash -c` in a process of its own (a new session, a CPU limit of its own), so it can be
+timed out and killed without losing the shell.
 - What persists between commands, as in SWE-agent's session: the working directory (`cd`, `cd -`) and
   exported environment variables (`export`, `unset`, what `source venv/bin/activate` exports).
 - What does not (SWE-ReX's single interactive bash keeps these; here they end with the command): shell
