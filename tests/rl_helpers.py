@@ -46,10 +46,14 @@ def rl_cfg(repos: Path, tmp: Path, *overrides: str):
     return load_config(
         "local",
         overrides=[
-            f"tasks.repos_dir={repos}", f"services.data_dir={tmp / 'data'}", f"model.cache_dir={tmp / 'cache'}",
-            f"eval.grade_logs_dir={tmp / 'grading'}", "run_name=rl-test", *overrides,
+            f"tasks.repos_dir={repos}",
+            f"services.data_dir={tmp / 'data'}",
+            f"model.cache_dir={tmp / 'cache'}",
+            f"eval.grade_logs_dir={tmp / 'grading'}",
+            "run_name=rl-test",
+            *overrides,
         ],
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Call:
 
 @dataclass
 class ScriptedGenerator:
-    """A protege.rl_rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
+    """A protege.rl.rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
     the prompt. Records every call (thread-safe)."""
 
     tokenizer: Any
@@ -107,8 +111,14 @@ class _Doomed:
     def read_file(self, path: str) -> str:
         return self.real.read_file(path)
 
-    def write_file(self, path: str, content: str) -> None:
-        self.real.write_file(path, content)
+    def read_path(self, path: str) -> tuple[str, str]:
+        return self.real.read_path(path)
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
+        self.real.write_file(path, content, exclusive)
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        return self.real.edit_file(path, old, new, line)
 
     def diff(self) -> str:
         return self.real.diff()

@@ -53,6 +53,8 @@ def jsonl(*rows: dict) -> str:
 
 
 BAD_FILES: dict[str, str | bytes] = {
+    # a per-repository environment spec file (protege.environments)
+    "envs.yaml": "acme/lib:\n  python: three\n",
     # config files
     "off.yaml": "expert:\n  cache_mode: off\n",
     "syntax.yaml": "rl:\n  group_size: [4\n",
@@ -165,10 +167,16 @@ def build_cases() -> list[Case]:
         Case("tasks-not-a-task-dir", ("tasks", "list", f"{d}/noresults"), (f"{d}/noresults",)),
         Case("tasks-missing-file", ("tasks", "list", f"{d}/nope.jsonl"), (f"{d}/nope.jsonl",)),
         Case("tasks-demo-split", ("tasks", "list", "demo:nope"), ("demo:nope",)),
+        # a missing repository is one broken instance, not a stopped run (tests/test_verify_errors.py)
         Case(
-            "tasks-missing-repo-dir",
-            ("tasks", "verify", "{ok}", "tasks.repos_dir={repos}"),
-            ("acme__lib", "{repos}"),
+            "tasks-missing-env-spec-file",
+            ("tasks", "verify", "{ok}", f"agent.sandbox.environments.spec_file={d}/nope.yaml"),
+            (f"{d}/nope.yaml", "spec_file"),
+        ),
+        Case(
+            "tasks-bad-env-spec",
+            ("tasks", "verify", "{ok}", f"agent.sandbox.environments.spec_file={d}/envs.yaml"),
+            (f"{d}/envs.yaml", "acme/lib", "python", "'three'"),
         ),
         Case(
             "tasks-unknown-instance",

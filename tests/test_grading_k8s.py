@@ -18,6 +18,7 @@ import pytest
 from protege.config import ProtegeConfig
 from protege.grading import GradeJob, grade_batch
 from protege.tasks import TaskInstance
+from tests.agent.test_sandbox_k8s import ws_for
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
@@ -41,10 +42,17 @@ git checkout HEAD -- test_calc.py
 
 def task(n: int) -> TaskInstance:
     return TaskInstance(
-        instance_id=f"acme__calc-{n}", repo="acme/calc", base_commit="0" * 40, problem_statement="x must be 2",
-        patch=GOLD, test_patch=TEST_PATCH, FAIL_TO_PASS=["test_calc.py::test_new"],
-        PASS_TO_PASS=["test_calc.py::test_old"], image="registry/acme-calc:1", eval_script=EVAL,
-    )  # fmt: skip
+        instance_id=f"acme__calc-{n}",
+        repo="acme/calc",
+        base_commit="0" * 40,
+        problem_statement="x must be 2",
+        patch=GOLD,
+        test_patch=TEST_PATCH,
+        FAIL_TO_PASS=["test_calc.py::test_new"],
+        PASS_TO_PASS=["test_calc.py::test_old"],
+        image="registry/acme-calc:1",
+        eval_script=EVAL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,31 +126,19 @@ def pod_filesystem(root: Path) -> list[str]:
     ]
 
 
-class FakeExec:
-    def __init__(self, root: Path, command: list[str]):
-        self.proc = subprocess.run([*pod_filesystem(root), "--", *command], capture_output=True, text=True)
-        self.returncode = self.proc.returncode
-
-    def run_forever(self, timeout=None):
-        return None
-
-    def read_all(self):
-        return self.proc.stdout + self.proc.stderr
-
-    def close(self):
-        return None
-
-
 def fake_stream(core: FakeCore):
+    """Runs each exec's argv in the pod's bubblewrap and answers with the kubernetes client's own WSClient."""
+
     def stream(fn, name, namespace, command, **kwargs):
         assert fn == core.connect_get_namespaced_pod_exec and kwargs["tty"] is False
-        return FakeExec(core.pods[name], command)
+        proc = subprocess.run([*pod_filesystem(core.pods[name]), "--", *command], capture_output=True)
+        return ws_for(proc.stdout + proc.stderr, proc.returncode)
 
     return stream
 
 
 def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
-    from protege.grading_k8s import pod_opener
+    from protege.grading.kubernetes import pod_opener
 
     cfg = ProtegeConfig.model_validate(
         {
@@ -159,8 +155,14 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
         GradeJob(task(3), bad),
         GradeJob(task(4), "", run_tests_on_empty=True),
     ]
-    results = grade_batch(jobs, cfg, tmp_path / "unused", workers=4, logs_dir=tmp_path / "logs",
-                          open_sandbox=pod_opener(cfg, core, fake_stream(core)))  # fmt: skip
+    results = grade_batch(
+        jobs,
+        cfg,
+        tmp_path / "unused",
+        workers=4,
+        logs_dir=tmp_path / "logs",
+        open_sandbox=pod_opener(cfg, core, fake_stream(core)),
+    )
 
     assert [r.failure_reason for r in results] == ["none", "empty_patch", "patch_apply_failed", "empty_patch"]
     assert results[0].resolved and results[0].tests_status["FAIL_TO_PASS"]["success"] == [
@@ -183,7 +185,7 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
 def test_grading_pod_has_the_sandbox_pods_security_settings():
     """Non-root, no escalation, no capabilities, seccomp RuntimeDefault, read-only root with writable
     emptyDir copies, memory/ephemeral-storage limits, and every exec under `ulimit -u`."""
-    from protege.grading_k8s import PodSandbox, pod_manifest
+    from protege.grading.kubernetes import open_pod_sandbox
 
     cfg = ProtegeConfig.model_validate(
         {
@@ -197,7 +199,26 @@ def test_grading_pod_has_the_sandbox_pods_security_settings():
             }
         }
     )
-    spec = pod_manifest(task(1), cfg, "grade-x")["spec"]
+    created, calls = [], []
+    core = SimpleNamespace(
+        create_namespaced_pod=lambda namespace, body: created.append(body),
+        read_namespaced_pod=lambda name, namespace: SimpleNamespace(status=SimpleNamespace(phase="Running")),
+        delete_namespaced_pod=lambda name, namespace, grace_period_seconds: None,
+        connect_get_namespaced_pod_exec=None,
+    )
+
+    def stream(fn, name, namespace, command, **kwargs):
+        calls.append(command)
+        return ws_for(b"", 0)
+
+    with open_pod_sandbox(cfg, task(1), core, stream) as sandbox:
+        sandbox.run("true")
+    spec = created[0]["spec"]
+    # the grading NetworkPolicy (manifests/base/networkpolicy.yaml) selects this label value
+    assert created[0]["metadata"]["labels"] == {
+        cfg.agent.sandbox.pod_label: "grading",
+        "protege.ai/role": "grading",
+    }
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 10001,
@@ -220,23 +241,4 @@ def test_grading_pod_has_the_sandbox_pods_security_settings():
     assert container["resources"]["limits"]["ephemeral-storage"] == "512Mi"
     assert container["resources"]["limits"]["memory"] == f"{cfg.agent.sandbox.memory_limit_mb}Mi"
 
-    calls = []
-
-    class Exec:
-        returncode = 0
-
-        def run_forever(self, timeout=None):
-            return None
-
-        def read_all(self):
-            return ""
-
-        def close(self):
-            return None
-
-    def stream(fn, name, namespace, command, **kwargs):
-        calls.append(command)
-        return Exec()
-
-    PodSandbox(SimpleNamespace(connect_get_namespaced_pod_exec=None), stream, task(1), cfg).run("true")
     assert calls[0][:4] == ["bash", "-c", 'ulimit -u 99 && exec "$@"', "protege-limits"]

@@ -204,11 +204,14 @@ class TaskSetConfig(Strict):
     """Where the training and evaluation task instances come from and how they are split."""
 
     train: str = "demo:train"
-    """Training task set: a file/dir path, an s3:// URI, an HF dataset id, or `demo:train|eval|all`."""
+    """Training task set: a file/dir path, an s3:// URI, an HF dataset id `owner/name[@revision][:split]`, or
+    `demo:train|eval|all`. Rows in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith)."""
     eval: str = "demo:eval"
     """Evaluation task set (same forms as `train`)."""
-    hf_split: str = "test"
-    """Split to read when a task set is an HF hub id."""
+    train_split: str = ""
+    """Split of `train` when it has splits (a hub dataset or a copy of one); '' = its only split, else `test`."""
+    eval_split: str = ""
+    """Split of `eval` (as `train_split`), chosen independently: SWE-Gym has only `train`, SWE-bench `test`."""
     train_ids: list[str] = []
     """If non-empty, keep only these training instance ids."""
     eval_ids: list[str] = []
@@ -266,6 +269,17 @@ class ModelConfig(Strict):
 # --------------------------------------------------------------------------------------------------
 # The agent and the expert (METHOD §1, §2, §6)
 # --------------------------------------------------------------------------------------------------
+
+
+class EnvironmentConfig(Strict):
+    """Per-task environments (protege.environments): where specs come from and where venvs are cached."""
+
+    spec_file: str = ""
+    """YAML mapping `owner/name` (or `owner/name@version`) to an environment spec; empty = none."""
+    cache_dir: str = ".protege/envs"
+    """Local backend: one virtualenv per environment digest, built once, here."""
+    build_timeout_s: float = Field(default=900.0, gt=0)
+    """Limit of each step of an environment build (making the venv, installing its packages)."""
 
 
 class SandboxConfig(Strict):
@@ -344,6 +358,8 @@ class SandboxConfig(Strict):
     SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
     container_tmpfs_mb: int = Field(default=512, ge=16)
     """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
+    environments: EnvironmentConfig = EnvironmentConfig()
+    """Per-task environments: Python version and packages the task's tests need (see protege.environments)."""
 
 
 class ExpertPrices(Strict):
@@ -630,8 +646,9 @@ class SFTConfig(Strict):
     """Multi-node runs: GPUs per node of the TrainJob (one training process each)."""
     trainjob_runtime: str = "torch-distributed"
     """Multi-node runs: the Kubeflow Trainer ClusterTrainingRuntime the TrainJob references."""
-    trainjob_image: str = "ghcr.io/protege-ai/protege-trainer:latest"
-    """Multi-node runs: the trainer image (CUDA, torch, trl, deepspeed, protege); pin a digest on clusters."""
+    trainjob_image: str = ""
+    """Multi-node runs: the trainer image; empty = `pipeline.trainer_image`, the image of the pipeline's GPU
+    steps (pin a digest on clusters)."""
     trainjob_namespace: str = "protege"
     """Multi-node runs: namespace of the TrainJob."""
 
@@ -745,7 +762,7 @@ class EvalConfig(Strict):
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
     serve: Literal["in_process", "vllm"] = "in_process"
-    """How the model under evaluation answers (protege.serving): `in_process` runs the configured policy
+    """How the model under evaluation answers (protege.evaluate.serving): `in_process` runs the configured policy
     backend as is (local: transformers on CPU); `vllm` (cluster profile: the eval step runs on the GPU
     pool) starts `vllm serve` of the evaluated model on loopback for the run and points the openai backend
     at it, tool calls parsed from the text the way training parses them."""
@@ -809,9 +826,15 @@ class PipelineConfig(Strict):
     retry_backoff: str = "120s"
     """First backoff between those retries (doubled per retry)."""
     timeouts_s: dict[str, Annotated[int, Field(gt=0)]] = {
-        "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
-        "rl2": 72 * 3600, "eval": 24 * 3600, "register": 3600, "close": 600,
-    }  # fmt: skip
+        "verify": 4 * 3600,
+        "synth": 48 * 3600,
+        "sft": 24 * 3600,
+        "rl1": 72 * 3600,
+        "rl2": 72 * 3600,
+        "eval": 24 * 3600,
+        "register": 3600,
+        "close": 600,
+    }
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)
     """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""
