@@ -32,6 +32,9 @@ def rewrites(body: str) -> set[tuple[str, str]]:
         ),
         ("return 7", {("change_constant", "return 8"), ("change_constant", "return 6")}),
         ("return True", {("change_constant", "return False")}),
+        ("return s.strip()", {("drop_call", "return s")}),
+        ("return sorted(xs)", {("drop_call", "return xs")}),
+        ("return s.split(a)", set()),
     ],
 )
 def test_each_kind_rewrites_one_span(body: str, expected: set[tuple[str, str]]) -> None:
@@ -44,7 +47,7 @@ def test_every_kind_is_produced_on_a_realistic_function() -> None:
         '    """Docstring 1 < 2 is never touched."""\n'
         "    if not xs or n < 1:\n"
         "        return []\n"
-        "    return [max(xs[i], 0) - 5 for i in range(len(xs) - n)] if strict else xs[:n]\n"
+        "    return [abs(max(xs[i], 0)) - 5 for i in range(len(xs) - n)] if strict else xs[:n]\n"
     )
     found = mutations("w.py", source)
     assert {m.kind for m in found} == set(KINDS)

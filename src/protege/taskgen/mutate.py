@@ -12,6 +12,7 @@ nothing is re-printed). The kinds, after SWE-smith's procedural modifiers:
 | `drop_negation` | `not ok` -> `ok`, `-x` -> `x` |
 | `change_constant` | `2` -> `3`, `True` -> `False` |
 | `change_operator` | `a + b` -> `a - b`, `a and b` -> `a or b` |
+| `drop_call` | `name.strip()` -> `name`, `sorted(xs)` -> `xs` |
 
 Only code inside function bodies is touched (docstrings, f-strings and decorators never); a mutation
 that does not change the parsed program (the same AST) is dropped here, one no test notices later.
@@ -33,6 +34,7 @@ KINDS = (
     "drop_negation",
     "change_constant",
     "change_operator",
+    "drop_call",
 )
 _FLIP = {
     ast.Lt: ">=",
@@ -49,6 +51,21 @@ _FLIP = {
 _BOUNDARY = {ast.Lt: "<=", ast.LtE: "<", ast.Gt: ">=", ast.GtE: ">"}
 _ARITH = {ast.Add: "-", ast.Sub: "+", ast.Mult: "//", ast.FloorDiv: "*", ast.Div: "*", ast.Mod: "//"}
 _NON_COMMUTATIVE = (ast.Sub, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+# calls that return a changed copy of their input: dropping one keeps the program running, wrongly
+_PURE_METHODS = {
+    "strip",
+    "lstrip",
+    "rstrip",
+    "lower",
+    "upper",
+    "casefold",
+    "title",
+    "copy",
+    "items",
+    "keys",
+    "values",
+}
+_WRAPPERS = {"abs", "int", "float", "str", "sorted", "reversed", "list", "tuple", "set", "round", "len"}
 _OPERATOR = re.compile(r"not\s+in|is\s+not|<=|>=|==|!=|<|>|\bin\b|\bis\b|\band\b|\bor\b|//|\*\*|[-+*/%]")
 
 
@@ -182,6 +199,7 @@ def _sites(root: ast.AST, lines: list[str]) -> Iterator[Site]:
                 )
         elif isinstance(node, ast.Call):
             yield from _swap_sites(node, lines)
+            yield from _drop_call_sites(node, lines)
         elif isinstance(node, ast.Constant) and not isinstance(node.value, str | bytes):
             yield from _constant_sites(node, id(node) in slice_bounds)
         elif id(node) in slice_bounds and isinstance(node, ast.Name | ast.Attribute | ast.Call | ast.BinOp):
@@ -225,6 +243,18 @@ def _swap_sites(node: ast.Call, lines: list[str]) -> Iterator[Site]:
     between = lines[first.lineno - 1][first.end_col_offset : second.col_offset]
     if a != b and between.strip() == ",":
         yield "swap_arguments", first.lineno, first.col_offset, second.end_col_offset, f"{b}{between}{a}"
+
+
+def _drop_call_sites(node: ast.Call, lines: list[str]) -> Iterator[Site]:
+    """A call whose result is its input's transformation, dropped: `x.strip()` -> `x`, `abs(x)` -> `x`."""
+    where = (node.lineno, node.col_offset, node.end_col_offset)
+    func = node.func
+    if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+        return
+    if isinstance(func, ast.Attribute) and not node.args and func.attr in _PURE_METHODS:
+        yield "drop_call", *where, _segment(func.value, lines)
+    elif isinstance(func, ast.Name) and func.id in _WRAPPERS and len(node.args) == 1:
+        yield "drop_call", *where, _segment(node.args[0], lines)
 
 
 def _constant_sites(node: ast.Constant, in_slice: bool) -> Iterator[Site]:

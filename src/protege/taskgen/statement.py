@@ -16,6 +16,7 @@ MAX_ERROR_LINES = 12
 MAX_TEST_LINES = 40
 MAX_OTHERS = 5
 _SECTION = re.compile(r"^_{3,} (?P<name>\S+) _{3,}$", re.M)
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")  # object reprs: the same failure reads the same every run
 _END = re.compile(r"^(={3,} .* ={3,}|-{3,} .* -{3,})$", re.M)
 
 
@@ -39,7 +40,7 @@ def error_lines(output: str, test: str) -> list[str]:
             continue
         rest = output[match.end() :]
         end = min((m.start() for m in (_SECTION.search(rest), _END.search(rest)) if m), default=len(rest))
-        lines = [line for line in rest[:end].splitlines() if line.startswith("E ")]
+        lines = [_ADDRESS.sub("0x...", line) for line in rest[:end].splitlines() if line.startswith("E ")]
         if lines:
             return lines[:MAX_ERROR_LINES]
     summary = [
