@@ -56,7 +56,7 @@ def torch_threads(requested: int) -> int:
 
 def format_valid_rate(trajectories_file: Path) -> float:
     """Share of the policy turns of an eval's trajectories that were well-formed tool calls."""
-    from protege.rl_step import format_valid_rate as rate
+    from protege.rl.step import format_valid_rate as rate
     from protege.trajectory import Trajectory
 
     lines = trajectories_file.read_text().splitlines() if trajectories_file.is_file() else []
@@ -224,7 +224,7 @@ def log_to_tracker(tracker: Any, doc: dict[str, Any], files: list[Path]) -> None
 
 def main(argv: list[str]) -> int:
     from bench.__main__ import machine_info
-    from protege.cli import tracker_and_store
+    from protege.cli.common import tracker_and_store
     from protege.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__.split("\n")[0])

@@ -8,7 +8,7 @@ import uuid
 
 from bench import learning
 from protege.config import TrackingConfig
-from protege.rl_step import format_valid_rate
+from protege.rl.step import format_valid_rate
 from protege.tracking import Tracker
 from protege.trajectory import Message, Trajectory
 

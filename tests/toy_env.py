@@ -9,8 +9,8 @@ and the penalty after not asking: a function of the first turn's choice alone.
 `BranchGenerator` is the policy's generator: at the first turn it samples the choice from the *trained
 model's own* next-token distribution at the token where the two calls part (renormalised over the two
 tokens), and returns the chosen turn's ids with the model's log-probabilities. Everything else is the real
-path: protege.rl builds the GRPOTrainer, protege.rl_step/rl_rollout play each episode with the real Agent,
-tools, oracle expert and hidden judge, render it append-only with `env_mask`, and protege.rewards scores it.
+path: protege.rl builds the GRPOTrainer, protege.rl.step and protege.rl.rollout play each episode with the real Agent,
+tools, oracle expert and hidden judge, render it append-only with `env_mask`, and protege.rl.rewards scores it.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def sequence_logprobs(
 
 
 class BranchGenerator:
-    """A protege.rl_rollout.Generator: turn 0 is ASK or LOOK, drawn from `model`'s own probability of the
+    """A protege.rl.rollout.Generator: turn 0 is ASK or LOOK, drawn from `model`'s own probability of the
     parting token; turn 1 is SUBMIT. Set `model` (the trainer's) before the first step. Records the first
     turn's prompts (`first_prompts`) and each choice (`choices`: True = asked). Seeded; one rollout worker."""
 
