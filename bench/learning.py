@@ -63,6 +63,19 @@ def format_valid_rate(trajectories_file: Path) -> float:
     return rate([Trajectory.model_validate_json(line) for line in lines if line.strip()])
 
 
+def sft_losses(sft_dir: Path, history: list[dict[str, Any]]) -> list[float]:
+    """The loss of every SFT step: the latest checkpoint's trainer_state.json holds the steps of earlier runs
+    of a resumed phase, this run's history the steps after it."""
+    states = sorted(
+        (sft_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+        key=lambda path: int(path.parent.name.rpartition("-")[2]),
+    )
+    logged = json.loads(states[-1].read_text())["log_history"] if states else []
+    by_step = {entry["step"]: entry["loss"] for entry in logged if "loss" in entry}
+    by_step.update({entry["step"]: entry["loss"] for entry in history if "loss" in entry})
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def rl_curves(history: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Per-step series of the RL figures issue 16 asks for, from a stage's step history."""
     keys = sorted({k for h in history for k in h if k.startswith("reward/")})
@@ -127,7 +140,7 @@ def learn(cfg: Any, run_dir: Path, tracker: Any, store: Any) -> dict[str, Any]:
     }
     clock.done("format_check", t)
     out["sft"] = {
-        "loss": [h["loss"] for h in tuned["history"] if "loss" in h],
+        "loss": sft_losses(run_dir / "sft", tuned["history"]),
         "data": tuned["data"],
         "format_check": {
             n: {
@@ -200,7 +213,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     rows = doc["table"]
     ax.bar([f"{m}\nPass@1" for m in rows], [rows[m]["pass_at_1"] or 0.0 for m in rows], color="tab:blue")
     ax.bar([f"{m}\nformat" for m in rows], [rows[m]["format_valid_rate"] for m in rows], color="tab:orange")
-    ax.set(title="held-out eval: Pass@1 and format-valid turns", ylim=(0, 1.05))
+    checks = doc["sft"]["format_check"]
+    ax.bar(
+        [f"{m}\ncheck" for m in checks], [checks[m]["well_formed_share"] for m in checks], color="tab:green"
+    )
+    ax.set(title="Pass@1, format-valid eval turns, format check (training turns)", ylim=(0, 1.05))
     ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"protege learning run {doc['run_name']} ({doc['wall_s'] / 60:.1f} min)")
     fig.tight_layout()

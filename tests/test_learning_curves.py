@@ -43,7 +43,10 @@ def _doc() -> dict:
     return {
         "run_name": "learn-test",
         "wall_s": 600.0,
-        "sft": {"loss": [8.0, 5.0, 3.0]},
+        "sft": {
+            "loss": [8.0, 5.0, 3.0],
+            "format_check": {"base": {"well_formed_share": 0.0}, "sft": {"well_formed_share": 0.5}},
+        },
         "rl1": learning.rl_curves(history),
         "rl2": learning.rl_curves(history),
         "table": {name: dict(row, pass_at_1=0.1 * n) for n, name in enumerate(learning.MODELS)},
