@@ -44,7 +44,7 @@ def context(cfg, tokenizer, generator, tmp: Path, opener=open_sandbox) -> Rollou
     expert = ExpertService(cfg.expert.model_copy(update={"gold_patch": False}))
     reward = cfg.rl.stage1
     return RolloutContext(cfg, reward, generator, tokenizer, "test", expert, make_judge(reward, expert),
-                          SandboxGate(opener, 0, 0, 0), tmp / "grading", grade)  # fmt: skip
+                          SandboxGate(opener, 0, 0, 0), tmp / "grading", grade, "rl1")  # fmt: skip
 
 
 def spans(trace: TokenTrace, flag: int) -> list[list[int]]:

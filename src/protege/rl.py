@@ -218,7 +218,7 @@ def build_trainer(cfg: ProtegeConfig, plan: StagePlan, out_dir: Path, store: Any
     gate = SandboxGate(sandbox_opener or open_sandbox, r.sandbox_start_interval_s, r.sandbox_start_retries,
                        r.sandbox_start_backoff_s)  # fmt: skip
     ctx = RolloutContext(cfg, plan.reward, generator, tokenizer, f"{plan.phase}:{plan.reference_uri}",
-                         expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade)  # fmt: skip
+                         expert, make_judge(plan.reward, expert), gate, out_dir / "grading", grade, plan.phase)  # fmt: skip
     rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
     if tracker is not None and run_id:
         log_task_set(tracker, run_id, "train-tasks", cfg.tasks.train, list(tasks.values()), "training")

@@ -110,8 +110,9 @@ class SFTDataset:
 
 
 def load_dataset(dataset: str, work_dir: Path, store: Any = None) -> SFTDataset:
-    """The records of the synth export (protege.sft_data): its `sft.jsonl`, or that file itself; local,
-    or fetched from s3:// into `work_dir`. The digest is the file's sha256, checked against the card's."""
+    """What SFT renders of the synth export's trajectories (protege.sft_data.read_dataset): its `sft.jsonl`,
+    or a trajectory file itself; local, or fetched from s3:// into `work_dir`. The digest is the file's
+    sha256, checked against the card's."""
     from protege.sft_data import CARD_FILE, DATASET_FILE, DatasetError, read_dataset, sha256_file
 
     if dataset.startswith("s3://"):
