@@ -168,10 +168,15 @@ def training_tasks(cfg: ProtegeConfig, store: Any) -> dict[str, Any]:
 
 
 def _load_policy_model(cfg: ProtegeConfig, model_dir: Path, gpu: bool) -> tuple[Any, Any]:
+    from protege.agent.chat_format import chat_format
     from protege.model import load_model_and_tokenizer
 
     dtype = cfg.model.dtype if gpu else "float32"
-    return load_model_and_tokenizer(model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(
+        model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation
+    )
+    chat_format(tokenizer)  # a template protege cannot render or parse is refused before any rollout
+    return model, tokenizer
 
 
 @dataclasses.dataclass
