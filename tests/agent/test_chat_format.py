@@ -172,7 +172,7 @@ def test_sft_targets_are_exactly_the_protege_turns_and_extend_each_inference_pro
 def test_eval_rl_and_sft_render_one_episode_to_the_same_ids(
     family, tokenizer, repos, task, tmp_path, monkeypatch
 ):
-    from protege.rl_rollout import run_rollouts
+    from protege.rl.rollout import run_rollouts
     from tests.agent.test_render_parity import eval_path, sft_path, target_positions
     from tests.test_rl_rollout import context
 
