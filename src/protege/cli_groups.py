@@ -9,6 +9,7 @@ from __future__ import annotations
 MODULES: list[str] = [
     "protege.model",
     "protege.evaluate",
+    "protege.compare.cli",
     "protege.services",
     "protege.agent.cli",
     "protege.sft",
