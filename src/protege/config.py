@@ -863,7 +863,8 @@ class PipelineConfig(Strict):
     """First backoff between those retries (doubled per retry)."""
     timeouts_s: dict[str, Annotated[int, Field(gt=0)]] = {
         "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
-        "rl2": 72 * 3600, "eval": 24 * 3600, "register": 3600, "close": 600,
+        "rl2": 72 * 3600, "eval": 24 * 3600, "baseline": 24 * 3600, "compare": 3600, "register": 3600,
+        "close": 600,
     }  # fmt: skip
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)

@@ -77,7 +77,8 @@ def run(
 ) -> dict[str, Any]:
     """Run or gather every variant, write the table under `out_dir`, log the comparison run.
 
-    Returns {"report" (compare.json's content), "paths", "mlflow_run_id"}."""
+    Returns {"report" (compare.json's content), "paths", "mlflow_run_id", "uri" (the uploaded table, with
+    a `store`)}."""
     from protege import evaluate
     from protege.evaluate import EvalError, InfraFailure
     from protege.tasksets import task_set_digest
@@ -134,9 +135,15 @@ def run(
     paths = write_report(report, out_dir)
     progress(f"compare: {len(spec.variants)} variant(s); table {paths['md']}")
     run_id = log_comparison(tracker, base, report, paths, out_dir, run_name) if tracker is not None else None
-    if store is not None:
-        store.upload_dir(out_dir, store.uri(f"{run_name or base.run_name}/compare"))
-    return {"report": report, "paths": {k: str(v) for k, v in paths.items()}, "mlflow_run_id": run_id}
+    uri = store.uri(f"{run_name or base.run_name}/compare") if store is not None else None
+    if uri:
+        store.upload_dir(out_dir, uri)
+    return {
+        "report": report,
+        "paths": {k: str(v) for k, v in paths.items()},
+        "mlflow_run_id": run_id,
+        "uri": uri,
+    }
 
 
 def row_metrics(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
