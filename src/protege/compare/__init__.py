@@ -52,6 +52,26 @@ def run_variant(cfg: ProtegeConfig, variant: Variant, out: Path, store: Any, pro
         evaluate.run(cfg, variant.model, out, script=variant.script, progress=progress)
 
 
+def variant_configs(spec: Spec, config_for: ConfigFor) -> dict[str, ProtegeConfig]:
+    """Every variant's config, checked before anything runs (a bad override or a missing results
+    directory is named at once, not after the variants before it ran)."""
+    from protege.config import ConfigError
+
+    configs = {}
+    for variant in spec.variants:
+        if variant.results:
+            if not Path(variant.results).is_dir():
+                raise CompareError(
+                    f"variant {variant.name}: results directory {variant.results} does not exist"
+                )
+            continue
+        try:
+            configs[variant.name] = config_for(variant.overrides)
+        except ConfigError as err:
+            raise CompareError(f"variant {variant.name}: {err}".replace("\n", "; ")) from None
+    return configs
+
+
 def variant_episodes(variant: Variant, out: Path) -> list[Trajectory]:
     from protege.report import ReportError, load_results
 
@@ -91,12 +111,13 @@ def run(
         raise CompareError(str(err)) from None
     exclusions = exclusions or base.compare.exclusions
     excluded = load_exclusions(exclusions, {t.instance_id for t in tasks}) if exclusions else {}
+    configs = variant_configs(spec, config_for)
     episodes: dict[str, list[Trajectory]] = {}
     for variant in spec.variants:
         out = variant_dir(out_dir, variant)
         if not variant.results:
             try:
-                run_variant(config_for(variant.overrides), variant, out, store, progress)
+                run_variant(configs[variant.name], variant, out, store, progress)
             except (EvalError, InfraFailure) as err:
                 raise CompareError(f"variant {variant.name}: {err}") from None
         episodes[variant.name] = variant_episodes(variant, out)
