@@ -469,8 +469,9 @@ class AgentConfig(Strict):
     observation_max_chars: int = Field(default=16_000, ge=100)
     """Observations are truncated at insertion to this many characters, with a marker."""
     ask_expert: bool = True
-    """Give the episode an expert; off (the no-expert ablation) keeps the tool in the prompt, as the model
-    was trained with it, but every call answers that no expert is available and is not metered."""
+    """Give eval episodes an expert (eval and `protege compare`; synth and RL always have one); off (the
+    no-expert ablation) keeps the tool in the prompt, as the model was trained with it, but every call
+    answers that no expert is available and is not metered."""
     forced_ask: ForcedAskConfig = ForcedAskConfig()
     """Scaffold-forced expert calls (the fixed-interval and random-ask ablations)."""
     sandbox: SandboxConfig = SandboxConfig()
