@@ -23,8 +23,8 @@ def baseline(
     """Outputs the variant's eval results URI in the artifact store."""
     import json
 
-    from protege import kfp_steps
     from protege.compare import steps
+    from protege.pipeline import steps as kfp_steps
 
     base = kfp_steps.parse_overrides(overrides)
 
@@ -50,8 +50,8 @@ def compare(
     """Outputs the URI of the comparison table (compare.md) in the artifact store."""
     import json
 
-    from protege import kfp_steps
     from protege.compare import steps
+    from protege.pipeline import steps as kfp_steps
     from protege.tracking import Tracker
 
     base = kfp_steps.parse_overrides(overrides)

@@ -25,7 +25,8 @@ def register(
     """Outputs the registered version, whether it became `champion`, and why. `comparison_uri`: the baselines
     branch's table ('' when the branch is off); taking it makes register wait for the comparison, whose
     measurements `register.beat_baseline` reads."""
-    from protege import kfp_steps, register
+    from protege import register
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, model__base=base_model, expert__model=expert_model

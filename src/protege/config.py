@@ -656,8 +656,9 @@ class SFTConfig(Strict):
     """Multi-node runs: GPUs per node of the TrainJob (one training process each)."""
     trainjob_runtime: str = "torch-distributed"
     """Multi-node runs: the Kubeflow Trainer ClusterTrainingRuntime the TrainJob references."""
-    trainjob_image: str = "ghcr.io/protege-ai/protege-trainer:latest"
-    """Multi-node runs: the trainer image (CUDA, torch, trl, deepspeed, protege); pin a digest on clusters."""
+    trainjob_image: str = ""
+    """Multi-node runs: the trainer image; empty = `pipeline.trainer_image`, the image of the pipeline's GPU
+    steps (pin a digest on clusters)."""
     trainjob_namespace: str = "protege"
     """Multi-node runs: namespace of the TrainJob."""
 
@@ -771,7 +772,7 @@ class EvalConfig(Strict):
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
     serve: Literal["in_process", "vllm"] = "in_process"
-    """How the model under evaluation answers (protege.serving): `in_process` runs the configured policy
+    """How the model under evaluation answers (protege.evaluate.serving): `in_process` runs the configured policy
     backend as is (local: transformers on CPU); `vllm` (cluster profile: the eval step runs on the GPU
     pool) starts `vllm serve` of the evaluated model on loopback for the run and points the openai backend
     at it, tool calls parsed from the text the way training parses them."""
@@ -863,10 +864,17 @@ class PipelineConfig(Strict):
     retry_backoff: str = "120s"
     """First backoff between those retries (doubled per retry)."""
     timeouts_s: dict[str, Annotated[int, Field(gt=0)]] = {
-        "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
-        "rl2": 72 * 3600, "eval": 24 * 3600, "baseline": 24 * 3600, "compare": 3600, "register": 3600,
+        "verify": 4 * 3600,
+        "synth": 48 * 3600,
+        "sft": 24 * 3600,
+        "rl1": 72 * 3600,
+        "rl2": 72 * 3600,
+        "eval": 24 * 3600,
+        "baseline": 24 * 3600,
+        "compare": 3600,
+        "register": 3600,
         "close": 600,
-    }  # fmt: skip
+    }
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)
     """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""

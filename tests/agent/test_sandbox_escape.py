@@ -489,7 +489,7 @@ def _setpriv(uid: int) -> list[str]:
 
 def _delegated_cgroups(uid: int) -> list[Path]:
     """v1 memory and pids cgroups owned by uid, as a service manager delegates them (empty if impossible)."""
-    from protege.agent.confinement import _own_cgroups
+    from protege.agent.sandbox.confinement import _own_cgroups
 
     v1, _ = _own_cgroups()
     made = []

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from protege import evaluate, kfp_steps
+from protege import evaluate
 from protege.compare import steps
 from protege.compare.spec import SpecError
+from protege.pipeline import steps as kfp_steps
 from protege.register import run as register_run
 from protege.services import LocalServices
 from protege.tasksets import load_task_set, task_set_digest

@@ -41,7 +41,7 @@ def variant_dir(out_dir: Path, variant: Variant) -> Path:
 def run_variant(cfg: ProtegeConfig, variant: Variant, out: Path, store: Any, progress: Progress) -> None:
     """One variant through the eval phase into `out` (the phase resumes what is there)."""
     from protege import evaluate
-    from protege.serving import served_policy
+    from protege.evaluate.serving import served_policy
 
     progress(f"compare: variant {variant.name}: eval of {variant.model} into {out}")
     if cfg.agent.policy.backend == "transformers":
@@ -73,7 +73,7 @@ def variant_configs(spec: Spec, config_for: ConfigFor) -> dict[str, ProtegeConfi
 
 
 def variant_episodes(variant: Variant, out: Path) -> list[Trajectory]:
-    from protege.report import ReportError, load_results
+    from protege.evaluate.report import ReportError, load_results
 
     try:
         episodes = load_results(out).episodes

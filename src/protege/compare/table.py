@@ -1,7 +1,7 @@
 """The comparison table: one row per variant, computed from its graded episodes alone (pure), then
 written as report.json, report.md and report.html with plots.
 
-Per row: Pass@1 with its Wilson interval (protege.metrics), the paired difference against the reference
+Per row: Pass@1 with its Wilson interval (protege.evaluate.metrics), the paired difference against the reference
 on their common instances with McNemar's exact p-value and a paired bootstrap interval
 (protege.compare.stats), expert calls per task (forced ones counted apart too), the expert's share of all
 tokens, steps per task, loop rates, mean cost per task, cost per resolved task (all dollars spent over
@@ -23,7 +23,7 @@ from typing import Any
 from protege.agent.expert import cost_usd
 from protege.compare.stats import paired
 from protege.config import CompareConfig, ExpertPrices, LoopConfig
-from protege.metrics import attempts_by_task, summarize
+from protege.evaluate.metrics import attempts_by_task, summarize
 from protege.trajectory import Trajectory
 
 ORACLE_POLICY = "oracle-teacher"
