@@ -99,16 +99,12 @@ def run(
 
     Returns {"report" (compare.json's content), "paths", "mlflow_run_id", "uri" (the uploaded table, with
     a `store`)}."""
-    from protege import evaluate
     from protege.evaluate import EvalError, InfraFailure
-    from protege.tasksets import task_set_digest
+    from protege.tasksets import select_tasks, task_set_digest
 
     out_dir = Path(out_dir)
     base = config_for([])
-    try:
-        tasks = evaluate.eval_tasks(base)
-    except EvalError as err:
-        raise CompareError(str(err)) from None
+    tasks = select_tasks(base.tasks, store=store).eval  # the eval phase's own split (a bad set is named there)
     exclusions = exclusions or base.compare.exclusions
     excluded = load_exclusions(exclusions, {t.instance_id for t in tasks}) if exclusions else {}
     configs = variant_configs(spec, config_for)
