@@ -104,7 +104,9 @@ def run(
 
     out_dir = Path(out_dir)
     base = config_for([])
-    tasks = select_tasks(base.tasks, store=store).eval  # the eval phase's own split (a bad set is named there)
+    tasks = select_tasks(
+        base.tasks, store=store
+    ).eval  # the eval phase's own split (a bad set is named there)
     exclusions = exclusions or base.compare.exclusions
     excluded = load_exclusions(exclusions, {t.instance_id for t in tasks}) if exclusions else {}
     configs = variant_configs(spec, config_for)
