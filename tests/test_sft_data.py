@@ -8,7 +8,7 @@ import pytest
 
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.sft_data import DatasetError, export_dataset, read_dataset, target_mask, to_record
-from protege.trajectory import ExpertCall, Message, ToolCall, Trajectory
+from protege.trajectory import KNOWN_VERSIONS, ExpertCall, Message, ToolCall, Trajectory
 
 
 def trajectory(
@@ -136,7 +136,10 @@ def test_an_unknown_format_version_is_refused_naming_the_file_line_and_version(t
     with pytest.raises(DatasetError) as refused:
         read_dataset(path)
     message = str(refused.value)
-    assert message == f"{path}:2: unknown trajectory format_version 99 (this protege reads [1])"
+    assert (
+        message
+        == f"{path}:2: unknown trajectory format_version 99 (this protege reads {list(KNOWN_VERSIONS)})"
+    )
     assert "\n" not in message
 
 
