@@ -229,7 +229,7 @@ class TaskSetConfig(Strict):
 
 
 class TinyModelConfig(Strict):
-    """Architecture of the tiny Qwen2 model built locally (no weights can be downloaded here)."""
+    """Architecture of the tiny Qwen2/Qwen3 model built locally (no weights can be downloaded here)."""
 
     vocab_size: int = Field(default=4096, ge=512)
     """Size of the BPE vocabulary trained on the bundled repositories."""
@@ -247,6 +247,9 @@ class TinyModelConfig(Strict):
     """Longest sequence the tiny model accepts."""
     seed: int = Field(default=0, ge=0)
     """Seed of the random initialisation."""
+    family: Literal["qwen2.5", "qwen3"] = "qwen2.5"
+    """Chat template and architecture of the tiny build: Qwen2.5's (Qwen2) or Qwen3's with <think> (Qwen3).
+    Only the build reads it; every other path reads the family off the tokenizer's own chat template."""
 
 
 class ModelConfig(Strict):
