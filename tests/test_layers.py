@@ -54,7 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.register",
         ),
     ),
-    ("pipeline", ("protege.pipeline",)),
+    # Variants of the agent through the eval phase, gated and tabled (issue 19): above the phases it runs.
+    ("pipeline", ("protege.pipeline", "protege.compare")),
     ("cli", ("protege.cli",)),
 ]
 PHASES = dict(LAYERS)["phases"]

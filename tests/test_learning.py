@@ -131,41 +131,33 @@ CONTEXT = {
 }
 
 
-def _record(n: int, held_out: bool) -> dict:
+def _trajectory(n: int, held_out: bool):
     from protege.agent.agent import SYSTEM_PROMPT
-    from protege.agent.render import tool_schemas
+    from protege.trajectory import Message, ToolCall, Trajectory
 
     pick = {kind: pair[held_out] for kind, pair in CONTEXT.items()}
 
-    def call(name: str, **arguments: str) -> dict:
-        return {
-            "role": "assistant",
-            "content": "Next step.",
-            "provenance": "policy",
-            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
-        }
+    def call(i: int, name: str, **arguments: str) -> Message:
+        return Message(
+            role="assistant",
+            provenance="policy",
+            content="Next step.",
+            tool_calls=[ToolCall(id=f"call_{i}", name=name, arguments=arguments)],
+        )
+
+    def seen(i: int, name: str, text: str, provenance: str) -> Message:
+        return Message(role="tool", provenance=provenance, content=text, tool_call_id=f"call_{i}", name=name)
 
     messages = [
-        {"role": "system", "content": SYSTEM_PROMPT.format(workdir="/testbed"), "provenance": "system"},
-        {"role": "user", "content": pick["task"], "provenance": "task"},
-        call("bash", command="cat app.py"),
-        {"role": "tool", "content": pick["tool"], "provenance": "tool", "name": "bash"},
-        call("ask_expert", question="Which line is wrong?"),
-        {
-            "role": "tool",
-            "content": f"<expert_llm_guidance>{pick['expert']}</expert_llm_guidance>",
-            "provenance": "expert",
-            "name": "ask_expert",
-        },
-        call("submit"),
+        Message(role="system", provenance="system", content=SYSTEM_PROMPT.format(workdir="/testbed")),
+        Message(role="user", provenance="task", content=pick["task"]),
+        call(1, "bash", command="cat app.py"),
+        seen(1, "bash", pick["tool"], "tool"),
+        call(2, "ask_expert", question="Which line is wrong?"),
+        seen(2, "ask_expert", f"<expert_llm_guidance>{pick['expert']}</expert_llm_guidance>", "expert"),
+        call(3, "submit"),
     ]
-    return {
-        "id": f"toy#{n}",
-        "instance_id": "toy",
-        "attempt": n,
-        "messages": messages,
-        "tools": tool_schemas(),
-    }
+    return Trajectory(instance_id=f"toy__sft-{n}", messages=messages, status="submitted", resolved=True)
 
 
 def _span(ids: list[int], part: list[int]) -> range:
@@ -187,10 +179,13 @@ def test_sft_raises_only_the_policy_turns(tiny_dir, tokenizer, tmp_path):
     from trl.chat_template_utils import get_training_chat_template
 
     from protege import sft
+    from protege.agent.render import tool_schemas
     from protege.model import load_model_and_tokenizer
+    from protege.sft_data import export_dataset, to_record
 
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps(_record(n, held_out=False)) + "\n" for n in range(4)))
+    data = export_dataset(
+        [_trajectory(n, held_out=False) for n in range(4)], tmp_path / "data", tool_schemas(), {}
+    )
     cfg = rl_cfg(
         tmp_path,
         tmp_path,
@@ -201,10 +196,13 @@ def test_sft_raises_only_the_policy_turns(tiny_dir, tokenizer, tmp_path):
         "sft.save_steps=1000",
         "sft.max_length=4096",
     )
-    result = sft.run(cfg, str(data), tmp_path / "sft")
+    result = sft.run(cfg, str(data.path), tmp_path / "sft")
 
     template = get_training_chat_template(tokenizer)
-    seen, unseen = (sft.render_example(tokenizer, template, _record(0, flag)) for flag in (False, True))
+    seen, unseen = (
+        sft.render_example(tokenizer, template, to_record(_trajectory(0, flag), tool_schemas()))
+        for flag in (False, True)
+    )
     start, _ = load_model_and_tokenizer(tiny_dir, "float32", "cpu")
     trained, _ = load_model_and_tokenizer(result["model_dir"], "float32", "cpu")
 

@@ -10,6 +10,7 @@ are read by their `@@` line counts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from unidiff import PatchedFile, PatchSet, UnidiffParseError
@@ -20,11 +21,45 @@ class PatchError(ValueError):
 
 
 def parse(patch: str) -> PatchSet:
-    """The files of a unified (git) diff; PatchError when the text cannot be read as one."""
+    """The files of a unified (git) diff; PatchError when the text cannot be read as one. Hunk headers
+    whose line counts disagree with their bodies (hand-written diffs) are recounted first, as
+    `git apply --recount` does."""
     try:
         return PatchSet(patch)
+    except UnidiffParseError:
+        pass
+    try:
+        return PatchSet(recount(patch))
     except UnidiffParseError as err:
         raise PatchError(f"not a readable unified diff: {err}") from None
+
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
+_FILE_START = ("diff --git ", "--- ", "+++ ")
+
+
+def recount(patch: str) -> str:
+    """The diff with each hunk header's line counts taken from its body (context, `-`, `+` lines up to
+    the next hunk or file header)."""
+    lines = patch.splitlines(keepends=True)
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        header = _HUNK_HEADER.match(lines[index].rstrip("\r\n"))
+        if header is None:
+            out.append(lines[index])
+            index += 1
+            continue
+        body_end = index + 1
+        while body_end < len(lines) and not lines[body_end].startswith(("@@ ", *_FILE_START)):
+            body_end += 1
+        body = lines[index + 1 : body_end]
+        old = sum(1 for line in body if line[:1] in (" ", "-") or line in ("\n", "\r\n"))
+        new = sum(1 for line in body if line[:1] in (" ", "+") or line in ("\n", "\r\n"))
+        out.append(f"@@ -{header[1]},{old} +{header[2]},{new} @@{header[3]}\n")
+        out.extend(body)
+        index = body_end
+    return "".join(out)
 
 
 def touched_files(patch: str) -> list[str]:

@@ -157,10 +157,6 @@ def verdict(trajectory: Trajectory) -> dict[str, Any]:
     return trajectory.extra.get(PHASE, {"kept": False, "reason": "error", "detail": "no verdict"})
 
 
-def cost(trajectory: Trajectory) -> float:
-    return trajectory.policy_cost_usd + trajectory.expert_cost_usd
-
-
 # --------------------------------------------------------------------------------------------------
 # Teachers
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +286,7 @@ class SynthRun:
         self.clock = time.monotonic()
 
     def spent(self, instance_id: str | None = None) -> float:
-        return sum(cost(t) for (i, _), t in self.recorded.items() if instance_id in (None, i))
+        return sum(t.cost_usd for (i, _), t in self.recorded.items() if instance_id in (None, i))
 
     def admit(self, task: TaskInstance) -> tuple[str, float]:
         """('', episode cap) when the episode may start, else (why not, 0)."""
@@ -445,7 +441,7 @@ def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str,
         "episodes": len(recorded),
         "kept": sum(verdict(t)["kept"] for t in recorded.values()),
         "rejected_by_reason": dict(sorted(reasons.items())),
-        "episode_cost_usd": round(sum(cost(t) for t in recorded.values()), 6),
+        "episode_cost_usd": round(sum(t.cost_usd for t in recorded.values()), 6),
     }
 
 

@@ -52,7 +52,7 @@ def render_summary(trajectory: Trajectory) -> str:
         "=" * RULE_WIDTH,
         f"status: {trajectory.status} ({trajectory.status_detail})",
         f"steps: {trajectory.steps}  expert calls: {len(trajectory.expert_calls)} "
-        f"({trajectory.expert_backend or 'none'})  cost: ${trajectory.policy_cost_usd + trajectory.expert_cost_usd:.4f}  "
+        f"({trajectory.expert_backend or 'none'})  cost: ${trajectory.cost_usd:.4f}  "
         f"policy tokens in/out: {trajectory.policy_input_tokens}/{trajectory.policy_output_tokens}",
         "patch:" if trajectory.patch.strip() else "patch: (empty)",
     ]
