@@ -251,6 +251,7 @@ def main(argv: list[str]) -> int:
         default=time.strftime("learn-%Y%m%d-%H%M%S", time.gmtime()),
         help="run name (rerun one to resume it)",
     )
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where learning.json/png go")
     parser.add_argument("--no-track", dest="track", action="store_false", help="no MLflow, no S3 store")
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch threads (default: see torch_threads)"
@@ -278,8 +279,8 @@ def main(argv: list[str]) -> int:
             "load_average_at_end": os.getloadavg(),
             "machine": machine_info(),
         }
-        RESULTS_DIR.mkdir(exist_ok=True)
-        files = [RESULTS_DIR / f"{RESULT}.json", RESULTS_DIR / f"{RESULT}.png"]
+        args.results.mkdir(parents=True, exist_ok=True)
+        files = [args.results / f"{RESULT}.json", args.results / f"{RESULT}.png"]
         files[0].write_text(json.dumps(doc, indent=2, default=str) + "\n")
         plot(doc, files[1])
         if tracker is not None:
