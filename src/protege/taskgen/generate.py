@@ -28,7 +28,6 @@ and written as `train.jsonl` / `eval.jsonl` with their digests in `manifest.json
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -56,15 +55,13 @@ from protege.taskgen.core import (
     resolve_repo,
     run_tests,
     say_line,
-    write_rows,
 )
 from protege.taskgen.mutate import Mutation, mutations
 from protege.taskgen.pytest_server import PytestServer
 from protege.taskgen.snapshot import build_instance, restore_commits
-from protege.tasks import TaskInstance
+from protege.taskgen.split import INSTANCES, unique_rows, write_split
 
 CANDIDATES = "candidates.jsonl"
-INSTANCES = "instances.jsonl"
 MANIFEST = "manifest.json"
 SPLITS = ("repo", "function")
 
@@ -95,6 +92,8 @@ class GenerateOptions:
 
 @dataclass
 class RepoResult:
+    """What one repository's generation did (the manifest's `runs` entry)."""
+
     repo: str
     tried: int = 0
     valid: int = 0
@@ -168,7 +167,7 @@ def try_mutation(
     finally:
         target.write_text(original, encoding="utf-8")
     if run.timed_out:
-        return Outcome(mutation, None, [], f"tests time out (> {timeout:g} s)")
+        return Outcome(mutation, None, [], f"tests time out (> {timeout:.0f} s)")
     broken = sorted(baseline.passed - run.passed)
     return Outcome(mutation, run, broken, "" if broken else "no test fails")
 
@@ -183,14 +182,6 @@ Say = Callable[[str], None] | None
 def _append(path: Path, row: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def unique_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of an append-only JSONL file, the last row of each instance_id winning."""
-    rows: dict[str, dict[str, Any]] = {}
-    for row in read_rows(path):
-        rows[row["instance_id"]] = row
-    return [rows[key] for key in sorted(rows)]
 
 
 def _green_baseline(source: str, pristine: Path, head: str, opts: GenerateOptions) -> TestRun:
@@ -371,7 +362,7 @@ def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict
         except TaskgenError as err:
             say(f"{source}: skipped: {err}")
             results.append(RepoResult(source, error=str(err)))
-    manifest = write_split(opts)
+    manifest = write_split(opts.out, opts.split, opts.eval_fraction, opts.seed)
     manifest["runs"] = {
         r.repo: {
             "candidates": r.candidates,
@@ -383,48 +374,4 @@ def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict
         for r in results
     }
     (opts.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-
-def _held_out(keys: list[str], fraction: float, seed: int) -> set[str]:
-    ranked = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
-    count = round(len(ranked) * fraction)
-    if fraction > 0 and len(ranked) > 1:
-        count = min(max(count, 1), len(ranked) - 1)
-    return set(ranked[:count])
-
-
-def write_split(opts: GenerateOptions) -> dict[str, Any]:
-    """train.jsonl / eval.jsonl from every instance in the output directory, no repository (split=repo)
-    or function (split=function) on both sides; the manifest holds each side's digest."""
-    from protege.tasksets import task_set_digest
-
-    rows = unique_rows(opts.out / INSTANCES)
-    key_of = (
-        (lambda row: row["repo"])
-        if opts.split == "repo"
-        else (lambda row: f"{row['repo']}:{row['function']}")
-    )
-    held = _held_out(sorted({key_of(row) for row in rows}), opts.eval_fraction, opts.seed)
-    sides: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
-    for row in rows:
-        side = "eval" if key_of(row) in held else "train"
-        sides[side].append({**row, "split": side})
-    manifest: dict[str, Any] = {"split": opts.split, "eval_fraction": opts.eval_fraction, "seed": opts.seed}
-    for side, side_rows in sides.items():
-        path = write_rows(opts.out / f"{side}.jsonl", side_rows)
-        tasks = [TaskInstance.model_validate(row) for row in side_rows]
-        manifest[side] = {
-            "file": path.name,
-            "instances": len(side_rows),
-            "sha256": task_set_digest(tasks) if tasks else "",
-            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "repos": sorted({row["repo"] for row in side_rows}),
-            "functions": len({f"{row['repo']}:{row['function']}" for row in side_rows}),
-        }
-    per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "eval": 0})
-    for side, side_rows in sides.items():
-        for row in side_rows:
-            per_repo[row["repo"]][side] += 1
-    manifest["per_repo"] = dict(sorted(per_repo.items()))
     return manifest
