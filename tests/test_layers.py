@@ -23,12 +23,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.patches",
             "protege.trajectory",
             "protege.tasks",
+            "protege.task_schemas",
             "protege.tasksets",
             "protege.store",
             "protege.tracking",
             "protege.model",
             "protege.services",
             "protege.docker_engine",
+            "protege.environments",
+            "protege.environment_images",
             "protege.training",
             "protege.launch",
             "protege.demo",
@@ -51,7 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.register",
         ),
     ),
-    ("pipeline", ("protege.pipeline",)),
+    # Variants of the agent through the eval phase, gated and tabled (issue 19): above the phases it runs.
+    ("pipeline", ("protege.pipeline", "protege.compare")),
     ("cli", ("protege.cli",)),
 ]
 PHASES = dict(LAYERS)["phases"]

@@ -1,5 +1,6 @@
 """Unified diffs, read with `unidiff` (the parser swebench itself depends on): the files a patch touches,
-creates or modifies, its hunks with their changed lines, and the same patch without some files.
+creates or modifies, its hunks with their changed lines, the same patch without some files, and the patch
+that undoes it.
 
 Every place that looks inside a patch (the teacher and the oracle expert reading the gold patch, the
 submit tool dropping files, the reward's patch similarity, the demo's eval scripts) goes through here, so
@@ -75,3 +76,75 @@ def added_runs(patch: str) -> list[list[str]]:
             if run:
                 runs.append(run)
     return runs
+
+
+_SWAPPED_HEADERS = (
+    ("new file mode ", "deleted file mode "),
+    ("rename from ", "rename to "),
+    ("copy from ", "copy to "),
+    ("old mode ", "new mode "),
+)
+
+
+def _reversed_header(line: str) -> str:
+    """One extended git header line of the reversed patch (`diff --git`, modes, renames, `index`)."""
+    if line.startswith("diff --git a/") and " b/" in line:
+        old, new = line.removeprefix("diff --git a/").rstrip("\n").split(" b/", 1)
+        return f"diff --git a/{new} b/{old}\n"
+    for one, other in _SWAPPED_HEADERS:
+        if line.startswith(one):
+            return other + line[len(one) :]
+        if line.startswith(other):
+            return one + line[len(other) :]
+    if line.startswith("index ") and ".." in line:
+        ids, _, mode = line[6:].rstrip("\n").partition(" ")
+        old, _, new = ids.partition("..")
+        return f"index {new}..{old}" + (f" {mode}" if mode else "") + "\n"
+    return line
+
+
+def _span(start: int, length: int) -> str:
+    """A hunk range as git writes it: the length is left out when it is 1."""
+    return f"{start}" if length == 1 else f"{start},{length}"
+
+
+def _reversed_side(name: str, prefix: str) -> str:
+    return name if name == "/dev/null" else prefix + name.split("/", 1)[-1]
+
+
+def reversed_patch(patch: str) -> str:
+    """The diff that undoes `patch` (what `git apply --reverse` applies), as text; PatchError for a binary one.
+
+    Each hunk's `+` and `-` lines swap, the `@@` ranges swap, the file headers swap sides (a created file
+    becomes a deleted one); within a run of changed lines the removals come first, as git writes them, and a
+    `\\ No newline at end of file` marker moves with the line it belongs to.
+    """
+    out: list[str] = []
+    for changed in parse(patch):
+        if changed.is_binary_file:
+            raise PatchError(f"{changed.path}: a binary patch cannot be reversed as text")
+        out += [_reversed_header(line) for line in changed.patch_info]
+        out.append(f"--- {_reversed_side(changed.target_file, 'a/')}\n")
+        out.append(f"+++ {_reversed_side(changed.source_file, 'b/')}\n")
+        for hunk in changed:
+            header = f" {hunk.section_header}" if hunk.section_header else ""
+            ranges = f"-{_span(hunk.target_start, hunk.target_length)} +{_span(hunk.source_start, hunk.source_length)}"
+            out.append(f"@@ {ranges} @@{header}\n")
+            removed: list[str] = []
+            added: list[str] = []
+            last: list[str] = out
+            for line in hunk:
+                if line.line_type == "\\":
+                    last[-1] += "\\" + line.value
+                    continue
+                if line.is_added or line.is_removed:
+                    last = removed if line.is_added else added
+                    last.append(("-" if line.is_added else "+") + line.value)
+                    continue
+                out += removed + added
+                removed.clear()
+                added.clear()
+                last = out
+                out.append(" " + line.value)
+            out += removed + added
+    return "".join(out)

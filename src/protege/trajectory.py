@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 1
-KNOWN_VERSIONS = (1,)
+FORMAT_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+# Version history: 2 added ExpertCall.forced (scaffold-forced calls, issue 19); a v1 record reads as v2
+# with every call unforced.
 
 # Who produced a message. Only `policy` messages are ever training targets.
 Provenance = Literal["system", "task", "policy", "tool", "expert"]
@@ -129,6 +131,9 @@ class ExpertCall(Record):
     """Wall time of the request."""
     cache_hit: bool = False
     """Answered from the response cache."""
+    forced: bool = False
+    """(v2) The scaffold made this call (agent.forced_ask), not the policy: same tool path, quota and cost
+    cap, no policy turn behind it."""
     warranted: float | None = None
     """Hidden judge score u_i (RL only; never shown to the agent)."""
     follow_through: float | None = None

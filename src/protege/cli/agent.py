@@ -63,11 +63,11 @@ def render_summary(trajectory: Trajectory) -> str:
 
 def find_task(cfg, instance_id: str) -> tuple[TaskInstance, str]:
     """The task with this id from the profile's train or eval set, and the source it came from."""
-    from protege.tasksets import load_task_set
+    from protege.tasksets import load_task_set, split_of
 
     seen: list[str] = []
     for source in dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]):
-        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)
+        tasks = load_task_set(source, split=split_of(cfg.tasks, source))
         for task in tasks:
             if task.instance_id == instance_id:
                 return task, source

@@ -38,6 +38,38 @@ def _tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_progress() -> Callable[[int, int | None], None]:
+    """Rows read, the rate and (when the total is known) the ETA, on stderr."""
+    import sys
+    import time
+
+    started = time.monotonic()
+
+    def show(read: int, total: int | None) -> None:
+        rate = read / max(time.monotonic() - started, 1e-6)
+        eta = f", ETA {(total - read) / rate:.0f}s" if total and rate else ""
+        of = f"/{total}" if total else ""
+        print(f"  read {read}{of} row(s), {rate:.0f} rows/s{eta}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _tasks_import(args: argparse.Namespace) -> int:
+    import sys
+
+    from protege.tasksets import import_task_set
+
+    report = import_task_set(args.source, args.out, split=args.split, progress=_import_progress())
+    for problem in report.refused:
+        print(f"refused {problem}", file=sys.stderr)
+    read = ", ".join(f"{k} {v}" for k, v in report.origin.tags().items())
+    print(
+        f"{args.source}{f' ({read})' if read else ''}: wrote {report.written} row(s) to {report.out}, "
+        f"refused {len(report.refused)}"
+    )
+    return 1 if report.refused or not report.written else 0
+
+
 def _tasks_verify(args: argparse.Namespace) -> int:
     # PATH is optional, so a lone `KEY=VALUE` lands in it; one that is no file is the override it looks like.
     if args.path and "=" in args.path and not Path(args.path).exists():
@@ -158,13 +190,27 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("tasks", help="inspect and check task sets").add_subparsers(
         dest="cmd", required=True
     )
-    forms = "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, s3://..., or demo:train|eval|all"
+    forms = (
+        "a .jsonl/.json/.parquet file, a save_to_disk dir, a swebench task-repo dir, a copy of a hub dataset "
+        "repo, s3://..., an HF dataset id owner/name[@revision][:split], or demo:train|eval|all"
+    )
     validate = group.add_parser("validate", help="check every instance of a task set; name each bad one")
     validate.add_argument("path", help=forms)
     validate.set_defaults(func=_tasks_validate)
     listing = group.add_parser("list", help="list the instances of a task set")
     listing.add_argument("path", help=forms)
     listing.set_defaults(func=_tasks_list)
+    imports = group.add_parser(
+        "import",
+        help="normalise a task set in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith) into "
+        "a local JSONL; name each refused row",
+    )
+    imports.add_argument("source", help=forms)
+    imports.add_argument("--out", required=True, help="the JSONL file to write (swebench 5.x columns)")
+    imports.add_argument(
+        "--split", default="", help="split of a hub dataset (default: its only split, else test)"
+    )
+    imports.set_defaults(func=_tasks_import)
     verify = group.add_parser(
         "verify", help="grade every instance's gold patch (must resolve) and an empty patch (must not)"
     )
@@ -192,6 +238,9 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
     def show(verdict: InstanceVerdict) -> None:
         seen.append(verdict.instance_id)
         state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
+        if verdict.gold is None or verdict.empty is None:
+            print(f"[{len(seen)}/{total}] {verdict.instance_id}: not graded  {state}", flush=True)
+            return
         print(
             f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
             f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
@@ -203,23 +252,40 @@ def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
 
 def run_cli(args: Any) -> int:
     """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
-    from protege.tasksets import ensure_local_repos, load_task_set
+    from protege.environments import user_specs
+    from protege.tasksets import RowProblem, ensure_local_repos, load_task_set, split_of
 
     if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
         args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
     cfg = load_cfg(args)
+    user_specs(cfg.agent.sandbox.environments)  # a bad spec file is bad input for the whole run: exit 2
     sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
     broken = 0
     for source in sources:
-        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
-        if cfg.agent.sandbox.backend == "local":
-            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
+        # A source that cannot be read is bad input (TaskSetError: exit 2); a row that cannot become an
+        # instance (e.g. no eval script and no test patch to derive one from) is one broken instance.
+        refused: list[RowProblem] = []
+        tasks = load_task_set(source, split=split_of(cfg.tasks, source), refused=refused)
+        unloadable: dict[str, list[str]] = {}
+        for problem in refused:
+            unloadable.setdefault(problem.instance_id or problem.where, []).append(
+                f"{problem.field}: {problem.reason}"
+            )
+        if cfg.agent.sandbox.backend in ("local", "docker") and source.startswith("demo:"):
+            ensure_local_repos(tasks, source, repos_dir, error=CLIError)  # others: one broken instance each
         print(
-            f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
+            f"verifying {len(tasks) + len(unloadable)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
             flush=True,
         )
-        report = verify_task_set(tasks, cfg, repos_dir, args.workers, on_verdict=_print_progress(len(tasks)))
+        report = verify_task_set(
+            tasks,
+            cfg,
+            repos_dir,
+            args.workers,
+            on_verdict=_print_progress(len(tasks) + len(unloadable)),
+            unloadable=unloadable,
+        )
         print(report.table())
         broken += len(report.broken)
     return 1 if broken else 0

@@ -357,6 +357,10 @@ def policy_source(cfg: ProtegeConfig, script: str | None = None, store: Any = No
     from protege.agent.policies import ScriptedPolicy
     from protege.agent.policy_choice import make_policy
 
+    if cfg.agent.policy.backend == "oracle":  # knows its task: one per episode, like a script
+        from protege.agent.teacher import OracleTeacher
+
+        return lambda task, attempt: OracleTeacher(task, attempt)
     if cfg.agent.policy.backend != "scripted":
         shared = make_policy(cfg, store=store)
         return lambda task, attempt: shared
@@ -376,14 +380,14 @@ def make_work(
     from protege.agent.sandbox import open_sandbox
     from protege.grading import GradeJob, grade_batch
 
-    expert = ExpertService(cfg.expert)
+    expert = ExpertService(cfg.expert) if cfg.agent.ask_expert else None  # off: the no-expert ablation
     repos_dir = Path(cfg.tasks.repos_dir)
 
     def work(slot: Slot, writer: ResultsWriter) -> dict[str, Any]:
         task, attempt = slot.task, slot.attempt
         trajectory = existing.get((task.instance_id, attempt))
         if trajectory is None:
-            session = expert.session(cfg.agent.expert_quota, cfg.agent.cost_limit_usd)
+            session = expert.session(cfg.agent.expert_quota, cfg.agent.cost_limit_usd) if expert else None
             with open_sandbox(cfg.agent.sandbox, task, repos_dir) as sandbox:
                 agent = Agent(
                     cfg.agent, policy_for(task, attempt), sandbox, task, session, phase=PHASE, attempt=attempt
@@ -528,7 +532,7 @@ def log_to_tracker(
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
         if tasks:
-            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, list(tasks), "evaluation")
+            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, tasks, "evaluation")
         episodes = load_results(out_dir).episodes
         log_episode_traces(tracker, phase.run_id, episodes, model=cfg.model.base)
         if failure:
