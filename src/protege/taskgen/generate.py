@@ -296,38 +296,50 @@ def _run_candidates(
     result: RepoResult,
     keep: Callable[[Outcome], dict[str, Any]],
 ) -> None:
-    """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s."""
+    """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s.
+
+    Outcomes are kept in the candidates' order, whichever run finishes first, so the same arguments keep
+    the same mutations on every machine; runs finished past the n-th valid one are not recorded."""
     free = list(slots)
-    pending: dict[Future[Outcome], Slot] = {}
-    queue = list(reversed(todo))
+    pending: dict[Future[Outcome], tuple[int, Slot]] = {}
+    finished: dict[int, Outcome] = {}
+    submitted = recorded = 0
     started = last_said = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="taskgen") as pool:
-        while (queue or pending) and result.valid < opts.n:
-            while queue and free and result.valid + len(pending) < opts.n + len(slots):
+        while recorded < len(todo) and result.valid < opts.n:
+            while submitted < len(todo) and free:
                 slot = free.pop()
-                pending[pool.submit(try_mutation, slot, queue.pop(), baseline, opts, timeout)] = slot
+                future = pool.submit(try_mutation, slot, todo[submitted], baseline, opts, timeout)
+                pending[future] = (submitted, slot)
+                submitted += 1
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                free.append(pending.pop(future))
-                outcome = future.result()
-                row = keep(outcome) if result.valid < opts.n else None
-                if row is None:
-                    continue
+                index, slot = pending.pop(future)
+                free.append(slot)
+                finished[index] = future.result()
+            while recorded in finished and result.valid < opts.n:
+                row = keep(finished.pop(recorded))
+                recorded += 1
                 result.tried += 1
                 result.reasons[row["outcome"]] += 1
                 result.valid += row["outcome"] == "valid"
             now = time.monotonic()
-            if now - last_said >= 3 or not (queue or pending) or result.valid >= opts.n:
+            if now - last_said >= 3 or recorded == len(todo) or result.valid >= opts.n:
                 last_said = now
-                per_run = (now - started) / max(1, result.tried)
-                hit_rate = max(result.reasons["valid"], 1) / max(1, result.tried)
-                needed = min(len(queue) + len(pending), (opts.n - result.valid) / hit_rate)
-                say(
-                    f"  {result.repo}: {result.tried} tried, {result.valid}/{opts.n} valid, "
-                    f"{len(queue)} left, {per_run:.2f}s/run, ETA {_eta(needed * per_run)}"
+                _say_progress(
+                    say, result, opts.n, len(todo) - recorded, (now - started) / max(1, result.tried)
                 )
         for future in pending:
             future.cancel()
+
+
+def _say_progress(say: Say, result: RepoResult, n: int, left: int, per_run: float) -> None:
+    hit_rate = max(result.reasons["valid"], 1) / max(1, result.tried)
+    needed = min(left, (n - result.valid) / hit_rate)
+    say(
+        f"  {result.repo}: {result.tried} tried, {result.valid}/{n} valid, "
+        f"{left} left, {per_run:.2f}s/run, ETA {_eta(needed * per_run)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
