@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -46,6 +45,7 @@ from typing import Any
 from protege.taskgen.core import (
     DEMO_PREFIX,
     TaskgenError,
+    TestEnvironment,
     TestRun,
     demo_sources,
     export_tree,
@@ -55,6 +55,7 @@ from protege.taskgen.core import (
     resolve_repo,
     run_tests,
     say_line,
+    test_environment,
 )
 from protege.taskgen.mutate import Mutation, mutations
 from protege.taskgen.pytest_server import PytestServer
@@ -87,7 +88,9 @@ class GenerateOptions:
     timeout_s: float = 0.0
     """Per test run; 0 = five times the baseline run plus 10 s (a mutation can loop forever)."""
     python: str = ""
-    """Interpreter that runs the tests (the task's environment); empty = this one."""
+    """Interpreter that runs the tests; empty = the repository's environment (`environments`)."""
+    environments: Any = None
+    """`agent.sandbox.environments` (protege.environments) to resolve each repository's; None = this one."""
 
 
 @dataclass
@@ -184,8 +187,12 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def _green_baseline(source: str, pristine: Path, head: str, opts: GenerateOptions) -> TestRun:
-    baseline = run_tests(pristine, python=opts.python or sys.executable, timeout_s=opts.timeout_s or 600)
+def _green_baseline(
+    source: str, pristine: Path, head: str, opts: GenerateOptions, env: TestEnvironment
+) -> TestRun:
+    baseline = run_tests(
+        pristine, python=env.python, env=env.variables(pristine), timeout_s=opts.timeout_s or 600
+    )
     if baseline.timed_out or not baseline.statuses:
         tail = baseline.output.strip().splitlines()[-1:] or ["no output"]
         raise TaskgenError(f"{source}: no test results at HEAD {head[:12]} ({tail[0]})")
@@ -227,7 +234,12 @@ def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoRe
         return result
     with tempfile.TemporaryDirectory(prefix="protege-taskgen-") as tmp:
         pristine = export_tree(repo_dir, head, Path(tmp) / "pristine")
-        baseline = _green_baseline(source, pristine, head, opts)
+        env = (
+            TestEnvironment(opts.python)
+            if opts.python
+            else test_environment(repo_dir, repo, head, opts.environments)
+        )
+        baseline = _green_baseline(source, pristine, head, opts, env)
         timeout = opts.timeout_s or baseline.duration_s * 5 + 10
         found = candidate_order(source_mutations(pristine), opts.seed)
         result.candidates = len(found)
@@ -238,11 +250,10 @@ def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoRe
         )
         with ExitStack() as stack:
             slots = [
-                (
-                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}"),
-                    stack.enter_context(PytestServer(opts.python or sys.executable)),
-                )
-                for i in range(opts.workers)
+                (tree, stack.enter_context(PytestServer(env.python, env.variables(tree))))
+                for tree in [
+                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}") for i in range(opts.workers)
+                ]
             ]
             _run_candidates(
                 todo,
