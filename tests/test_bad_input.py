@@ -205,6 +205,23 @@ def build_cases() -> list[Case]:
         Case("arg-missing-required", ("eval",), ("--model",)),
         Case("arg-bad-choice", ("rl", "--stage", "3", "--model", "tiny"), ("--stage", "3")),
         Case("arg-gpu-count", ("submit", "--gpu-count", "-1"), ("--gpu-count",)),
+        Case(
+            "generate-not-a-repo", ("tasks", "generate", f"{d}/nope"), (f"{d}/nope", "not a git repository")
+        ),
+        Case(
+            "generate-unknown-demo",
+            ("tasks", "generate", "demo:nope"),
+            ("demo:nope", "no bundled repository"),
+        ),
+        Case("generate-zero-n", ("tasks", "generate", "demo:all", "--n", "0"), ("--n", "got 0")),
+        Case(
+            "mine-not-a-repo", ("tasks", "mine", f"{d}/nope", "HEAD"), (f"{d}/nope", "not a git repository")
+        ),
+        Case(
+            "mine-unknown-commit",
+            ("tasks", "mine", "demo:unitconv", "nosuch", "tasks.repos_dir={repos}"),
+            ("no commit 'nosuch'",),
+        ),
         # options after positionals: parsed (the override after the option is reached and judged)
         Case(
             "arg-option-after-positional",

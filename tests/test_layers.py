@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.training",
             "protege.launch",
             "protege.demo",
+            "protege.taskgen",
         ),
     ),
     ("agent", ("protege.agent",)),
