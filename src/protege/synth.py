@@ -317,13 +317,9 @@ class SynthRun:
         except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
             detail = "".join(traceback.format_exception_only(err)).strip()
             reason = TRANSIENT if transient_exception(err) else "error"
-            trajectory = Trajectory(
-                instance_id=task.instance_id,
-                attempt=attempt,
-                phase=PHASE,
-                status="sandbox_error",
-                status_detail=detail,
-                extra={PHASE: {"kept": False, "reason": reason, "detail": detail}},
+            extra = {PHASE: {"kept": False, "reason": reason, "detail": detail}}
+            trajectory = Trajectory.failed(
+                task.instance_id, attempt, PHASE, "sandbox_error", detail, extra=extra
             )
         self.record(trajectory)
         return trajectory

@@ -188,6 +188,21 @@ class Trajectory(Record):
     extra: dict[str, Any] = Field(default_factory=dict)
     """Phase-specific annotations (e.g. synth rejection reason)."""
 
+    @classmethod
+    def failed(
+        cls, instance_id: str, attempt: int, phase: str, status: str, detail: str, **fields: Any
+    ) -> Trajectory:
+        """The record of an episode that never ran to its end (a sandbox that did not start, a timeout, a
+        crash): no messages, `status` and its detail; `fields` sets any other field (wall time, extra)."""
+        return cls(
+            instance_id=instance_id,
+            attempt=attempt,
+            phase=phase,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
+            status_detail=detail,
+            **fields,
+        )
+
     # The episode's totals, defined here once: synth, SFT's dataset view, metrics and traces all read these.
     @property
     def expert_cost_usd(self) -> float:

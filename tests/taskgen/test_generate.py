@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from protege.config import ProtegeConfig
 from protege.taskgen.core import TaskgenError, git
-from protege.taskgen.generate import GenerateOptions, generate, unique_rows, write_split
+from protege.taskgen.generate import GenerateOptions, generate
+from protege.taskgen.split import unique_rows, write_split
 from protege.taskgen.statement import changed_lines
 from protege.tasks import TaskInstance
 from protege.tasksets import load_task_set, task_set_digest
@@ -72,6 +74,10 @@ def test_a_rerun_resumes_and_recreates_lost_commits(generated) -> None:
     assert any("recreated 2 snapshot commit(s)" in line for line in lines)
     assert unique_rows(opts.out / "instances.jsonl") == before
     assert again["train"]["sha256"] == manifest["train"]["sha256"]
+    # from scratch into another directory: the same instances, byte for byte (commits, statements, digests)
+    fresh = generate(["demo:unitconv"], replace(opts, out=opts.out.parent / "fresh"), say=lines.append)
+    assert unique_rows(opts.out.parent / "fresh" / "instances.jsonl") == before
+    assert fresh["train"]["sha256"] == manifest["train"]["sha256"]
 
 
 def test_the_split_keeps_each_repo_or_function_on_one_side_with_digests(tmp_path: Path, generated) -> None:
@@ -87,7 +93,7 @@ def test_the_split_keeps_each_repo_or_function_on_one_side_with_digests(tmp_path
     out.mkdir()
     (out / "instances.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for split, key in (("repo", lambda r: r["repo"]), ("function", lambda r: (r["repo"], r["function"]))):
-        manifest = write_split(GenerateOptions(out=out, split=split, eval_fraction=0.25))
+        manifest = write_split(out, split, eval_fraction=0.25)
         train, evaluation = (load_task_set(str(out / f"{side}.jsonl")) for side in ("train", "eval"))
         assert len(train) + len(evaluation) == len(rows) and evaluation
         by_id = {r["instance_id"]: r for r in rows}

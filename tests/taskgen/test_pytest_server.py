@@ -37,3 +37,21 @@ def test_statuses_match_a_plain_run_and_edits_are_seen(tmp_path: Path) -> None:
         (tmp_path / "calc.py").write_text(CODE)
         assert server.run(tmp_path).statuses == plain.statuses
     assert not list(tmp_path.rglob("*.pyc"))
+
+
+def test_an_installed_repository_is_put_on_the_path_by_its_import_root(tmp_path: Path) -> None:
+    from protege.taskgen.core import TestEnvironment
+
+    assert "PYTHONPATH" not in TestEnvironment().variables(tmp_path)
+    assert TestEnvironment(repo_on_path=True).variables(tmp_path)["PYTHONPATH"] == str(tmp_path)
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "__init__.py").write_text("VALUE = 3\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_pkg.py").write_text(
+        "import pkg\n\n\ndef test_value():\n    assert pkg.VALUE == 3\n"
+    )
+    env = TestEnvironment(repo_on_path=True)
+    assert env.variables(tmp_path)["PYTHONPATH"] == str(tmp_path / "src")
+    with PytestServer(env.python, env.variables(tmp_path)) as server:  # a src/ layout imports as installed
+        assert server.run(tmp_path).passed == {"tests/test_pkg.py::test_value"}
+    assert run_tests(tmp_path).not_passed  # without it, the package is not importable

@@ -101,6 +101,7 @@ def _tasks_generate(args: argparse.Namespace) -> int:
         eval_fraction=args.eval_fraction,
         timeout_s=args.timeout,
         python=args.python or "",
+        environments=cfg.agent.sandbox.environments,
         **({"workers": args.workers} if args.workers else {}),
     )
     manifest = generate(args.repos, opts)
@@ -133,6 +134,7 @@ def _tasks_mine(args: argparse.Namespace) -> int:
         repo_name=args.repo_name,
         timeout_s=args.timeout,
         python=args.python or "",
+        environments=cfg.agent.sandbox.environments,
     )
     report = mine(args.repo, args.commits, opts)
     return 0 if report.mined else 1
@@ -162,7 +164,9 @@ def _add_tasks_generate(group: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--timeout", type=float, default=0.0, help="seconds per test run (default: 5x baseline + 10)"
     )
-    generate.add_argument("--python", help="interpreter of the tests' environment (default: this one)")
+    generate.add_argument(
+        "--python", help="interpreter that runs the tests (default: the repository's environment)"
+    )
     profile_args(generate)
     generate.set_defaults(func=_tasks_generate)
 
@@ -181,7 +185,9 @@ def _add_tasks_mine(group: argparse._SubParsersAction) -> None:
         "--repo-name", help="owner/name written as the instances' repo (default local/<dirname>)"
     )
     mine.add_argument("--timeout", type=float, default=300.0, help="seconds per test run (default 300)")
-    mine.add_argument("--python", help="interpreter of the tests' environment (default: this one)")
+    mine.add_argument(
+        "--python", help="interpreter that runs the tests (default: the repository's environment)"
+    )
     profile_args(mine)
     mine.set_defaults(func=_tasks_mine)
 

@@ -211,14 +211,9 @@ Work = Callable[[Slot, ResultsWriter], dict[str, Any]]
 
 
 def _failed_trajectory(slot: Slot, status: str, detail: str) -> Trajectory:
-    return Trajectory(
-        instance_id=slot.task.instance_id,
-        attempt=slot.attempt,
-        phase=PHASE,
-        status=status,
-        status_detail=detail,
-        resolved=False,
-        wall_time_s=time.monotonic() - slot.started,
+    elapsed = time.monotonic() - slot.started
+    return Trajectory.failed(
+        slot.task.instance_id, slot.attempt, PHASE, status, detail, resolved=False, wall_time_s=elapsed
     )
 
 

@@ -248,13 +248,7 @@ class RolloutContext:
 
 
 def _failed_trajectory(phase: str, task: TaskInstance, index: int, status: str, detail: str) -> Trajectory:
-    return Trajectory(
-        instance_id=task.instance_id,
-        attempt=index,
-        phase=phase,
-        status=status,  # type: ignore[arg-type]
-        status_detail=detail,
-    )
+    return Trajectory.failed(task.instance_id, index, phase, status, detail)
 
 
 def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, Any]) -> Rollout:

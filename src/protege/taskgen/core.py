@@ -149,6 +149,36 @@ def test_env(extra_path: Sequence[str] = ()) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class TestEnvironment:
+    """How a repository's tests run in a plain tree: its environment's interpreter, and whether the tree's
+    import root (`src/` when there is one, else the root) goes on PYTHONPATH, which stands in for the
+    environment's editable install (`install_repo`) of a pure-Python repository."""
+
+    python: str = sys.executable
+    repo_on_path: bool = False
+
+    def variables(self, tree: Path) -> dict[str, str]:
+        if not self.repo_on_path:
+            return test_env()
+        return test_env([str(tree / "src" if (tree / "src").is_dir() else tree)])
+
+
+def test_environment(repo_dir: Path, repo: str, commit: str, environments: Any = None) -> TestEnvironment:
+    """The environment a task of `repo` at `commit` gets (protege.environments: the repository's own
+    environment file, the user's spec file, the built-in demo specs), its venv built once and cached;
+    `environments` is `agent.sandbox.environments` (None: this interpreter). Its install lines are not
+    run here."""
+    if environments is None:
+        return TestEnvironment()
+    from protege.environments import prepare_local_environment, resolve_environment, user_specs
+
+    probe = TaskInstance.model_construct(instance_id=f"{repo}@{commit[:12]}", repo=repo, base_commit=commit)
+    spec = resolve_environment(probe, repo_dir, user_specs(environments))
+    built = prepare_local_environment(spec, environments.cache_dir, timeout_s=environments.build_timeout_s)
+    return TestEnvironment(str(built.bin_dir / "python") if built else sys.executable, spec.install_repo)
+
+
 def run_tests(
     tree: Path,
     tests: Sequence[str] = (),

@@ -28,12 +28,10 @@ and written as `train.jsonl` / `eval.jsonl` with their digests in `manifest.json
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -47,6 +45,7 @@ from typing import Any
 from protege.taskgen.core import (
     DEMO_PREFIX,
     TaskgenError,
+    TestEnvironment,
     TestRun,
     demo_sources,
     export_tree,
@@ -56,15 +55,14 @@ from protege.taskgen.core import (
     resolve_repo,
     run_tests,
     say_line,
-    write_rows,
+    test_environment,
 )
 from protege.taskgen.mutate import Mutation, mutations
 from protege.taskgen.pytest_server import PytestServer
 from protege.taskgen.snapshot import build_instance, restore_commits
-from protege.tasks import TaskInstance
+from protege.taskgen.split import INSTANCES, unique_rows, write_split
 
 CANDIDATES = "candidates.jsonl"
-INSTANCES = "instances.jsonl"
 MANIFEST = "manifest.json"
 SPLITS = ("repo", "function")
 
@@ -90,11 +88,15 @@ class GenerateOptions:
     timeout_s: float = 0.0
     """Per test run; 0 = five times the baseline run plus 10 s (a mutation can loop forever)."""
     python: str = ""
-    """Interpreter that runs the tests (the task's environment); empty = this one."""
+    """Interpreter that runs the tests; empty = the repository's environment (`environments`)."""
+    environments: Any = None
+    """`agent.sandbox.environments` (protege.environments) to resolve each repository's; None = this one."""
 
 
 @dataclass
 class RepoResult:
+    """What one repository's generation did (the manifest's `runs` entry)."""
+
     repo: str
     tried: int = 0
     valid: int = 0
@@ -168,7 +170,7 @@ def try_mutation(
     finally:
         target.write_text(original, encoding="utf-8")
     if run.timed_out:
-        return Outcome(mutation, None, [], f"tests time out (> {timeout:g} s)")
+        return Outcome(mutation, None, [], f"tests time out (> {timeout:.0f} s)")
     broken = sorted(baseline.passed - run.passed)
     return Outcome(mutation, run, broken, "" if broken else "no test fails")
 
@@ -185,16 +187,12 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def unique_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of an append-only JSONL file, the last row of each instance_id winning."""
-    rows: dict[str, dict[str, Any]] = {}
-    for row in read_rows(path):
-        rows[row["instance_id"]] = row
-    return [rows[key] for key in sorted(rows)]
-
-
-def _green_baseline(source: str, pristine: Path, head: str, opts: GenerateOptions) -> TestRun:
-    baseline = run_tests(pristine, python=opts.python or sys.executable, timeout_s=opts.timeout_s or 600)
+def _green_baseline(
+    source: str, pristine: Path, head: str, opts: GenerateOptions, env: TestEnvironment
+) -> TestRun:
+    baseline = run_tests(
+        pristine, python=env.python, env=env.variables(pristine), timeout_s=opts.timeout_s or 600
+    )
     if baseline.timed_out or not baseline.statuses:
         tail = baseline.output.strip().splitlines()[-1:] or ["no output"]
         raise TaskgenError(f"{source}: no test results at HEAD {head[:12]} ({tail[0]})")
@@ -236,7 +234,12 @@ def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoRe
         return result
     with tempfile.TemporaryDirectory(prefix="protege-taskgen-") as tmp:
         pristine = export_tree(repo_dir, head, Path(tmp) / "pristine")
-        baseline = _green_baseline(source, pristine, head, opts)
+        env = (
+            TestEnvironment(opts.python)
+            if opts.python
+            else test_environment(repo_dir, repo, head, opts.environments)
+        )
+        baseline = _green_baseline(source, pristine, head, opts, env)
         timeout = opts.timeout_s or baseline.duration_s * 5 + 10
         found = candidate_order(source_mutations(pristine), opts.seed)
         result.candidates = len(found)
@@ -247,11 +250,10 @@ def generate_repo(source: str, opts: GenerateOptions, say: Say = None) -> RepoRe
         )
         with ExitStack() as stack:
             slots = [
-                (
-                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}"),
-                    stack.enter_context(PytestServer(opts.python or sys.executable)),
-                )
-                for i in range(opts.workers)
+                (tree, stack.enter_context(PytestServer(env.python, env.variables(tree))))
+                for tree in [
+                    shutil.copytree(pristine, Path(tmp) / f"worker-{i}") for i in range(opts.workers)
+                ]
             ]
             _run_candidates(
                 todo,
@@ -305,38 +307,50 @@ def _run_candidates(
     result: RepoResult,
     keep: Callable[[Outcome], dict[str, Any]],
 ) -> None:
-    """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s."""
+    """Run mutations `len(slots)` at a time until `opts.n` are valid; progress with ETA every few s.
+
+    Outcomes are kept in the candidates' order, whichever run finishes first, so the same arguments keep
+    the same mutations on every machine; runs finished past the n-th valid one are not recorded."""
     free = list(slots)
-    pending: dict[Future[Outcome], Slot] = {}
-    queue = list(reversed(todo))
+    pending: dict[Future[Outcome], tuple[int, Slot]] = {}
+    finished: dict[int, Outcome] = {}
+    submitted = recorded = 0
     started = last_said = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="taskgen") as pool:
-        while (queue or pending) and result.valid < opts.n:
-            while queue and free and result.valid + len(pending) < opts.n + len(slots):
+        while recorded < len(todo) and result.valid < opts.n:
+            while submitted < len(todo) and free:
                 slot = free.pop()
-                pending[pool.submit(try_mutation, slot, queue.pop(), baseline, opts, timeout)] = slot
+                future = pool.submit(try_mutation, slot, todo[submitted], baseline, opts, timeout)
+                pending[future] = (submitted, slot)
+                submitted += 1
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                free.append(pending.pop(future))
-                outcome = future.result()
-                row = keep(outcome) if result.valid < opts.n else None
-                if row is None:
-                    continue
+                index, slot = pending.pop(future)
+                free.append(slot)
+                finished[index] = future.result()
+            while recorded in finished and result.valid < opts.n:
+                row = keep(finished.pop(recorded))
+                recorded += 1
                 result.tried += 1
                 result.reasons[row["outcome"]] += 1
                 result.valid += row["outcome"] == "valid"
             now = time.monotonic()
-            if now - last_said >= 3 or not (queue or pending) or result.valid >= opts.n:
+            if now - last_said >= 3 or recorded == len(todo) or result.valid >= opts.n:
                 last_said = now
-                per_run = (now - started) / max(1, result.tried)
-                hit_rate = max(result.reasons["valid"], 1) / max(1, result.tried)
-                needed = min(len(queue) + len(pending), (opts.n - result.valid) / hit_rate)
-                say(
-                    f"  {result.repo}: {result.tried} tried, {result.valid}/{opts.n} valid, "
-                    f"{len(queue)} left, {per_run:.2f}s/run, ETA {_eta(needed * per_run)}"
+                _say_progress(
+                    say, result, opts.n, len(todo) - recorded, (now - started) / max(1, result.tried)
                 )
         for future in pending:
             future.cancel()
+
+
+def _say_progress(say: Say, result: RepoResult, n: int, left: int, per_run: float) -> None:
+    hit_rate = max(result.reasons["valid"], 1) / max(1, result.tried)
+    needed = min(left, (n - result.valid) / hit_rate)
+    say(
+        f"  {result.repo}: {result.tried} tried, {result.valid}/{n} valid, "
+        f"{left} left, {per_run:.2f}s/run, ETA {_eta(needed * per_run)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,7 +385,7 @@ def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict
         except TaskgenError as err:
             say(f"{source}: skipped: {err}")
             results.append(RepoResult(source, error=str(err)))
-    manifest = write_split(opts)
+    manifest = write_split(opts.out, opts.split, opts.eval_fraction, opts.seed)
     manifest["runs"] = {
         r.repo: {
             "candidates": r.candidates,
@@ -383,48 +397,4 @@ def generate(sources: list[str], opts: GenerateOptions, say: Say = None) -> dict
         for r in results
     }
     (opts.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-
-def _held_out(keys: list[str], fraction: float, seed: int) -> set[str]:
-    ranked = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
-    count = round(len(ranked) * fraction)
-    if fraction > 0 and len(ranked) > 1:
-        count = min(max(count, 1), len(ranked) - 1)
-    return set(ranked[:count])
-
-
-def write_split(opts: GenerateOptions) -> dict[str, Any]:
-    """train.jsonl / eval.jsonl from every instance in the output directory, no repository (split=repo)
-    or function (split=function) on both sides; the manifest holds each side's digest."""
-    from protege.tasksets import task_set_digest
-
-    rows = unique_rows(opts.out / INSTANCES)
-    key_of = (
-        (lambda row: row["repo"])
-        if opts.split == "repo"
-        else (lambda row: f"{row['repo']}:{row['function']}")
-    )
-    held = _held_out(sorted({key_of(row) for row in rows}), opts.eval_fraction, opts.seed)
-    sides: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
-    for row in rows:
-        side = "eval" if key_of(row) in held else "train"
-        sides[side].append({**row, "split": side})
-    manifest: dict[str, Any] = {"split": opts.split, "eval_fraction": opts.eval_fraction, "seed": opts.seed}
-    for side, side_rows in sides.items():
-        path = write_rows(opts.out / f"{side}.jsonl", side_rows)
-        tasks = [TaskInstance.model_validate(row) for row in side_rows]
-        manifest[side] = {
-            "file": path.name,
-            "instances": len(side_rows),
-            "sha256": task_set_digest(tasks) if tasks else "",
-            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "repos": sorted({row["repo"] for row in side_rows}),
-            "functions": len({f"{row['repo']}:{row['function']}" for row in side_rows}),
-        }
-    per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "eval": 0})
-    for side, side_rows in sides.items():
-        for row in side_rows:
-            per_repo[row["repo"]][side] += 1
-    manifest["per_repo"] = dict(sorted(per_repo.items()))
     return manifest

@@ -18,7 +18,6 @@ range every commit is tried in order.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 from protege.demo.taskset import patch_files
 from protege.taskgen.core import (
     TaskgenError,
+    TestEnvironment,
     apply_patch,
     export_tree,
     flips,
@@ -38,6 +38,7 @@ from protege.taskgen.core import (
     resolve_repo,
     run_tests,
     say_line,
+    test_environment,
 )
 
 
@@ -56,7 +57,9 @@ class MineOptions:
     timeout_s: float = 300.0
     """Per test run."""
     python: str = ""
-    """Interpreter that runs the tests (the task's environment); empty = this one."""
+    """Interpreter that runs the tests; empty = the repository's environment (`environments`)."""
+    environments: Any = None
+    """`agent.sandbox.environments` (protege.environments) to resolve the repository's; None = this one."""
 
 
 @dataclass
@@ -128,10 +131,18 @@ def mine_commit(repo_dir: Path, repo: str, commit: str, opts: MineOptions) -> di
     with tempfile.TemporaryDirectory(prefix="protege-mine-") as tmp:
         tree = export_tree(repo_dir, parent, Path(tmp) / "tree")
         apply_patch(tree, test_patch, f"{commit[:12]}: test patch")
-        python = opts.python or sys.executable
-        before = run_tests(tree, runnable, python=python, timeout_s=opts.timeout_s)
+        env = (
+            TestEnvironment(opts.python)
+            if opts.python
+            else test_environment(repo_dir, repo, parent, opts.environments)
+        )
+        before = run_tests(
+            tree, runnable, python=env.python, env=env.variables(tree), timeout_s=opts.timeout_s
+        )
         apply_patch(tree, gold, f"{commit[:12]}: gold patch")
-        after = run_tests(tree, runnable, python=python, timeout_s=opts.timeout_s)
+        after = run_tests(
+            tree, runnable, python=env.python, env=env.variables(tree), timeout_s=opts.timeout_s
+        )
     if before.timed_out or after.timed_out:
         return f"tests time out (> {opts.timeout_s:g} s)"
     fail_to_pass, pass_to_pass = flips(before, after)

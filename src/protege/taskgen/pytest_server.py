@@ -75,14 +75,14 @@ class PytestServer:
     """One fork server (a process of `python`); `run` is `core.run_tests` for it. Not thread-safe: give
     each worker its own."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="protege-pytest-server-")
         script = Path(self._dir.name) / "pytest_server.py"
         script.write_text(SERVER, encoding="utf-8")
         self._log = Path(self._dir.name) / "run.log"
         self._process = subprocess.Popen(
             [python, str(script)],
-            env=test_env(),
+            env=env or test_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
