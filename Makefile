@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export TRL_EXPERIMENTAL_SILENCE := 1
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
-.PHONY: setup system-deps test test-fast test-docker demo bench lint format compile services-up services-down services-status docker-up docker-down images clean
+.PHONY: setup system-deps test test-fast test-docker demo learn bench lint format compile services-up services-down services-status docker-up docker-down images clean
 
 setup: $(STAMP) $(S3RVER) system-deps ## create .venv and install the locked stack (idempotent)
 
@@ -65,6 +65,15 @@ docker-down:
 demo: setup ## start local services and run the whole KFP pipeline locally (kfp.local) on CPU
 	$(BIN)/protege services up
 	$(BIN)/protege run --profile local
+
+# The learning run (issue 16, bench/learning.py): generated tasks (resumable; kept across runs), then synth ->
+# sft -> rl1 -> rl2 and eval of base, sft, rl1 and rl2 under the `learn` profile; curves and the table land in
+# bench/results/learning.{json,png} and on the MLflow run. LEARN_TASKS: instances per bundled repository.
+LEARN_TASKS ?= 30
+learn: setup ## a tiny protégé that measurably learns: curves in bench/results/learning.{json,png}
+	$(BIN)/protege services up
+	$(BIN)/protege tasks generate demo:all --n $(LEARN_TASKS) --out .protege/tasks/generated
+	$(BIN)/python -m bench.learning --profile learn
 
 bench: setup ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench

@@ -153,6 +153,18 @@ def test_decontamination_and_id_selection(tmp_path):
         select_tasks(TaskSetConfig(train=str(train), eval=str(evaluation), train_ids=["q__q-1"]))
 
 
+def test_max_eval_caps_the_eval_split_reproducibly(tmp_path):
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", [row(f"e__v-{i}", repo="e/v") for i in range(10)])
+    train = write_jsonl(tmp_path / "train.jsonl", [row("a__x-1", repo="a/x")])
+    capped = [
+        select_tasks(TaskSetConfig(train=str(train), eval=str(evaluation), max_eval=4, split_seed=seed))
+        for seed in (0, 0, 1)
+    ]
+    ids = [[t.instance_id for t in sel.eval] for sel in capped]
+    assert len(ids[0]) == 4 and ids[0] == ids[1] and set(ids[0]) != set(ids[2])
+    assert len(select_tasks(TaskSetConfig(train=str(train), eval=str(evaluation))).eval) == 10
+
+
 def test_s3_uri_file_and_tree(tmp_path, store):
     jsonl = write_jsonl(tmp_path / "t.jsonl", [row("acme__lib-1"), row("acme__lib-2")])
     store.upload_file(jsonl, store.uri("sets/t.jsonl"))

@@ -222,6 +222,8 @@ class TaskSetConfig(Strict):
     """Seed of the deterministic train/eval split."""
     max_train: int = Field(default=0, ge=0)
     """Cap on training tasks after filtering (0 = all). Paper RL subset: 100."""
+    max_eval: int = Field(default=0, ge=0)
+    """Cap on evaluation tasks (0 = all), chosen like `max_train` (seeded by `split_seed`)."""
     decontaminate: bool = True
     """Drop training tasks whose repo also appears in the evaluation set."""
     repos_dir: str = ".protege/repos"

@@ -568,6 +568,9 @@ def select_tasks(cfg: TaskSetConfig, *, store: Any = None) -> TaskSelection:
         train = train.keep(
             sorted(train, key=lambda t: _split_key(t.instance_id, cfg.split_seed))[: cfg.max_train]
         )
+    if cfg.max_eval and len(evaluation) > cfg.max_eval:
+        ordered = sorted(evaluation, key=lambda t: _split_key(t.instance_id, cfg.split_seed))
+        evaluation = evaluation.keep(ordered[: cfg.max_eval])
     return TaskSelection(train=train, eval=evaluation, dropped=dropped)
 
 

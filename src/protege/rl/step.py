@@ -81,11 +81,28 @@ def step_metrics(rollouts: list[Rollout], loop: LoopConfig, seconds: float) -> d
             "rollout/seconds": seconds,
             "rollout/sandbox_start_s": sum(r.sandbox_start_s for r in rollouts) / max(len(rollouts), 1),
             "rollout/grade_s": sum(r.grade_s for r in scored) / max(len(scored), 1),
+            "rollout/format_valid_rate": format_valid_rate(trajectories),
             "rollout/policy_tokens": float(sum(sum(r.trace.env_mask) for r in scored)),
             "rollout/env_tokens": float(sum(len(r.trace.env_mask) - sum(r.trace.env_mask) for r in scored)),
         }
     )
     return metrics
+
+
+def format_valid_rate(trajectories: Sequence[Any]) -> float:
+    """Share of the policy's turns that held exactly one well-formed tool call (the agent counts the others
+    in `extra["format_errors"]`); 0 when there is no turn."""
+    turns = sum(sum(m.provenance == "policy" for m in t.messages) for t in trajectories)
+    errors = sum(int(t.extra.get("format_errors", 0)) for t in trajectories)
+    return (turns - errors) / turns if turns else 0.0
+
+
+def groups_with_advantage(rollouts: list[Rollout], group_size: int) -> float:
+    """Share of the step's groups whose scored rewards are not all equal: the groups GRPO learns from (a
+    group with one reward, or none scored, has zero advantage everywhere)."""
+    groups = [rollouts[i : i + group_size] for i in range(0, len(rollouts), group_size)]
+    scored = [{r.terms["r_total"] for r in group if not r.failed and r.terms} for group in groups]
+    return sum(len(rewards) > 1 for rewards in scored) / len(groups) if groups else 0.0
 
 
 def _training_trace(rollout: Rollout, eos_id: int) -> TokenTrace:
@@ -137,6 +154,7 @@ class RolloutStep:
         everyone = gather_rollouts(trainer, rollouts)  # every rank keeps the same flat-task books and figures
         newly_dropped = self.observe_groups(everyone)
         metrics = step_metrics(everyone, self.plan.reward.loop, seconds)
+        metrics["rollout/groups_with_advantage"] = groups_with_advantage(everyone, self.cfg.rl.group_size)
         metrics.update({f"judge/{k}": v for k, v in self.ctx.judge.counters().items()})
         metrics.update(
             {"tasks/dropped": float(len(self.flat.dropped)), "tasks/newly_dropped": float(len(newly_dropped))}
