@@ -314,6 +314,19 @@ def mount_tmpfs(path: Path, size_mb: int, uid: int, gid: int) -> str:
     return ""
 
 
+def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> str:
+    """Mount an overlay of the read-only `lower` with writes going to `upper` at `merged` (root only);
+    "" or why it could not. A write to a lower file copies it up first: `lower` is never modified."""
+    paths = [str(p) for p in (lower, upper, work)]
+    if any(c in p for p in paths for c in ",:\\"):  # the option string's separators
+        return f"a path holds one of ',:\\': {paths}"
+    options = f"lowerdir={paths[0]},upperdir={paths[1]},workdir={paths[2]}".encode()
+    flags = _MS_NOSUID | _MS_NODEV
+    if _libc().mount(b"protege-checkout", str(merged).encode(), b"overlay", flags, options) != 0:
+        return os.strerror(ctypes.get_errno())
+    return ""
+
+
 def unmount(path: Path) -> None:
     if os.path.ismount(path) and _libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
         log.warning("could not unmount %s: %s", path, os.strerror(ctypes.get_errno()))
@@ -404,6 +417,7 @@ __all__ = [
     "Cgroup",
     "chown_tree",
     "hold_lock",
+    "mount_overlay",
     "mount_tmpfs",
     "seccomp_fd",
     "seccomp_program",
