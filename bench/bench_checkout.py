@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -167,36 +168,44 @@ def _host_checkout(task: Any, repos: Path, dest: Path, with_gold: bool) -> Path:
     return dest
 
 
-def _run_tests_on_host(command: str, tree: Path) -> float:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+def _run_tests_on_host(command: str, tree: Path, should_pass: bool) -> float:
+    """Wall seconds of the test command with this venv's Python first on PATH, as in the sandbox."""
+    path = f"{sys.prefix}/bin:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PATH": path}
     started = time.perf_counter()
-    subprocess.run(["bash", "-c", command], cwd=tree, env=env, capture_output=True)
-    return time.perf_counter() - started
+    done = subprocess.run(["bash", "-c", command], cwd=tree, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if (done.returncode == 0) != should_pass:
+        raise RuntimeError(f"{command} in {tree} exited {done.returncode}: {done.stdout[-500:]}")
+    return seconds
 
 
-def _graded(task: Any, patch: str, label: str, cfg: Any, root: Path) -> list[float]:
-    """Wall seconds of GRADE_REPEATS gradings (tests run even for the empty patch), after a warm-up."""
+def _grade_once(task: Any, patch: str, label: str, cfg: Any, root: Path, n: int) -> float:
+    """Wall seconds of one grading (tests run even for the empty patch)."""
     from protege.grading import grade
 
-    times = []
-    for n in range(GRADE_REPEATS + 1):
-        started = time.perf_counter()
-        result = grade(
-            task,
-            patch,
-            cfg,
-            root / "demo-repos",
-            label=label,
-            run_id=f"bench-{n}",
-            logs_dir=root / "grading",
-            run_tests_on_empty=True,
+    started = time.perf_counter()
+    result = grade(
+        task,
+        patch,
+        cfg,
+        root / "demo-repos",
+        label=label,
+        run_id=f"bench-{n}",
+        logs_dir=root / "grading",
+        run_tests_on_empty=True,
+    )
+    seconds = time.perf_counter() - started
+    if result.resolved != (label == "gold"):
+        raise RuntimeError(
+            f"{task.instance_id} {label}: resolved={result.resolved} ({result.failure_reason})"
         )
-        times.append(time.perf_counter() - started)
-        assert result.resolved == (label == "gold"), (task.instance_id, label, result.failure_reason)
-    return times[1:]
+    return seconds
 
 
 def grading_vs_tests(root: Path, cfg: Any, repos: Path, tasks: list[Any]) -> dict[str, Any]:
+    """Per task, GRADE_REPEATS rounds after a warm-up round, each: tests on the gold tree, grade gold, tests
+    on the base tree, grade empty (interleaved, so both sides see the same load)."""
     from protege.grading import preload_swebench
 
     preload_swebench()
@@ -207,18 +216,23 @@ def grading_vs_tests(root: Path, cfg: Any, repos: Path, tasks: list[Any]) -> dic
             gold: _host_checkout(task, repos, root / f"host-{task.instance_id}-{gold}", gold)
             for gold in (True, False)
         }
-        host = {
-            gold: [_run_tests_on_host(command, trees[gold]) for _ in range(GRADE_REPEATS + 1)][1:]
-            for gold in trees
-        }
-
-        gold, empty = _graded(task, task.patch, "gold", cfg, root), _graded(task, "", "empty", cfg, root)
-        grade_s = statistics.median(gold) + statistics.median(empty)
-        tests_s = statistics.median(host[True]) + statistics.median(host[False])
+        rounds = []
+        for n in range(GRADE_REPEATS + 1):
+            rounds.append(
+                (
+                    _run_tests_on_host(command, trees[True], True),
+                    _grade_once(task, task.patch, "gold", cfg, root, n),
+                    _run_tests_on_host(command, trees[False], False),
+                    _grade_once(task, "", "empty", cfg, root, n),
+                )
+            )
+        host_s = statistics.median(r[0] + r[2] for r in rounds[1:])
+        grade_s = statistics.median(r[1] + r[3] for r in rounds[1:])
         rows[task.instance_id] = {
             "grade_gold_plus_empty_s": round(grade_s, 3),
-            "test_command_twice_s": round(tests_s, 3),
-            "ratio": round(grade_s / tests_s, 3),
+            "test_command_twice_s": round(host_s, 3),
+            "ratio": round(grade_s / host_s, 3),
+            "warmup_round_s": [round(x, 3) for x in rounds[0]],
             "test_command": command,
         }
     ratios = [row["ratio"] for row in rows.values()]

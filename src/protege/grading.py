@@ -53,6 +53,9 @@ RESET_TREE_CMD = "git checkout -- . ; git clean -fd"
 LOG_INSTANCE = "run_instance.log"
 LOG_TEST_OUTPUT = "test_output.txt"
 LOG_REPORT = "report.json"
+# Test logs up to this size come back in the eval command's own output (under every backend's output cap).
+INLINE_LOG_BYTES = 32 * 1024
+INLINE_LOG_MARK = "=== protege: test output follows ==="
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -241,14 +244,23 @@ def run_eval_script(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple
     """Run the eval script; return (its interleaved stdout+stderr, timed_out).
 
     The output goes to a file in the sandbox rather than through `run`'s captured output, which the
-    sandbox truncates for the agent; a grading log must be whole.
+    sandbox truncates for the agent; a grading log must be whole. The same command prints the file back
+    when it is under INLINE_LOG_BYTES (one sandbox call fewer); a larger one, or one that is not valid
+    UTF-8 (`run` decodes lossily), is read back byte-exact with `read_file`.
     """
     folder = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}"
-    script, output = f"{folder}/eval.sh", f"{folder}/{LOG_TEST_OUTPUT}"
+    script, output = f"{folder}/eval.sh", shlex.quote(f"{folder}/{LOG_TEST_OUTPUT}")
     sandbox.write_file(script, eval_script)
-    result = sandbox.run(f"/bin/bash {shlex.quote(script)} > {shlex.quote(output)} 2>&1", timeout)
+    result = sandbox.run(
+        f"/bin/bash {shlex.quote(script)} > {output} 2>&1; "
+        f'if [ "$(wc -c < {output})" -le {INLINE_LOG_BYTES} ]; then echo {INLINE_LOG_MARK}; cat {output}; fi',
+        timeout,
+    )
+    head, mark, inline = result.output.partition(INLINE_LOG_MARK + "\n")
+    if mark and not head and not result.truncated and "\ufffd" not in inline:
+        return inline, result.timed_out
     try:
-        text = sandbox.read_file(output)
+        text = sandbox.read_file(f"{folder}/{LOG_TEST_OUTPUT}")
     except (OSError, SandboxError):
         text = result.output
     return text, result.timed_out
@@ -261,8 +273,7 @@ def _patch_and_test(
     from swebench.harness.constants import TESTS_TIMEOUT
 
     command_timeout = cfg.agent.sandbox.command_timeout_s
-    sandbox.run(_in_workdir(sandbox, f"mkdir -p {SANDBOX_GRADING_DIR}"), command_timeout)
-    hint: FailureReason = "none"
+    hint: FailureReason = "none"  # the grading directory is made by the first write_file (WRITE_SCRIPT)
     if is_empty_patch(job.patch):
         # the harness's skip_patch mode: the tests run on the unpatched tree
         hint = "empty_patch"

@@ -22,6 +22,7 @@ import fcntl
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -333,9 +334,14 @@ def unmount(path: Path) -> None:
 
 
 def hold_lock(root: Path) -> int:
-    """Create and lock root/LOCK_NAME; the fd keeps the lock until it is closed or this process dies."""
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    """Create and lock root/LOCK_NAME; the fd keeps the lock until it is closed or this process dies.
+
+    The file is locked before it takes its name: a sweep in another thread or process that opened it
+    between its creation and its lock would take the lock and remove a live sandbox."""
+    partial = root / f".{LOCK_NAME}-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(partial, root / LOCK_NAME)
     return fd
 
 
