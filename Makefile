@@ -66,8 +66,8 @@ demo: setup ## start local services and run the whole KFP pipeline locally (kfp.
 	$(BIN)/protege services up
 	$(BIN)/protege run --profile local
 
-bench: setup ## benchmarks; results land in bench/results/
-	$(BIN)/python -m bench
+bench: setup ## benchmarks; results land in bench/results/ (BENCH="checkout episode" runs some; python -m bench --help)
+	$(BIN)/python -m bench $(BENCH)
 
 lint: setup ## ruff lint + format check
 	$(BIN)/ruff check src tests pipelines components bench

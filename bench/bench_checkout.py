@@ -35,7 +35,7 @@ SIZES = (10, 1_000, 10_000)
 OPENS = 8
 """Warm opens measured per size (a) and per thread (b)."""
 WORKERS = (1, 2, 4)
-GRADE_REPEATS = 3
+GRADE_REPEATS = 2
 """Measured gradings (and test-command runs) per demo task and patch, after one warm-up each."""
 
 

@@ -18,6 +18,7 @@ one opened while the current episode runs).
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -27,9 +28,9 @@ from typing import Any
 from bench.bench_rl import SCRIPTED_COMMANDS, Clock, ScriptedGenerator, timed_opener
 
 RESULT = "episode_cpu"
-GEN_TOKENS = 32
+GEN_TOKENS = 16
 """Tokens the model generates per turn (then discarded for the scripted action)."""
-EPISODES = 4
+EPISODES = 3
 """Measured episodes per (repository, prepare_ahead), after one warm-up episode."""
 FILLER_FILES = 10_000
 
@@ -104,6 +105,7 @@ def episodes(built: Any, model_generator: Any, jobs: list[tuple[Any, int]], cfg:
         started = time.monotonic()
         rollouts = run_rollouts(ctx, chunk, 1)
         result[name] = _split(rollouts, clock, time.monotonic() - started)
+        result[name]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     return result
 
 
