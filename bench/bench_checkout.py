@@ -1,4 +1,4 @@
-"""Sandbox open and grading through the checkout cache (protege.agent.checkouts), local backend.
+"""Sandbox open and grading through the checkout cache (protege.agent.sandbox.checkouts), local backend.
 
 (a) Open vs repository size: filler repositories of 10 / 1,000 / 10,000 files. Per size: the first open
     (a cache miss: `git fetch` of base_commit's history into the cache, what every open cost before the

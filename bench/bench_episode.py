@@ -1,6 +1,6 @@
 """A rollout's time split: generation / tools / sandbox setup / grading, demo tasks and a 10k-file repository.
 
-Mixed episodes through `protege.rl_rollout.run_rollouts` (the RL loop, one worker so the parts do not
+Mixed episodes through `protege.rl.rollout.run_rollouts` (the RL loop, one worker so the parts do not
 overlap): each turn the tiny model generates GEN_TOKENS tokens (real forward passes on this CPU, timed and
 counted: generation tokens/s), then the turn's action is the scripted one of `bench_rl.SCRIPTED_COMMANDS`
 (two reads and an edit through bash in the sandbox, then submit), so every episode runs real tool calls and
@@ -91,7 +91,7 @@ def _percentiles_ms(clock: Clock, name: str) -> dict[str, float]:
 
 def episodes(built: Any, model_generator: Any, jobs: list[tuple[Any, int]], cfg: Any) -> dict[str, Any]:
     """run_rollouts over jobs with one worker; the first job is a warm-up reported apart."""
-    from protege.rl_rollout import SandboxGate, run_rollouts
+    from protege.rl.rollout import SandboxGate, run_rollouts
 
     step = built.rollout_step
     result = {}

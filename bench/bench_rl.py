@@ -1,7 +1,7 @@
 """RL on CPU with the tiny model (the `local` profile): rollout throughput and GRPO step time.
 
 (a) Rollouts: one GRPO step's worth of episodes (`rl.tasks_per_step` tasks × G = `rl.group_size`) played by
-    `protege.rl_rollout.run_rollouts` with `rl.rollout_workers` 1 and 2, for two generators:
+    `protege.rl.rollout.run_rollouts` with `rl.rollout_workers` 1 and 2, for two generators:
     - `model`: the trainer's own transformers generation from the tiny model (untrained, so its episodes
       mostly end in format errors without running a tool);
     - `scripted`: every turn a fixed valid tool call (two reads, one edit), then submit, so the sandbox
@@ -91,7 +91,7 @@ class Clock:
 
 
 class TimedGenerator:
-    """A protege.rl_generation.Generator that times `inner` as `generate` and counts the ids it returns."""
+    """A protege.rl.generation.Generator that times `inner` as `generate` and counts the ids it returns."""
 
     def __init__(self, inner: Any, clock: Clock) -> None:
         self.inner, self.clock = inner, clock
@@ -184,13 +184,14 @@ def measure_rollouts(
 ) -> dict[str, Any]:
     """One step's rollouts (the first `limit` of them) with `generator` and `workers` threads, through
     run_rollouts and step_metrics."""
-    from protege.rl_rollout import SandboxGate, run_rollouts
-    from protege.rl_step import step_metrics
+    from protege.rl.rollout import SandboxGate, run_rollouts
+    from protege.rl.step import step_metrics
 
     step, cfg, clock = built.rollout_step, built.rollout_step.cfg, Clock()
     r = cfg.rl
-    gate = SandboxGate(timed_opener(clock), r.sandbox_start_interval_s, r.sandbox_start_retries,
-                       r.sandbox_start_backoff_s)  # fmt: skip
+    gate = SandboxGate(
+        timed_opener(clock), r.sandbox_start_interval_s, r.sandbox_start_retries, r.sandbox_start_backoff_s
+    )
     ctx = dataclasses.replace(
         step.ctx, generator=TimedGenerator(generator, clock), gate=gate, logs_dir=logs_dir
     )
@@ -201,19 +202,24 @@ def measure_rollouts(
     metrics = step_metrics(rollouts, step.plan.reward.loop, seconds)
     episodes = len(rollouts)
     return {
-        "workers": workers, "episodes": episodes, "seconds": round(seconds, 2),
+        "workers": workers,
+        "episodes": episodes,
+        "seconds": round(seconds, 2),
         "episodes_per_min": round(metrics["rollout/episodes_per_min"], 2),
         "sandbox_start_s_per_episode": round(metrics["rollout/sandbox_start_s"], 3),
         "grade_s_per_episode": round(metrics["rollout/grade_s"], 3),
-        "generate_busy_s": round(clock.busy("generate"), 2), "generate_summed_s": round(clock.summed("generate"), 2),
-        "tool_busy_s": round(clock.busy("tool"), 2), "tool_summed_s": round(clock.summed("tool"), 2),
+        "generate_busy_s": round(clock.busy("generate"), 2),
+        "generate_summed_s": round(clock.summed("generate"), 2),
+        "tool_busy_s": round(clock.busy("tool"), 2),
+        "tool_summed_s": round(clock.summed("tool"), 2),
         "sandbox_close_summed_s": round(clock.summed("sandbox_close"), 3),
-        "turns": clock.calls("generate"), "tool_calls_in_sandbox": clock.calls("tool"),
+        "turns": clock.calls("generate"),
+        "tool_calls_in_sandbox": clock.calls("tool"),
         "generated_tokens": clock.counts["generated_tokens"],
         "steps_per_episode": metrics["rollout/steps_per_traj"],
         "statuses": dict(Counter(r.trajectory.status for r in rollouts)),
         "failed": [r.failure for r in rollouts if r.failed],
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,11 +250,16 @@ def step_timer(clock: Clock) -> Any:
             now = time.monotonic()
             begin = self.current["begin"]
             spent = {f"{k}_busy_s": clock.busy(k, begin, now) for k in ("generate", "tool")}
-            self.steps.append({
-                "step": state.global_step, "end": now, "step_s": now - self.current["begin"],
-                "micro_steps_s": self.current["pre_optimizer"] - self.current["begin"],
-                "optimizer_s": self.current["optimizer"] - self.current["pre_optimizer"], **spent,
-            })  # fmt: skip
+            self.steps.append(
+                {
+                    "step": state.global_step,
+                    "end": now,
+                    "step_s": now - self.current["begin"],
+                    "micro_steps_s": self.current["pre_optimizer"] - self.current["begin"],
+                    "optimizer_s": self.current["optimizer"] - self.current["pre_optimizer"],
+                    **spent,
+                }
+            )
 
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             if self.steps and self.steps[-1]["step"] == state.global_step:
@@ -269,19 +280,26 @@ def grpo_steps(timer: Any, history: list[dict[str, Any]]) -> list[dict[str, Any]
     for s in timer.steps:
         h = rollout.get(s["step"], {})
         rollout_s = h.get("rollout/seconds", 0.0)
-        rows.append({
-            "step": s["step"], "step_s": round(s["step_s"], 2), "rollout_s": round(rollout_s, 2),
-            "train_s": round(s["step_s"] - rollout_s, 2),
-            "forward_backward_s": round(s["micro_steps_s"] - rollout_s, 2),
-            "optimizer_s": round(s["optimizer_s"], 3), "save_after_s": round(s.get("save_s", 0.0), 2),
-            "trl_step_time_s": round(trl_time.get(s["step"], float("nan")), 2),
-            "generate_busy_s": round(s["generate_busy_s"], 2), "tool_busy_s": round(s["tool_busy_s"], 2),
-            "episodes_per_min": round(h.get("rollout/episodes_per_min", 0.0), 2),
-            "sandbox_start_s_per_episode": round(h.get("rollout/sandbox_start_s", 0.0), 3),
-            "grade_s_per_episode": round(h.get("rollout/grade_s", 0.0), 3),
-            "policy_tokens": h.get("rollout/policy_tokens", 0.0), "env_tokens": h.get("rollout/env_tokens", 0.0),
-            "failures": h.get("failures", []),
-        })  # fmt: skip
+        rows.append(
+            {
+                "step": s["step"],
+                "step_s": round(s["step_s"], 2),
+                "rollout_s": round(rollout_s, 2),
+                "train_s": round(s["step_s"] - rollout_s, 2),
+                "forward_backward_s": round(s["micro_steps_s"] - rollout_s, 2),
+                "optimizer_s": round(s["optimizer_s"], 3),
+                "save_after_s": round(s.get("save_s", 0.0), 2),
+                "trl_step_time_s": round(trl_time.get(s["step"], float("nan")), 2),
+                "generate_busy_s": round(s["generate_busy_s"], 2),
+                "tool_busy_s": round(s["tool_busy_s"], 2),
+                "episodes_per_min": round(h.get("rollout/episodes_per_min", 0.0), 2),
+                "sandbox_start_s_per_episode": round(h.get("rollout/sandbox_start_s", 0.0), 3),
+                "grade_s_per_episode": round(h.get("rollout/grade_s", 0.0), 3),
+                "policy_tokens": h.get("rollout/policy_tokens", 0.0),
+                "env_tokens": h.get("rollout/env_tokens", 0.0),
+                "failures": h.get("failures", []),
+            }
+        )
     return rows
 
 
@@ -293,12 +311,18 @@ def grpo_steps(timer: Any, history: list[dict[str, Any]]) -> list[dict[str, Any]
 def _config(root: Path) -> Any:
     from protege.config import load_config
 
-    return load_config("local", overrides=[
-        f"services.data_dir={root / 'data'}", f"model.cache_dir={root / 'cache'}",
-        f"tasks.repos_dir={root / 'repos'}", f"eval.grade_logs_dir={root / 'grading'}",
-        f"expert.cache_dir={root / 'expert-cache'}",
-        f"rl.stage_one_steps={STAGE_STEPS}", f"rl.total_steps={STAGE_STEPS + 1}",
-    ])  # fmt: skip
+    return load_config(
+        "local",
+        overrides=[
+            f"services.data_dir={root / 'data'}",
+            f"model.cache_dir={root / 'cache'}",
+            f"tasks.repos_dir={root / 'repos'}",
+            f"eval.grade_logs_dir={root / 'grading'}",
+            f"expert.cache_dir={root / 'expert-cache'}",
+            f"rl.stage_one_steps={STAGE_STEPS}",
+            f"rl.total_steps={STAGE_STEPS + 1}",
+        ],
+    )
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
@@ -310,10 +334,12 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 def _rollout_summary(rollouts: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     """{generator: {"workers=N": median episodes/min over the repeats}}."""
     return {
-        name: {f"workers={w}": statistics.median(m["episodes_per_min"] for m in runs if m["workers"] == w)
-               for w in WORKERS}
+        name: {
+            f"workers={w}": statistics.median(m["episodes_per_min"] for m in runs if m["workers"] == w)
+            for w in WORKERS
+        }
         for name, runs in rollouts.items()
-    }  # fmt: skip
+    }
 
 
 def run() -> dict:
@@ -335,8 +361,9 @@ def run() -> dict:
         train_clock = Clock()
         timer = step_timer(train_clock)
         started = time.monotonic()
-        built = rl.build_trainer(cfg, plan, out_dir, None, None, None, callbacks=[timer],
-                                 sandbox_opener=timed_opener(train_clock))  # fmt: skip
+        built = rl.build_trainer(
+            cfg, plan, out_dir, None, None, None, callbacks=[timer], sandbox_opener=timed_opener(train_clock)
+        )
         build_s = time.monotonic() - started
         parameters = built.trainer.model.num_parameters()
         model_generator = built.rollout_step.ctx.generator  # the trainer's own (HFGenerator on CPU)
@@ -364,19 +391,34 @@ def run() -> dict:
         "model": f"tiny (resolve_model('tiny'): untrained, {parameters} parameters, {tiny.num_hidden_layers} "
         f"layers, hidden {tiny.hidden_size}), the start and the KL reference model",
         "load_average_1m_at_start": load_at_start,
-        "rollouts_per_step": r.group_size * r.tasks_per_step, "group_size": r.group_size,
-        "tasks_per_step": r.tasks_per_step, "max_new_tokens_per_turn": cfg.agent.policy.max_new_tokens,
-        "sandbox_backend": cfg.agent.sandbox.backend, "scripted_commands": list(SCRIPTED_COMMANDS),
-        "setup_s": round(setup_s, 1), "build_trainer_s": round(build_s, 1),
+        "rollouts_per_step": r.group_size * r.tasks_per_step,
+        "group_size": r.group_size,
+        "tasks_per_step": r.tasks_per_step,
+        "max_new_tokens_per_turn": cfg.agent.policy.max_new_tokens,
+        "sandbox_backend": cfg.agent.sandbox.backend,
+        "scripted_commands": list(SCRIPTED_COMMANDS),
+        "setup_s": round(setup_s, 1),
+        "build_trainer_s": round(build_s, 1),
         "rollouts_median_episodes_per_min": _rollout_summary(rollouts),
         "rollouts": rollouts,
         "rollouts_warmup": warmup,
         "grpo": {
-            "steps": STAGE_STEPS, "generator": f"model ({type(model_generator).__name__}, rollout_workers="
-            f"{r.rollout_workers})", "train_call_s": round(train_s, 1), "per_step": steps,
+            "steps": STAGE_STEPS,
+            "generator": f"model ({type(model_generator).__name__}, rollout_workers={r.rollout_workers})",
+            "train_call_s": round(train_s, 1),
+            "per_step": steps,
             "first_step_warmup": steps[0] if steps else None,
-            "median_after_first": {k: _median(steps, k) for k in
-                                   ("step_s", "rollout_s", "train_s", "forward_backward_s", "optimizer_s",
-                                    "save_after_s", "trl_step_time_s")},
+            "median_after_first": {
+                k: _median(steps, k)
+                for k in (
+                    "step_s",
+                    "rollout_s",
+                    "train_s",
+                    "forward_backward_s",
+                    "optimizer_s",
+                    "save_after_s",
+                    "trl_step_time_s",
+                )
+            },
         },
-    }  # fmt: skip
+    }

@@ -19,9 +19,19 @@ TURNS = 4
 
 def _tools() -> list[dict]:
     return [
-        {"type": "function", "function": {"name": "bash", "description": "Run a command.", "parameters": {
-            "type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}},
-    ]  # fmt: skip
+        {
+            "type": "function",
+            "function": {
+                "name": "bash",
+                "description": "Run a command.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"command": {"type": "string"}},
+                    "required": ["command"],
+                },
+            },
+        },
+    ]
 
 
 def _record(index: int) -> dict:
@@ -60,20 +70,30 @@ def run() -> dict:
         data = root / "data"
         data.mkdir()
         (data / "sft.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(RECORDS)))
-        cfg = load_config("local", overrides=[
-            f"model.cache_dir={root / 'models'}", "sft.deepspeed=", f"sft.max_steps={STEPS}",
-            f"sft.per_device_batch_size={PER_DEVICE_BATCH}", f"sft.global_batch_size={PER_DEVICE_BATCH}",
-            f"sft.save_steps={STEPS}", "sft.logging_steps=1",
-        ])  # fmt: skip
+        cfg = load_config(
+            "local",
+            overrides=[
+                f"model.cache_dir={root / 'models'}",
+                "sft.deepspeed=",
+                f"sft.max_steps={STEPS}",
+                f"sft.per_device_batch_size={PER_DEVICE_BATCH}",
+                f"sft.global_batch_size={PER_DEVICE_BATCH}",
+                f"sft.save_steps={STEPS}",
+                "sft.logging_steps=1",
+            ],
+        )
         result = sft.run(cfg, str(data), root / "out")
     steps = [h for h in result["history"] if "tokens_per_s" in h]
     steady = [h["tokens_per_s"] for h in steps[1:]] or [h["tokens_per_s"] for h in steps]
     return {
         "model": "tiny (protege.config.TinyModelConfig defaults)",
-        "records": RECORDS, "steps": STEPS, "batch": PER_DEVICE_BATCH,
+        "records": RECORDS,
+        "steps": STEPS,
+        "batch": PER_DEVICE_BATCH,
         "tokens_per_step": result["data"]["tokens"] * PER_DEVICE_BATCH // RECORDS,
         "tokens_per_s_median": round(statistics.median(steady), 1),
         "warmup_tokens_per_s": round(steps[0]["tokens_per_s"], 1) if steps else None,
         "tokens_per_s_per_step": [round(s, 1) for s in steady],
-        "loss_first": result["metrics"]["loss_first"], "loss_last": result["metrics"]["loss_last"],
-    }  # fmt: skip
+        "loss_first": result["metrics"]["loss_first"],
+        "loss_last": result["metrics"]["loss_last"],
+    }

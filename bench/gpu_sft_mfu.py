@@ -26,10 +26,17 @@ import time
 from pathlib import Path
 
 QWEN25_CODER_7B = {
-    "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-    "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-}  # fmt: skip
+    "hidden_size": 3584,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "intermediate_size": 18944,
+    "vocab_size": 152064,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
 PEAK_BF16_TFLOPS = {
     "H200": 989.0,
     "H100": 989.0,
@@ -110,15 +117,26 @@ def measure(seq_len: int, steps: int, warmup: int, layers: int, peak_override: f
         c: tokens_per_s * flops_per_token(n_matmul, layers, width, seq_len, c) / peak for c in (False, True)
     }
     return {
-        "gpu": name, "gpus_visible": torch.cuda.device_count(), "attention": attn, "dtype": "bfloat16",
-        "activation_checkpointing": True, "seq_len": seq_len, "layers": layers,
-        "parameters": n_matmul + embedding, "matmul_parameters": n_matmul,
-        "step_s_median": round(step_s, 4), "step_s_all": [round(t, 4) for t in times],
-        "tokens_per_s_per_gpu": round(tokens_per_s, 1), "peak_bf16_tflops": peak / 1e12,
-        "mfu": round(mfu[False], 4), "mfu_causal_attention": round(mfu[True], 4),
+        "gpu": name,
+        "gpus_visible": torch.cuda.device_count(),
+        "attention": attn,
+        "dtype": "bfloat16",
+        "activation_checkpointing": True,
+        "seq_len": seq_len,
+        "layers": layers,
+        "parameters": n_matmul + embedding,
+        "matmul_parameters": n_matmul,
+        "step_s_median": round(step_s, 4),
+        "step_s_all": [round(t, 4) for t in times],
+        "tokens_per_s_per_gpu": round(tokens_per_s, 1),
+        "peak_bf16_tflops": peak / 1e12,
+        "mfu": round(mfu[False], 4),
+        "mfu_causal_attention": round(mfu[True], 4),
         "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "torch": torch.__version__, "host": platform.node(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def main() -> int:

@@ -46,7 +46,7 @@ def to_messages(record: dict[str, Any]) -> list[Any]:
                 tool_calls=calls,
                 tool_call_id=item.get("tool_call_id", ""),
                 name=item.get("name", ""),
-            )  # fmt: skip
+            )
         )
     return messages
 
@@ -90,12 +90,18 @@ def check(cfg: Any, model_dir: str, dataset: str, count: int) -> dict[str, Any]:
             errors[out.format_error or f"{len(out.tool_calls)} tool calls"] += 1
             failures.append(out.text[:SAMPLE_CHARS])
     return {
-        "model": model_dir, "dataset_digest": data.digest, "history_view": cfg.agent.history_view,
-        "turns": len(samples), "well_formed": well_formed, "well_formed_share": well_formed / max(len(samples), 1),
-        "same_tool_share": same_tool / max(len(samples), 1), "format_errors": dict(errors.most_common()),
+        "model": model_dir,
+        "dataset_digest": data.digest,
+        "history_view": cfg.agent.history_view,
+        "turns": len(samples),
+        "well_formed": well_formed,
+        "well_formed_share": well_formed / max(len(samples), 1),
+        "same_tool_share": same_tool / max(len(samples), 1),
+        "format_errors": dict(errors.most_common()),
         "failed_samples": failures[:SAMPLES],
-        "seconds_per_turn": sum(seconds) / max(len(seconds), 1), "load_average_1m": os.getloadavg()[0],
-    }  # fmt: skip
+        "seconds_per_turn": sum(seconds) / max(len(seconds), 1),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def main(argv: list[str]) -> int:

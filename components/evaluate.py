@@ -22,7 +22,9 @@ def eval(  # noqa: A001 - `eval` is the phase's name everywhere (STYLE lesson 13
     """Outputs the results URI in the artifact store, Pass@1 and the nested MLflow run id; the `report`
     artifact is the results directory in the store, with Pass@1 and its interval. On the GPU pool
     (`eval.serve: vllm`, cluster profile) a vLLM server of `model_uri` answers for the policy meanwhile."""
-    from protege import evaluate, kfp_steps, serving
+    from protege import evaluate
+    from protege.evaluate import serving
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model

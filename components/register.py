@@ -22,7 +22,8 @@ def register(
     parent_run_id: str,
 ) -> NamedTuple("Outputs", [("version", int), ("promoted", bool), ("reason", str)]):
     """Outputs the registered version, whether it became `champion`, and why."""
-    from protege import kfp_steps, register
+    from protege import register
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(
         profile, overrides, kfp_run_id, model__base=base_model, expert__model=expert_model

@@ -1,6 +1,9 @@
 """rl1 and rl2: agentic GRPO stage I (loop reward) and stage II (+ follow-through) (protege.rl).
 
-One phase, two configs (STYLE lesson 8): the components differ only in the stage they pass.
+One phase, two configs (STYLE lesson 8): both components run `protege.pipeline.steps.rl` and differ only in
+the stage they pass. They stay two components, not one taking the stage, because KFP names a task after
+its component (a second use becomes `rl-2`; `.set_display_name` changes only the label), and the task
+names `rl1`/`rl2` key the placement, the local run's outputs and the run summary.
 """
 
 from kfp import dsl
@@ -21,18 +24,10 @@ def rl1(
     model: Output[Model],
 ) -> str:
     """RL stage I from the SFT model; returns the trained model's s3:// URI (also the `model` artifact)."""
-    from protege import kfp_steps, rl
+    from protege.pipeline import steps
 
-    cfg = kfp_steps.step_config(
-        profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model
-    )
-    tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
-    out = kfp_steps.work_dir(cfg, "rl1")
-    result = rl.run(cfg, 1, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))
-    kfp_steps.publish_artifact(
-        model, result["model_uri"], mlflow_model_id=result["model_id"], mlflow_pipeline_run_id=parent_run_id
-    )
-    return result["model_uri"]
+    args = (profile, overrides, train_tasks, expert_model, model_uri, parent_run_id, kfp_run_id)
+    return steps.rl(1, *args, model)
 
 
 @dsl.component(base_image=TRAINER_IMAGE)
@@ -48,15 +43,7 @@ def rl2(
 ) -> str:
     """RL stage II from the stage I model; returns the trained model's s3:// URI (also the `model`
     artifact, the one `register` versions)."""
-    from protege import kfp_steps, rl
+    from protege.pipeline import steps
 
-    cfg = kfp_steps.step_config(
-        profile, overrides, kfp_run_id, tasks__train=train_tasks, expert__model=expert_model
-    )
-    tracker = kfp_steps.attach_tracker(cfg, parent_run_id)
-    out = kfp_steps.work_dir(cfg, "rl2")
-    result = rl.run(cfg, 2, model_uri, out, tracker=tracker, store=kfp_steps.open_store(cfg))
-    kfp_steps.publish_artifact(
-        model, result["model_uri"], mlflow_model_id=result["model_id"], mlflow_pipeline_run_id=parent_run_id
-    )
-    return result["model_uri"]
+    args = (profile, overrides, train_tasks, expert_model, model_uri, parent_run_id, kfp_run_id)
+    return steps.rl(2, *args, model)

@@ -20,7 +20,8 @@ def sft(
 ) -> NamedTuple("Outputs", [("model_uri", str), ("parent_run_id", str)]):
     """The first never-cached step, so the MLflow parent run opened here belongs to this KFP run alone.
     The `model` artifact is the trained model in the store, with its MLflow LoggedModel id."""
-    from protege import kfp_steps, sft
+    from protege import sft
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(profile, overrides, kfp_run_id, model__base=base_model)
     tracker = kfp_steps.open_pipeline_run(cfg, kfp_run_id, synth_run_id, dataset_uri)

@@ -20,7 +20,8 @@ def synth(
     """`tasks_digest` (verify's output) orders this step after verify and keys its cache. Its MLflow run is
     a step record of its own; `sft` copies it into the KFP run's parent run (kfp_steps.adopt_run). The
     `dataset` artifact is the SFT dataset in the store (its URI), with its sha256."""
-    from protege import kfp_steps, synth
+    from protege import synth
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(profile, overrides, tasks__train=train_tasks, expert__model=expert_model)
     store = kfp_steps.open_store(cfg)

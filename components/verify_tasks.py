@@ -12,7 +12,7 @@ def verify_tasks(profile: str, overrides: str, train_tasks: str, eval_tasks: str
     "Outputs", [("report_uri", str), ("tasks_digest", str), ("eval_set_digest", str)]
 ):
     """Fails naming every broken instance; outputs the verify report URI and the task sets' digests."""
-    from protege import kfp_steps
+    from protege.pipeline import steps as kfp_steps
 
     cfg = kfp_steps.step_config(profile, overrides, tasks__train=train_tasks, tasks__eval=eval_tasks)
     result = kfp_steps.verify(cfg, kfp_steps.open_store(cfg))

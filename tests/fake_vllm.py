@@ -37,8 +37,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404, f"no model {request.get('model')!r}")
             return
         message = {"role": "assistant", "content": COMPLETION}
-        self._reply({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 10, "completion_tokens": 12}})  # fmt: skip
+        self._reply(
+            {
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 12},
+            }
+        )
 
     def log_message(self, *args) -> None:
         pass

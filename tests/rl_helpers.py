@@ -46,10 +46,14 @@ def rl_cfg(repos: Path, tmp: Path, *overrides: str):
     return load_config(
         "local",
         overrides=[
-            f"tasks.repos_dir={repos}", f"services.data_dir={tmp / 'data'}", f"model.cache_dir={tmp / 'cache'}",
-            f"eval.grade_logs_dir={tmp / 'grading'}", "run_name=rl-test", *overrides,
+            f"tasks.repos_dir={repos}",
+            f"services.data_dir={tmp / 'data'}",
+            f"model.cache_dir={tmp / 'cache'}",
+            f"eval.grade_logs_dir={tmp / 'grading'}",
+            "run_name=rl-test",
+            *overrides,
         ],
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Call:
 
 @dataclass
 class ScriptedGenerator:
-    """A protege.rl_rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
+    """A protege.rl.rollout.Generator that plays SCRIPT: the turn is the number of assistant turns already in
     the prompt. Records every call (thread-safe)."""
 
     tokenizer: Any

@@ -19,7 +19,7 @@ import pytest
 
 from protege.agent.agent import Agent
 from protege.agent.policies import ScriptedPolicy
-from protege.agent.sandbox_docker import DockerSandbox
+from protege.agent.sandbox.docker import DockerSandbox
 from protege.config import AgentConfig, ProtegeConfig, SandboxConfig
 from protege.demo import demo_tasks
 from protege.grading import grade
@@ -34,8 +34,9 @@ PIDS = 64
 
 
 def docker_sandbox_cfg(**extra: object) -> SandboxConfig:
-    return SandboxConfig(backend="docker", command_timeout_s=60, memory_limit_mb=MEMORY_MB,
-                         max_processes=PIDS, **extra)  # fmt: skip
+    return SandboxConfig(
+        backend="docker", command_timeout_s=60, memory_limit_mb=MEMORY_MB, max_processes=PIDS, **extra
+    )
 
 
 def demo_task(name: str = "csvcols") -> TaskInstance:
@@ -64,9 +65,14 @@ def test_a_scripted_episode_runs_in_a_hardened_container_and_its_patch_resolves(
     assert host["SecurityOpt"] == ["no-new-privileges"] and attrs["Config"]["User"] == "10001:10001"
     turns = [
         {"tool": "bash", "arguments": {"command": 'echo "uid=$(id -u) dirty=$(git status --short | wc -l)"'}},
-        {"tool": "bash", "arguments": {"command": f"cat > /tmp/fix.diff <<'EOF_FIX'\n{task.patch}EOF_FIX\ngit apply /tmp/fix.diff"}},
+        {
+            "tool": "bash",
+            "arguments": {
+                "command": f"cat > /tmp/fix.diff <<'EOF_FIX'\n{task.patch}EOF_FIX\ngit apply /tmp/fix.diff"
+            },
+        },
         {"tool": "submit", "arguments": {}},
-    ]  # fmt: skip
+    ]
     trajectory = Agent(AgentConfig(step_limit=10), ScriptedPolicy(turns), sandbox, task).run()
     assert trajectory.status == "submitted", trajectory.status_detail
     first_observation = next(m.content for m in trajectory.messages if m.provenance == "tool")
@@ -260,20 +266,40 @@ def test_the_agent_image_verifies_the_demo_set_from_s3(docker_engine, store, s3_
         pytest.skip("docker tier: no agent image built here; `make images` builds it")
     import protege.demo
 
-    source = store.upload_file(Path(protege.demo.__file__).parent / "tasks.jsonl",
-                               f"s3://{store._cfg.bucket}/tasks/demo.jsonl")  # fmt: skip
+    source = store.upload_file(
+        Path(protege.demo.__file__).parent / "tasks.jsonl", f"s3://{store._cfg.bucket}/tasks/demo.jsonl"
+    )
     socket_path = docker_engine.removeprefix("unix://")
     cfg = s3_server.store_config()
     # --network host: the task set is on the host's loopback s3rver. The grading containers are siblings on
     # the same daemon (its socket mounted; the image's user joins the socket's group).
     argv = [
-        "docker", "run", "--rm", "--network", "host", "-v", f"{socket_path}:/var/run/docker.sock",
-        "--group-add", str(os.stat(socket_path).st_gid),
-        "-e", f"PROTEGE_S3_ENDPOINT={cfg.endpoint}", "-e", f"AWS_ACCESS_KEY_ID={cfg.access_key.get_secret_value()}",
-        "-e", f"AWS_SECRET_ACCESS_KEY={cfg.secret_key.get_secret_value()}",
-        image, "protege", "tasks", "verify", "--backend", "docker", "--workers", "4", source,
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-v",
+        f"{socket_path}:/var/run/docker.sock",
+        "--group-add",
+        str(os.stat(socket_path).st_gid),
+        "-e",
+        f"PROTEGE_S3_ENDPOINT={cfg.endpoint}",
+        "-e",
+        f"AWS_ACCESS_KEY_ID={cfg.access_key.get_secret_value()}",
+        "-e",
+        f"AWS_SECRET_ACCESS_KEY={cfg.secret_key.get_secret_value()}",
+        image,
+        "protege",
+        "tasks",
+        "verify",
+        "--backend",
+        "docker",
+        "--workers",
+        "4",
+        source,
         "eval.grade_logs_dir=/tmp/grades",
-    ]  # fmt: skip
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "12/12 instance(s) ok" in done.stdout

@@ -15,18 +15,18 @@ import pytest
 
 from protege.agent.protocols import SandboxError
 from protege.cli import main
+from protege.cli.evaluate import expert_overrides
 from protege.config import load_config
 from protege.evaluate import (
     EvalError,
     ResultsWriter,
     Slot,
-    expert_overrides,
     gold_script,
     grade_row,
     run,
     run_pairs,
 )
-from protege.report import GRADES, PREDICTIONS, REPORT_JSON, REPORT_MD, TRAJECTORIES, read_jsonl
+from protege.evaluate.report import GRADES, PREDICTIONS, REPORT_JSON, REPORT_MD, TRAJECTORIES, read_jsonl
 from protege.trajectory import Trajectory, read_trajectories
 from tests.grading_helpers import make_task
 
@@ -206,9 +206,15 @@ def test_an_unreachable_policy_server_fails_eval_with_the_reason(repos_dir, tmp_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = tmp_path / "eval"
-    overrides = ["agent.policy.backend=openai", f"agent.policy.base_url=http://127.0.0.1:{port}/v1",
-                 "agent.policy.model=served", "agent.policy.max_retries=0", f"tasks.repos_dir={repos_dir}",
-                 f"expert.cache_dir={tmp_path / 'expert-cache'}", f"eval.grade_logs_dir={tmp_path / 'grading'}"]  # fmt: skip
+    overrides = [
+        "agent.policy.backend=openai",
+        f"agent.policy.base_url=http://127.0.0.1:{port}/v1",
+        "agent.policy.model=served",
+        "agent.policy.max_retries=0",
+        f"tasks.repos_dir={repos_dir}",
+        f"expert.cache_dir={tmp_path / 'expert-cache'}",
+        f"eval.grade_logs_dir={tmp_path / 'grading'}",
+    ]
     argv = ["eval", "--profile", "local", "--model", "served", "--out", str(out), "--no-track", "--no-upload"]
     assert main([*argv, *overrides]) == 3  # FAILED, not a score
     error = capsys.readouterr().err.strip().splitlines()
@@ -238,9 +244,16 @@ def test_an_infrastructure_failure_ends_the_eval_mlflow_run_failed_with_the_reas
     from protege.evaluate import TAG_FAILURE, InfraFailure
     from protege.tracking import Tracker
 
-    cfg = local_cfg(repos_dir, tmp_path, "run_name=infra", "agent.policy.backend=openai", "agent.policy.model=m",
-                    "agent.policy.base_url=http://127.0.0.1:9/v1", "agent.policy.max_retries=0",
-                    "tasks.eval_ids=[protege-demo__minitemplate-1]")  # fmt: skip
+    cfg = local_cfg(
+        repos_dir,
+        tmp_path,
+        "run_name=infra",
+        "agent.policy.backend=openai",
+        "agent.policy.model=m",
+        "agent.policy.base_url=http://127.0.0.1:9/v1",
+        "agent.policy.max_retries=0",
+        "tasks.eval_ids=[protege-demo__minitemplate-1]",
+    )
     tracker = Tracker(mlflow_server.tracking_config())
     with pytest.raises(InfraFailure, match=r"1/1 episode\(s\) failed on infrastructure \(policy_error 1\)"):
         run(cfg, "m", tmp_path / "eval", tracker, progress=lambda line: None)
@@ -262,9 +275,22 @@ def test_eval_serves_the_model_it_evaluates_through_vllm(repos_dir, tmp_path, mo
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
     out = tmp_path / "eval"
-    argv = ["eval", "--profile", "local", "--model", str(model), "--out", str(out), "--no-track", "--no-upload",
-            "eval.serve=vllm", f"tasks.repos_dir={repos_dir}", "tasks.eval_ids=[protege-demo__minitemplate-1]",
-            f"expert.cache_dir={tmp_path / 'expert-cache'}", f"eval.grade_logs_dir={tmp_path / 'grading'}"]  # fmt: skip
+    argv = [
+        "eval",
+        "--profile",
+        "local",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--no-track",
+        "--no-upload",
+        "eval.serve=vllm",
+        f"tasks.repos_dir={repos_dir}",
+        "tasks.eval_ids=[protege-demo__minitemplate-1]",
+        f"expert.cache_dir={tmp_path / 'expert-cache'}",
+        f"eval.grade_logs_dir={tmp_path / 'grading'}",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     [call] = calls(record)
     assert call["argv"][:2] == ["serve", str(model)]

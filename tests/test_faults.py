@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from protege import sft, synth
+from protege import sft, synth, training
 from protege.agent.expert import ExpertService
 from protege.config import ExpertConfig, ServicesConfig, StoreConfig, TrackingConfig, load_config
 from protege.services import LocalServices, free_port
@@ -276,8 +276,16 @@ HISTORY = [Message(role="user", provenance="task", content="fix it")]
 
 def expert_cfg(server: MockLLMServer, tmp_path: Path, backend: str = "anthropic", **over) -> ExpertConfig:
     base_url = server.url + ("/v1" if backend == "openai" else "")
-    fields = {"backend": backend, "model": "m", "base_url": base_url, "timeout_s": 5.0, "max_retries": 1,
-              "retry_backoff_s": 0.0, "cache_mode": "off", "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    fields = {
+        "backend": backend,
+        "model": "m",
+        "base_url": base_url,
+        "timeout_s": 5.0,
+        "max_retries": 1,
+        "retry_backoff_s": 0.0,
+        "cache_mode": "off",
+        "cache_dir": str(tmp_path / "cache"),
+    }
     return ExpertConfig(**{**fields, **over})
 
 
@@ -375,8 +383,14 @@ def test_synth_reruns_an_episode_hit_by_a_transient_expert_failure(repos, tmp_pa
     services = mlflow_up
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with DefaultingServer(api_key=KEY) as server:
-        expert = ["expert.backend=anthropic", f"expert.base_url={server.url}", "expert.model=m",
-                  "expert.cache_mode='off'", "expert.max_retries=0", "expert.retry_backoff_s=0"]  # fmt: skip
+        expert = [
+            "expert.backend=anthropic",
+            f"expert.base_url={server.url}",
+            "expert.model=m",
+            "expert.cache_mode='off'",
+            "expert.max_retries=0",
+            "expert.retry_backoff_s=0",
+        ]
         reference_cfg = synth_cfg(repos, tmp_path / "ref", services, "expert-ref", *expert)
         reference_store = new_bucket(services, reference_cfg.store)
         reference_tracker = tracker_for(services, f"faults-{uuid.uuid4().hex[:8]}")
@@ -430,19 +444,34 @@ def sft_config(tiny_dir: Path, tmp: Path, services: LocalServices, run_name: str
 
     endpoint = services.store_config().endpoint
     return sft_cfg(
-        tiny_dir, tmp, f"run_name={run_name}", f"sft.max_steps={STEPS}", "sft.save_steps=1",
-        "sft.global_batch_size=2", "sft.per_device_batch_size=2", f"store.endpoint={endpoint}",
-        f"store.access_key={TEST_ACCESS_KEY}", f"store.secret_key={TEST_SECRET_KEY}", "store.bucket=sft-faults",
+        tiny_dir,
+        tmp,
+        f"run_name={run_name}",
+        f"sft.max_steps={STEPS}",
+        "sft.save_steps=1",
+        "sft.global_batch_size=2",
+        "sft.per_device_batch_size=2",
+        f"store.endpoint={endpoint}",
+        f"store.access_key={TEST_ACCESS_KEY}",
+        f"store.secret_key={TEST_SECRET_KEY}",
+        "store.bucket=sft-faults",
         *overrides,
-    )  # fmt: skip
+    )
 
 
 def tracker_for(services: LocalServices, experiment: str, **over):
     from protege.tracking import Tracker
 
-    fields = {"experiment": experiment, "request_max_retries": 0, "request_timeout_s": 5,
-              "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0, "flush_timeout_s": 240.0,
-              "spool_dir": str(services.data_dir / "spool" / experiment), **over}  # fmt: skip
+    fields = {
+        "experiment": experiment,
+        "request_max_retries": 0,
+        "request_timeout_s": 5,
+        "retry_backoff_s": 0.2,
+        "retry_backoff_max_s": 2.0,
+        "flush_timeout_s": 240.0,
+        "spool_dir": str(services.data_dir / "spool" / experiment),
+        **over,
+    }
     return Tracker(services.tracking_config(TrackingConfig(**fields)))
 
 
@@ -457,7 +486,7 @@ def sft_state(result: dict, tracker, store: S3ArtifactStore, cfg) -> dict:
         "loss_steps": sorted(m.step for m in history),
         "loss_finite": all(math.isfinite(m.value) for m in history),
         "logged_models": len(tracker.logged_models(result["mlflow_run_id"])),
-        "stored_checkpoints": sorted(sft.stored_checkpoints(store, prefix)),
+        "stored_checkpoints": sorted(training.stored_checkpoints(store, prefix)),
         "model_in_store": store.exists(f"{prefix}/{sft.MODEL}"),
         "model_id": result["model_id"] is not None,
     }
@@ -478,8 +507,13 @@ def sft_reference(tiny_dir, dataset_dir, mlflow_up, tmp_path_factory) -> dict:
 
     sft.run(stopped_cfg, str(dataset_dir), tmp / "stopped", store=store, callbacks=[_stop_after(2)])
     losses = {h["step"]: h["loss"] for h in result["history"] if "loss" in h}
-    return {"state": state, "losses": losses, "stopped": tmp / "stopped", "store": store,
-            "stopped_prefix": store.uri(f"sft-stopped/{sft.PHASE}")}  # fmt: skip
+    return {
+        "state": state,
+        "losses": losses,
+        "stopped": tmp / "stopped",
+        "store": store,
+        "stopped_prefix": store.uri(f"sft-stopped/{sft.PHASE}"),
+    }
 
 
 def mlflow_outage(services: LocalServices, tracker, down_at: int, up_at: int):
@@ -570,7 +604,7 @@ CORRUPTIONS = {
         "trainer_state.json: size",
     ),
     "bad-json-manifest": (
-        lambda ckpt: (ckpt / sft.CHECKPOINT_MANIFEST).write_text("{not json"),
+        lambda ckpt: (ckpt / training.CHECKPOINT_MANIFEST).write_text("{not json"),
         "unreadable manifest",
     ),
 }
@@ -597,16 +631,18 @@ def test_corrupted_checkpoint_is_replaced_by_its_verified_store_copy(
     corrupt, expected = CORRUPTIONS[variant]
     run_name = f"sft-corrupt-{variant}"
     out = _copy_stopped_run(sft_reference, tmp_path, run_name)
-    corrupt(out / sft.CHECKPOINTS / "checkpoint-2")
+    corrupt(out / training.CHECKPOINTS / "checkpoint-2")
     cfg = sft_config(tiny_dir, tmp_path, mlflow_up, run_name)
     tracker = tracker_for(mlflow_up, f"faults-{uuid.uuid4().hex[:8]}")
 
     result = sft.run(cfg, str(dataset_dir), out, tracker, sft_reference["store"])
 
-    assert result["resumed_from"] == str(out / sft.CHECKPOINTS / "checkpoint-2")
+    assert result["resumed_from"] == str(out / training.CHECKPOINTS / "checkpoint-2")
     assert expected in result["resume_fallback"][0]
     assert "using the verified store copy" in result["resume_fallback"][1]
-    assert (out / sft.CHECKPOINTS / f"{sft.CORRUPT_PREFIX}checkpoint-2").is_dir()  # set aside, not deleted
+    assert (
+        out / training.CHECKPOINTS / f"{training.CORRUPT_PREFIX}checkpoint-2"
+    ).is_dir()  # set aside, not deleted
     tag = tracker.get_run(result["mlflow_run_id"]).data.tags[sft.TAG_RESUME_FALLBACK]
     assert expected in tag
     # The verified copy is the original: step 3 continues exactly as the undisturbed run.
@@ -620,12 +656,12 @@ def test_without_a_store_a_corrupted_checkpoint_falls_back_to_the_previous_one(
     tiny_dir, dataset_dir, mlflow_up, sft_reference, tmp_path
 ):
     out = _copy_stopped_run(sft_reference, tmp_path, None)
-    _flip_bytes(out / sft.CHECKPOINTS / "checkpoint-2")
+    _flip_bytes(out / training.CHECKPOINTS / "checkpoint-2")
     cfg = sft_config(tiny_dir, tmp_path, mlflow_up, "sft-corrupt-no-store")
 
     result = sft.run(cfg, str(dataset_dir), out)
 
-    assert result["resumed_from"] == str(out / sft.CHECKPOINTS / "checkpoint-1")
+    assert result["resumed_from"] == str(out / training.CHECKPOINTS / "checkpoint-1")
     assert len(result["resume_fallback"]) == 1 and "sha256 differs" in result["resume_fallback"][0]
     losses = {h["step"]: h["loss"] for h in result["history"] if "loss" in h}
     assert sorted(losses) == [2, 3] and result["global_step"] == STEPS
@@ -647,9 +683,9 @@ def test_a_nan_weight_that_passes_verification_stops_training_naming_the_step(
     tiny_dir, dataset_dir, mlflow_up, sft_reference, tmp_path
 ):
     out = _copy_stopped_run(sft_reference, tmp_path, None)
-    ckpt = out / sft.CHECKPOINTS / "checkpoint-2"
+    ckpt = out / training.CHECKPOINTS / "checkpoint-2"
     _nan_weights(ckpt)
-    write_manifest(ckpt, sft.CHECKPOINT_MANIFEST)  # as if it had been saved that way
+    write_manifest(ckpt, training.CHECKPOINT_MANIFEST)  # as if it had been saved that way
     cfg = sft_config(tiny_dir, tmp_path, mlflow_up, "sft-nan-weights")
     with pytest.raises(sft.SFTError, match=r"^step 2: weight \S+ is not finite at the start") as err:
         sft.run(cfg, str(dataset_dir), out)
@@ -687,7 +723,7 @@ def test_nan_mid_training_stops_naming_the_step_and_publishes_nothing_after_it(
     with pytest.raises(sft.SFTError, match=expected):
         sft.run(cfg, str(dataset_dir), tmp_path / "out", tracker, store, callbacks=[_poison_after(1)])
     prefix = store.uri(f"{run_name}/{sft.PHASE}")
-    assert sft.stored_checkpoints(store, prefix) == {} and not store.exists(f"{prefix}/{sft.MODEL}")
+    assert training.stored_checkpoints(store, prefix) == {} and not store.exists(f"{prefix}/{sft.MODEL}")
     [phase_run] = tracker.nested_runs()
     assert phase_run.info.status == "FAILED"
 
@@ -749,6 +785,6 @@ def test_s3_down_until_sft_ends_fails_in_one_line_and_a_rerun_publishes_the_rest
     again = sft.run(cfg, str(dataset_dir), tmp_path / "out", tracker, store)
     assert again["resumed_from"].endswith("checkpoint-3")
     prefix = store.uri(f"{cfg.run_name}/{sft.PHASE}")
-    assert sorted(sft.stored_checkpoints(store, prefix)) == [1, 2, 3] and store.exists(
+    assert sorted(training.stored_checkpoints(store, prefix)) == [1, 2, 3] and store.exists(
         f"{prefix}/{sft.MODEL}"
     )

@@ -80,18 +80,27 @@ def calc(tmp_path_factory) -> tuple[TaskInstance, Path]:
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
     task = TaskInstance(
-        instance_id="acme__calc-1", repo="acme/calc", base_commit=base, problem_statement="add and mul are wrong",
-        patch=FIX_CALC + FIX_OPS, test_patch=TEST_PATCH, FAIL_TO_PASS=F2P, PASS_TO_PASS=P2P, image="acme/calc:1",
+        instance_id="acme__calc-1",
+        repo="acme/calc",
+        base_commit=base,
+        problem_statement="add and mul are wrong",
+        patch=FIX_CALC + FIX_OPS,
+        test_patch=TEST_PATCH,
+        FAIL_TO_PASS=F2P,
+        PASS_TO_PASS=P2P,
+        image="acme/calc:1",
         eval_script=EVAL.format(base=base, test_patch=TEST_PATCH.rstrip("\n")),
-    )  # fmt: skip
+    )
     return task, repos
 
 
 def config(tmp_path: Path, **eval_cfg) -> ProtegeConfig:
     return ProtegeConfig.model_validate(
-        {"agent": {"sandbox": {"backend": "local", "command_timeout_s": 60}},
-         "eval": {"grade_logs_dir": str(tmp_path / "grading"), "workers": 2, **eval_cfg}}
-    )  # fmt: skip
+        {
+            "agent": {"sandbox": {"backend": "local", "command_timeout_s": 60}},
+            "eval": {"grade_logs_dir": str(tmp_path / "grading"), "workers": 2, **eval_cfg},
+        }
+    )
 
 
 def swebench_report(task: TaskInstance, patch: str | None, log_path: str) -> dict:
@@ -162,8 +171,10 @@ def test_a_sandbox_that_cannot_start_is_a_sandbox_error(calc, tmp_path):
 
     result = grade(task, task.patch, config(tmp_path), repos, open_sandbox=broken_sandbox)
     assert (result.failure_reason, result.resolved, result.detail) == (
-        "sandbox_error", False, "bubblewrap could not start a sandbox",
-    )  # fmt: skip
+        "sandbox_error",
+        False,
+        "bubblewrap could not start a sandbox",
+    )
 
 
 def test_an_ungradable_task_is_named(calc, tmp_path):
@@ -196,8 +207,12 @@ def test_grading_parity_on_a_demo_task_whose_fix_touches_two_files(tmp_path):
         assert result.to_swebench() == swebench_report(task, patches[name], result.log_path), name
     assert results["gold"].resolved
     assert [results[n].failure_reason for n in patches] == [
-        "none", "empty_patch", "tests_failed", "tests_failed", "patch_apply_failed",
-    ]  # fmt: skip
+        "none",
+        "empty_patch",
+        "tests_failed",
+        "tests_failed",
+        "patch_apply_failed",
+    ]
     partial = results["partial"].tests_status
     assert partial["FAIL_TO_PASS"]["failure"] and partial["FAIL_TO_PASS"]["success"]
     assert results["breaks_p2p"].tests_status["PASS_TO_PASS"]["failure"] == [

@@ -10,7 +10,7 @@ import pytest
 
 from protege.config import ProtegeConfig
 from protege.grading import GradeJob, GradingError, grade_batch
-from protege.grading_docker import container_limits, docker_reachable, grade_batch_docker, harness_main
+from protege.grading.docker import container_limits, docker_reachable, grade_batch_docker, harness_main
 from tests.grading_helpers import make_task, pytest_log
 
 NEW, OLD = "test_calc.py::test_new", "test_calc.py::test_old"
@@ -84,8 +84,15 @@ def test_docker_reachable_asks_the_daemon():
 def test_no_daemon_is_a_clear_error(tmp_path):
     jobs = [GradeJob(make_task(), make_task().patch)]
     with pytest.raises(GradingError, match="no Docker daemon"):
-        grade_batch_docker(jobs, docker_cfg(), run_id="r", logs_dir=tmp_path, workers=2,
-                           harness=FakeHarness({}), client_factory=lambda: FakeDockerClient(False))  # fmt: skip
+        grade_batch_docker(
+            jobs,
+            docker_cfg(),
+            run_id="r",
+            logs_dir=tmp_path,
+            workers=2,
+            harness=FakeHarness({}),
+            client_factory=lambda: FakeDockerClient(False),
+        )
 
 
 def test_batch_goes_to_the_harness_and_reports_come_back(tmp_path):
@@ -101,8 +108,15 @@ def test_batch_goes_to_the_harness_and_reports_come_back(tmp_path):
         spec = json.loads(spec_path.read_text())
         (harness if spec["skip_patch"] else gold_harness)(spec_path, working_dir)
 
-    results = grade_batch_docker(jobs, docker_cfg(), run_id="r", logs_dir=tmp_path, workers=3,
-                                 harness=harness_by_group, client_factory=lambda: FakeDockerClient(True))  # fmt: skip
+    results = grade_batch_docker(
+        jobs,
+        docker_cfg(),
+        run_id="r",
+        logs_dir=tmp_path,
+        workers=3,
+        harness=harness_by_group,
+        client_factory=lambda: FakeDockerClient(True),
+    )
 
     (gold_spec, gold_dir), (empty_spec, _) = gold_harness.calls[0], harness.calls[0]
     assert gold_spec["skip_patch"] is False and empty_spec["skip_patch"] is True
@@ -131,16 +145,27 @@ def test_harness_main_calls_swebench_run_instances(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_evaluation, "run_instances", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setattr("resource.setrlimit", lambda *a: None)
-    for name in ("CONTAINER_USER", "create_container", "copy_to_container", "exec_run_with_timeout",
-                 "cleanup_container"):  # fmt: skip
+    for name in (
+        "CONTAINER_USER",
+        "create_container",
+        "copy_to_container",
+        "exec_run_with_timeout",
+        "cleanup_container",
+    ):
         monkeypatch.setattr(run_evaluation, name, getattr(run_evaluation, name))  # restored afterwards
     task = make_task()
     (tmp_path / "i.jsonl").write_text(json.dumps(task.to_swebench()) + "\n")
     pred = {"instance_id": task.instance_id, "model_name_or_path": "m", "model_patch": task.patch}
     (tmp_path / "p.jsonl").write_text(json.dumps(pred) + "\n")
-    spec = {"instances_path": str(tmp_path / "i.jsonl"), "predictions_path": str(tmp_path / "p.jsonl"),
-            "max_workers": 2, "run_id": "r.m", "timeout": 60, "skip_patch": False,
-            "container": container_limits(docker_cfg())}  # fmt: skip
+    spec = {
+        "instances_path": str(tmp_path / "i.jsonl"),
+        "predictions_path": str(tmp_path / "p.jsonl"),
+        "max_workers": 2,
+        "run_id": "r.m",
+        "timeout": 60,
+        "skip_patch": False,
+        "container": container_limits(docker_cfg()),
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     harness_main(tmp_path / "spec.json")
     ((args, kwargs),) = calls
@@ -148,18 +173,24 @@ def test_harness_main_calls_swebench_run_instances(tmp_path, monkeypatch):
     assert kwargs == {"rewrite_reports": False, "skip_patch": False}
     # the harness now makes hardened containers, runs as the sandbox user and writes files through exec
     assert run_evaluation.CONTAINER_USER == "10001:10001"
-    assert run_evaluation.create_container.__module__ == "protege.grading_docker"
-    assert run_evaluation.copy_to_container.__module__ == "protege.grading_docker"
-    assert run_evaluation.cleanup_container.__module__ == "protege.grading_docker"
+    assert run_evaluation.create_container.__module__ == "protege.grading.docker"
+    assert run_evaluation.copy_to_container.__module__ == "protege.grading.docker"
+    assert run_evaluation.cleanup_container.__module__ == "protege.grading.docker"
 
 
 def test_a_later_attempt_is_graded_afresh_not_read_from_the_first_report(tmp_path):
     # The harness returns an existing report.json as is; each call must grade in a folder of its own.
     task = make_task()
     for outcome, resolved in (("fail", False), ("pass", True)):
-        (result,) = grade_batch_docker([GradeJob(task, task.patch, "model")], docker_cfg(), run_id="grade",
-                                       logs_dir=tmp_path, workers=1, harness=FakeHarness({task.instance_id: outcome}),
-                                       client_factory=lambda: FakeDockerClient(True))  # fmt: skip
+        (result,) = grade_batch_docker(
+            [GradeJob(task, task.patch, "model")],
+            docker_cfg(),
+            run_id="grade",
+            logs_dir=tmp_path,
+            workers=1,
+            harness=FakeHarness({task.instance_id: outcome}),
+            client_factory=lambda: FakeDockerClient(True),
+        )
         assert result.resolved is resolved
     attempts = sorted(p.name for p in (tmp_path / "grade" / "docker" / "grade.model").iterdir())
     assert attempts == ["attempt-1", "attempt-2"]

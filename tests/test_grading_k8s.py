@@ -41,10 +41,17 @@ git checkout HEAD -- test_calc.py
 
 def task(n: int) -> TaskInstance:
     return TaskInstance(
-        instance_id=f"acme__calc-{n}", repo="acme/calc", base_commit="0" * 40, problem_statement="x must be 2",
-        patch=GOLD, test_patch=TEST_PATCH, FAIL_TO_PASS=["test_calc.py::test_new"],
-        PASS_TO_PASS=["test_calc.py::test_old"], image="registry/acme-calc:1", eval_script=EVAL,
-    )  # fmt: skip
+        instance_id=f"acme__calc-{n}",
+        repo="acme/calc",
+        base_commit="0" * 40,
+        problem_statement="x must be 2",
+        patch=GOLD,
+        test_patch=TEST_PATCH,
+        FAIL_TO_PASS=["test_calc.py::test_new"],
+        PASS_TO_PASS=["test_calc.py::test_old"],
+        image="registry/acme-calc:1",
+        eval_script=EVAL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +149,7 @@ def fake_stream(core: FakeCore):
 
 
 def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
-    from protege.grading_k8s import pod_opener
+    from protege.grading.kubernetes import pod_opener
 
     cfg = ProtegeConfig.model_validate(
         {
@@ -159,8 +166,14 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
         GradeJob(task(3), bad),
         GradeJob(task(4), "", run_tests_on_empty=True),
     ]
-    results = grade_batch(jobs, cfg, tmp_path / "unused", workers=4, logs_dir=tmp_path / "logs",
-                          open_sandbox=pod_opener(cfg, core, fake_stream(core)))  # fmt: skip
+    results = grade_batch(
+        jobs,
+        cfg,
+        tmp_path / "unused",
+        workers=4,
+        logs_dir=tmp_path / "logs",
+        open_sandbox=pod_opener(cfg, core, fake_stream(core)),
+    )
 
     assert [r.failure_reason for r in results] == ["none", "empty_patch", "patch_apply_failed", "empty_patch"]
     assert results[0].resolved and results[0].tests_status["FAIL_TO_PASS"]["success"] == [
@@ -183,7 +196,7 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
 def test_grading_pod_has_the_sandbox_pods_security_settings():
     """Non-root, no escalation, no capabilities, seccomp RuntimeDefault, read-only root with writable
     emptyDir copies, memory/ephemeral-storage limits, and every exec under `ulimit -u`."""
-    from protege.grading_k8s import PodSandbox, pod_manifest
+    from protege.grading.kubernetes import PodSandbox, pod_manifest
 
     cfg = ProtegeConfig.model_validate(
         {

@@ -35,7 +35,7 @@ def test_make_images_builds_every_kind_with_the_sha_tag(monkeypatch):
 
 
 def test_compile_with_images_tag_points_every_step_at_that_tag(tmp_path):
-    from protege.kfp_cli import compile_pipeline
+    from protege.pipeline.compile import compile_pipeline
 
     text = compile_pipeline(tmp_path / "p.yaml", images_tag="deadbeef").read_text()
     images = set(re.findall(r"^\s+image: (\S+)$", text, re.MULTILINE))

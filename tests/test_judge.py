@@ -9,7 +9,7 @@ import pytest
 
 from protege.agent.expert import ExpertService
 from protege.config import ExpertConfig, ExpertPrices, RewardConfig
-from protege.judge import (
+from protege.rl.judge import (
     FOLLOW_RUBRIC,
     JUDGE_SYSTEM,
     RETRY_NOTE,
@@ -22,7 +22,7 @@ from protege.judge import (
     parse_answer,
     segment,
 )
-from protege.rewards import score_trajectory
+from protege.rl.rewards import score_trajectory
 from protege.trajectory import Action, ExpertCall, Message, ToolCall, Trajectory
 from tests.agent.anthropic_mock import MockLLMServer, anthropic_error, anthropic_text
 from tests.test_rewards import GOLD, TASK
@@ -83,9 +83,20 @@ def episode() -> Trajectory:
     ]
     messages = [
         Message(role="user", provenance="task", content="fix divide"),
-        Message(role="assistant", provenance="policy", content="", tool_calls=[ToolCall(id="c3", name="ask_expert", arguments={"question": QUESTION})]),
-        Message(role="tool", provenance="expert", content=f"<expert_llm_guidance>\n{GUIDANCE}\n</expert_llm_guidance>", tool_call_id="c3", name="ask_expert"),
-    ]  # fmt: skip
+        Message(
+            role="assistant",
+            provenance="policy",
+            content="",
+            tool_calls=[ToolCall(id="c3", name="ask_expert", arguments={"question": QUESTION})],
+        ),
+        Message(
+            role="tool",
+            provenance="expert",
+            content=f"<expert_llm_guidance>\n{GUIDANCE}\n</expert_llm_guidance>",
+            tool_call_id="c3",
+            name="ask_expert",
+        ),
+    ]
     return Trajectory(
         instance_id=TASK.instance_id,
         actions=actions,
@@ -235,16 +246,28 @@ HEURISTIC = HeuristicJudge(RewardConfig())  # K 5, stall signals 2, follow hits 
         ([], 0.0),  # asked before doing anything
         ([bash(1, "ls", base="navigate"), editor(2, "view", "a.py")], 0.5),  # navigate, navigate: 1 repeat
         ([bash(1, "python t.py", exit_code=1), editor(2, "create", "b.py")], 0.5),  # 1 error
-        ([editor(1, "str_replace", "a.py", error="old_str not found"), bash(2, "python t.py", exit_code=2)], 1.0),
+        (
+            [
+                editor(1, "str_replace", "a.py", error="old_str not found"),
+                bash(2, "python t.py", exit_code=2),
+            ],
+            1.0,
+        ),
         ([bash(i, "python t.py") for i in range(1, 4)], 1.0),  # python x3: 2 repeats
         # the only error lies outside the last K=5 non-expert actions; the asks in between do not count
         (
             [bash(1, "make", exit_code=1, base="make"), editor(2, "view", "a.py"), ask_action(3)]
-            + [editor(4, "create", "b.py"), bash(5, "python b.py"), editor(6, "view", "b.py"), bash(7, "git diff", base="git diff"), bash(8, "python b.py")],
+            + [
+                editor(4, "create", "b.py"),
+                bash(5, "python b.py"),
+                editor(6, "view", "b.py"),
+                bash(7, "git diff", base="git diff"),
+                bash(8, "python b.py"),
+            ],
             0.0,
         ),
     ],
-)  # fmt: skip
+)
 def test_heuristic_warranted(before, expected):
     traj = episode()
     assert HEURISTIC.warranted(traj.expert_calls[0], before, traj, TASK) == expected

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from protege import kfp_local, kfp_steps
+from protege import tracking
 from protege.cli import main
 from protege.config import load_config
+from protege.pipeline import local as kfp_local
+from protege.pipeline import steps as kfp_steps
 from protege.services import free_port
 
 # --------------------------------------------------------------------------------------------------
@@ -101,15 +103,27 @@ def test_a_failed_run_closes_its_parent_run_as_failed(mlflow_server, monkeypatch
     from protege.tracking import PARENT_RUN_ENV, Tracker
 
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
-    cfg = load_config("local", overrides=[f"tracking.uri={mlflow_server.mlflow_url}",
-                                          f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}"])  # fmt: skip
+    cfg = load_config(
+        "local",
+        overrides=[
+            f"tracking.uri={mlflow_server.mlflow_url}",
+            f"tracking.experiment=fail-{uuid.uuid4().hex[:8]}",
+        ],
+    )
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_pipeline("failing")
     for phase in ("sft", "rl1"):
         with tracker.phase(phase):
             pass
-    killed = tracker.client.create_run(tracker.experiment_id, run_name="rl2", tags={  # a pod killed mid-phase
-        "mlflow.parentRunId": parent, "protege.phase": "rl2", "protege.pipeline_run_id": parent}).info.run_id  # fmt: skip
+    killed = tracker.client.create_run(
+        tracker.experiment_id,
+        run_name="rl2",
+        tags={  # a pod killed mid-phase
+            "mlflow.parentRunId": parent,
+            "protege.phase": "rl2",
+            "protege.pipeline_run_id": parent,
+        },
+    ).info.run_id
     assert kfp_local.fail_parent_run(cfg, "") == ""  # no parent yet (sft never ran): nothing to close
     assert kfp_local.fail_parent_run(cfg, parent, "local run r: rl2 failed") == "rl2"
     run = Tracker(cfg.tracking).get_run(parent)
@@ -142,7 +156,7 @@ def test_sft_adopts_the_synth_run_into_the_new_parent_run(mlflow_server, monkeyp
     tracker = kfp_steps.open_pipeline_run(cfg, "kfp-7", phase.run_id, "s3://b/r/synth/dataset")
     (copy,) = tracker.nested_runs()
     assert copy.info.run_id != phase.run_id and copy.info.run_name == "synth"
-    assert copy.data.tags[kfp_steps.TAG_ADOPTED_FROM] == phase.run_id
+    assert copy.data.tags[tracking.TAG_ADOPTED_FROM] == phase.run_id
     assert copy.data.metrics == {"kept": 8.0, "episodes": 8.0}
     assert copy.data.params == {"teacher": "oracle:oracle"}
     assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)
@@ -176,8 +190,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 ) -> None:
     from kfp.local.config import LocalExecutionConfig
 
-    from protege.lineage import chain
-    from protege.register import TAG_EVAL_REPORT
+    from protege.register import TAG_EVAL_REPORT, chain
     from protege.tracking import TAG_CHECKPOINT_URI, Tracker
 
     store = mlflow_server.store_config()
@@ -186,9 +199,14 @@ def test_protege_run_records_every_step_registers_and_traces_back(
     monkeypatch.setenv("PROTEGE_S3_ENDPOINT", store.endpoint)
     monkeypatch.setattr(LocalExecutionConfig, "instance", None)  # undo local.init after the test
     tag = uuid.uuid4().hex[:8]
-    overrides = [f"services.data_dir={tmp_path / 'data'}", f"tasks.repos_dir={tmp_path / 'repos'}",
-                 f"store.bucket=run-{tag}", f"tracking.experiment=run-{tag}",
-                 f"tracking.registered_model=agent-{tag}", *SMALL]  # fmt: skip
+    overrides = [
+        f"services.data_dir={tmp_path / 'data'}",
+        f"tasks.repos_dir={tmp_path / 'repos'}",
+        f"store.bucket=run-{tag}",
+        f"tracking.experiment=run-{tag}",
+        f"tracking.registered_model=agent-{tag}",
+        *SMALL,
+    ]
     assert main(["run", "--profile", "local", "--run-name", f"r-{tag}", *overrides]) == 0
     out = capsys.readouterr().out
     for step in ("verify", "synth", "sft", "rl1", "rl2", "eval", "register"):
@@ -214,8 +232,16 @@ def test_protege_run_records_every_step_registers_and_traces_back(
         if r.info.run_name in ("rl1", "rl2")
     }
     for name, steps in (("rl1", [1]), ("rl2", [2])):
-        for key in ("reward/r_total", "reward/r_loop", "reward/r_expert", "reward/r_follow", "reward/r_correct",
-                    "rollout/expert_calls_per_traj", "rollout/steps_per_traj", "rollout/loop_rate_gt10"):  # fmt: skip
+        for key in (
+            "reward/r_total",
+            "reward/r_loop",
+            "reward/r_expert",
+            "reward/r_follow",
+            "reward/r_correct",
+            "rollout/expert_calls_per_traj",
+            "rollout/steps_per_traj",
+            "rollout/loop_rate_gt10",
+        ):
             history = tracker.client.get_metric_history(rl_runs[name].info.run_id, key)
             assert [m.step for m in history] == steps, (name, key)
     assert rl_runs["rl1"].data.tags["protege.reference_model"].startswith(f"s3://run-{tag}/r-{tag}/sft/model")
@@ -271,7 +297,7 @@ def test_protege_run_records_every_step_registers_and_traces_back(
 
 
 def test_local_runs_clear_retries_only_while_they_run() -> None:
-    from protege.kfp_cli import load_pipeline
+    from protege.pipeline.compile import load_pipeline
 
     pipeline = load_pipeline("local_pipeline")  # what kfp.local runs (no exit handler)
     tasks = pipeline.pipeline_spec.root.dag.tasks

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes.client import models as k8s_models
 
-from protege.agent.sandbox_k8s import SANDBOX_LABEL_VALUE
+from protege.agent.sandbox.kubernetes import SANDBOX_LABEL_VALUE
 from protege.config import PipelineConfig, SandboxConfig
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
@@ -155,8 +155,12 @@ def test_renderer_matches_kubectl_kustomize(overlay: Path):
 
 
 def test_validator_rejects_unknown_and_missing_fields():
-    good = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
-            "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+    good = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"ports": [{"port": 80}]},
+    }
     validate_k8s(good)
     with pytest.raises(SchemaError, match=r"spec\.ports\[0\]\.prot: unknown field"):
         validate_k8s({**good, "spec": {"ports": [{"port": 80, "prot": "TCP"}]}})
@@ -197,8 +201,13 @@ def test_pipeline_service_account_may_manage_sandbox_pods():
     }
     assert needed <= granted, needed - granted
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": account["metadata"]["namespace"]}]  # fmt: skip
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
 
 
 def test_secret_templates_match_the_pipeline_config():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protege.config import LoopConfig
-from protege.metrics import (
+from protege.evaluate.metrics import (
     FAILURE_CATEGORIES,
     MetricsError,
     failure_breakdown,
@@ -212,8 +212,14 @@ def test_failure_reason(status, patch, grade_reason, expected):
 
 
 def test_an_expert_outage_is_its_own_failure_and_infrastructure_is_counted():
-    outage = episode("o", False, status="submitted", patch=PATCH, expert_calls=[call(0, 0, 0.0, "error")],
-                     extra={"grade_reason": "tests_failed"})  # fmt: skip
+    outage = episode(
+        "o",
+        False,
+        status="submitted",
+        patch=PATCH,
+        expert_calls=[call(0, 0, 0.0, "error")],
+        extra={"grade_reason": "tests_failed"},
+    )
     lost = episode("p", False, status="policy_error")
     failed = episode("f", False, status="submitted", patch=PATCH, extra={"grade_reason": "tests_failed"})
     figures = summarize(

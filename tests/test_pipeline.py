@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from protege import kfp_cli, kfp_steps
 from protege.cli import main
 from protege.config import ConfigError, PipelineConfig
-from protege.kfp_placement import GpuPool, PlacementError, place
+from protege.pipeline import compile as kfp_cli
+from protege.pipeline import steps as kfp_steps
+from protege.pipeline.placement import GpuPool, PlacementError, place
 
 CHAIN = ["verify-tasks", "synth", "sft", "rl1", "rl2", "eval", "register"]
 GPU_TASKS = {"sft", "rl1", "rl2", "eval"}
@@ -145,8 +146,12 @@ def test_the_exit_handler_closes_a_failed_runs_parent_run_failed_with_the_failin
 
     from protege.tracking import Tracker
 
-    cfg = kfp_steps.step_config("local", json.dumps([f"tracking.uri={mlflow_server.mlflow_url}",
-                                                     f"tracking.experiment=exit-{uuid.uuid4().hex[:8]}"]))  # fmt: skip
+    cfg = kfp_steps.step_config(
+        "local",
+        json.dumps(
+            [f"tracking.uri={mlflow_server.mlflow_url}", f"tracking.experiment=exit-{uuid.uuid4().hex[:8]}"]
+        ),
+    )
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_pipeline("r", tags={kfp_steps.TAG_KFP_RUN: "kfp-9"})
     with tracker.phase("sft"):
@@ -317,9 +322,25 @@ def _posted(path: str) -> dict[str, Any]:
 
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
 def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str, capsys) -> None:
-    argv = ["submit", "--host", kfp_api, "--experiment", "nightly", "--base-model", "s3://models/qwen",
-            "--override", "rl.group_size=4", "--override", "eval.workers=2", "--gpu-count", "4",
-            "--gpu-node-selector", '{"pool": "h100"}', "--run-name", "r1"]  # fmt: skip
+    argv = [
+        "submit",
+        "--host",
+        kfp_api,
+        "--experiment",
+        "nightly",
+        "--base-model",
+        "s3://models/qwen",
+        "--override",
+        "rl.group_size=4",
+        "--override",
+        "eval.workers=2",
+        "--gpu-count",
+        "4",
+        "--gpu-node-selector",
+        '{"pool": "h100"}',
+        "--run-name",
+        "r1",
+    ]
     assert main(argv) == 0
     assert "submitted run run-123 in experiment 'nightly'" in capsys.readouterr().out
     assert _posted("/apis/v2beta1/experiments")["display_name"] == "nightly"
@@ -335,15 +356,29 @@ def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str,
     assert "tolerations" in executors["exec-sft"]  # the Kubernetes placement travels with the run
     assert run["service_account"] == "protege-pipeline"  # the default, manifests/base/rbac.yaml's
     assert run["runtime_config"]["parameters"] == {
-        "profile": "cluster", "base_model": "s3://models/qwen", "gpu_count": 4,
-        "overrides": json.dumps(["rl.group_size=4", "eval.workers=2"]), "gpu_node_selector": {"pool": "h100"},
-    }  # fmt: skip
+        "profile": "cluster",
+        "base_model": "s3://models/qwen",
+        "gpu_count": 4,
+        "overrides": json.dumps(["rl.group_size=4", "eval.workers=2"]),
+        "gpu_node_selector": {"pool": "h100"},
+    }
 
 
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
 def test_schedule_posts_a_recurring_run_with_kfp_cron_in_the_experiment(kfp_api: str, capsys) -> None:
-    argv = ["schedule", "--host", kfp_api, "--cron", "0 3 * * 1", "--experiment", "retrain",
-            "--train-tasks", "s3://t/train", "--service-account", "retrainer"]  # fmt: skip
+    argv = [
+        "schedule",
+        "--host",
+        kfp_api,
+        "--cron",
+        "0 3 * * 1",
+        "--experiment",
+        "retrain",
+        "--train-tasks",
+        "s3://t/train",
+        "--service-account",
+        "retrainer",
+    ]
     assert main(argv) == 0
     assert "scheduled recurring run rr-1 on '0 0 3 * * 1'" in capsys.readouterr().out
     assert _posted("/apis/v2beta1/experiments")["display_name"] == "retrain"
@@ -448,8 +483,13 @@ def test_verify_component_runs_under_kfp_local(store, tmp_path: Path, monkeypatc
     monkeypatch.setenv("PROTEGE_S3_ENDPOINT", store._cfg.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", store._cfg.access_key.get_secret_value())
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", store._cfg.secret_key.get_secret_value())
-    overrides = [f"store.bucket={store._cfg.bucket}", f"services.data_dir={tmp_path / 'data'}",
-                 f"tasks.repos_dir={repos}", f"tasks.train_ids=[{TRAIN_ID}]", f"tasks.eval_ids=[{EVAL_ID}]"]  # fmt: skip
+    overrides = [
+        f"store.bucket={store._cfg.bucket}",
+        f"services.data_dir={tmp_path / 'data'}",
+        f"tasks.repos_dir={repos}",
+        f"tasks.train_ids=[{TRAIN_ID}]",
+        f"tasks.eval_ids=[{EVAL_ID}]",
+    ]
     monkeypatch.setattr(LocalExecutionConfig, "instance", None)  # undo local.init after the test
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     task = verify_tasks(
@@ -466,8 +506,9 @@ def test_verify_component_runs_under_kfp_local(store, tmp_path: Path, monkeypatc
 def test_the_git_commit_comes_from_the_image_build_argument_else_from_git(monkeypatch) -> None:
     import subprocess
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=kfp_steps.SOURCE_ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=kfp_steps.SOURCE_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     monkeypatch.delenv(kfp_steps.GIT_COMMIT_ENV, raising=False)
     assert kfp_steps.git_commit() == head and len(head) == 40
     monkeypatch.setenv(kfp_steps.GIT_COMMIT_ENV, "unknown")  # an image built without GIT_COMMIT

@@ -1,7 +1,7 @@
-"""`protege demo` is `protege run` (protege.kfp_local): one end-to-end chain, the pipeline."""
+"""`protege demo` is `protege run` (protege.cli.pipeline): one end-to-end chain, the pipeline."""
 
-from protege import kfp_local
 from protege.cli import build_parser
+from protege.cli import pipeline as kfp_local
 
 
 def test_demo_is_the_local_pipeline_run_with_the_same_flags() -> None:

@@ -9,15 +9,17 @@ import pytest
 
 from protege.cli import main
 from protege.config import TrackingConfig, load_config
-from protege.lineage import LineageError, chain, parse_ref
 from protege.register import (
     CHAMPION,
     TAG_PROMOTION,
+    LineageError,
     RegisterError,
+    chain,
     current_champion,
     decide,
     eval_figures,
     lineage_tags,
+    parse_ref,
     run,
 )
 from protege.services import LocalServices
@@ -115,8 +117,13 @@ def registered(mlflow_server: LocalServices) -> tuple[Tracker, list[dict[str, ob
             )
         with tracker.phase("sft") as sft:
             tracker.log_checkpoint(sft.run_id, "sft", f"s3://protege/runs/r{i}/sft/checkpoint")
-        out = run(cfg, model_uri=f"s3://protege/runs/r{i}/rl2/checkpoint", eval_report=report(score),
-                  lineage=lineage(eval_set), tracker=tracker)  # fmt: skip
+        out = run(
+            cfg,
+            model_uri=f"s3://protege/runs/r{i}/rl2/checkpoint",
+            eval_report=report(score),
+            lineage=lineage(eval_set),
+            tracker=tracker,
+        )
         tracker.end_pipeline()
         results.append({**out, "parent": parent})
     return tracker, results
@@ -131,8 +138,13 @@ def test_a_first_run_that_resolves_nothing_is_registered_but_never_champion(mlfl
     assert cfg.register.pass_at_1_floor is None
     tracker = Tracker(cfg.tracking)
     tracker.start_pipeline("zero")
-    out = run(cfg, model_uri="s3://protege/runs/z/rl2/checkpoint", eval_report=report(0.0),
-              lineage=lineage(), tracker=tracker)  # fmt: skip
+    out = run(
+        cfg,
+        model_uri="s3://protege/runs/z/rl2/checkpoint",
+        eval_report=report(0.0),
+        lineage=lineage(),
+        tracker=tracker,
+    )
     tracker.end_pipeline()
     assert (out["version"], out["promoted"], out["champion_version"]) == (1, False, None)
     assert current_champion(tracker, out["name"]) is None

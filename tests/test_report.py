@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from protege.config import LoopConfig
-from protege.metrics import summarize
-from protege.report import (
+from protege.evaluate.metrics import summarize
+from protege.evaluate.report import (
     GRADES,
     PREDICTIONS,
     RUN_INFO,

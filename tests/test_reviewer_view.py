@@ -16,17 +16,25 @@ from protege.agent.policies import ScriptedPolicy
 from protege.config import TrackingConfig, load_config
 from protege.evaluate import GOLD_HEREDOC, run
 from protege.tasksets import log_task_set, select_tasks
-from protege.traces import SPAN_AGENT, SPAN_LLM, SPAN_TOOL, episode_trace
 from protege.tracking import Tracker
+from protege.tracking.traces import SPAN_AGENT, SPAN_LLM, SPAN_TOOL, episode_trace
 from protege.trajectory import Action, ExpertCall, Message, Trajectory
 from tests.agent.anthropic_mock import MockLLMServer, anthropic_text
 
 KEY = "test-key"
 IN_TOKENS, OUT_TOKENS = 1200, 300
 COST = (IN_TOKENS * 3.0 + OUT_TOKENS * 15.0) / 1_000_000  # the config's default Anthropic prices
-HEADLINE = ("pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "expert_calls_per_task",
-            "expert_token_share", "median_total_cost_per_task", "median_expert_cost_per_task",
-            "steps_per_task", "loop_rate_gt_10")  # fmt: skip
+HEADLINE = (
+    "pass_at_1",
+    "pass_at_1_ci_low",
+    "pass_at_1_ci_high",
+    "expert_calls_per_task",
+    "expert_token_share",
+    "median_total_cost_per_task",
+    "median_expert_cost_per_task",
+    "steps_per_task",
+    "loop_rate_gt_10",
+)
 
 
 def ask_then_fix(task) -> ScriptedPolicy:
@@ -63,10 +71,16 @@ def pipeline(mlflow_server, repos_dir, tmp_path_factory):
     with MockLLMServer(api_key=KEY) as server:
         server.push(*(anthropic_text("Look at the bound.", IN_TOKENS, OUT_TOKENS) for _ in range(4)))
         overrides = [
-            f"run_name=review-{suffix}", f"tasks.repos_dir={repos_dir}", "agent.policy.backend=scripted",
-            "expert.backend=anthropic", "expert.model=claude-test", f"expert.base_url={server.url}",
-            'expert.cache_mode="off"', f"expert.cache_dir={tmp / 'cache'}", "eval.workers=2",
-        ]  # fmt: skip
+            f"run_name=review-{suffix}",
+            f"tasks.repos_dir={repos_dir}",
+            "agent.policy.backend=scripted",
+            "expert.backend=anthropic",
+            "expert.model=claude-test",
+            f"expert.base_url={server.url}",
+            'expert.cache_mode="off"',
+            f"expert.cache_dir={tmp / 'cache'}",
+            "eval.workers=2",
+        ]
         cfg = load_config("local", overrides=overrides).model_copy(update={"tracking": tracking})
         tracker = Tracker(cfg.tracking)
         parent = tracker.start_pipeline(cfg.run_name, cfg)
@@ -81,8 +95,13 @@ def pipeline(mlflow_server, repos_dir, tmp_path_factory):
             rl2_run = phase.run_id
             train = select_tasks(cfg.tasks).train
             log_task_set(tracker, rl2_run, "train-tasks", cfg.tasks.train, train, "training")
-            plan = SimpleNamespace(stage=2, phase="rl2", reference_uri=sft_model["uri"],
-                                   parent_checkpoint_uri="", reward=cfg.rl.stage2)  # fmt: skip
+            plan = SimpleNamespace(
+                stage=2,
+                phase="rl2",
+                reference_uri=sft_model["uri"],
+                parent_checkpoint_uri="",
+                reward=cfg.rl.stage2,
+            )
             flat = SimpleNamespace(state=lambda: {})
             (tmp / "rl2-model").mkdir()
             rl2_model = rl.Lineage(cfg, plan, flat, None, tracker, rl2_run).publish(
@@ -92,8 +111,14 @@ def pipeline(mlflow_server, repos_dir, tmp_path_factory):
 
         os.environ["ANTHROPIC_API_KEY"] = KEY
         try:
-            result = run(cfg, rl2_model["uri"], tmp / "eval", tracker,
-                         policy_for=lambda task, attempt: ask_then_fix(task), progress=lambda line: None)  # fmt: skip
+            result = run(
+                cfg,
+                rl2_model["uri"],
+                tmp / "eval",
+                tracker,
+                policy_for=lambda task, attempt: ask_then_fix(task),
+                progress=lambda line: None,
+            )
         finally:
             os.environ.pop("ANTHROPIC_API_KEY", None)
     lineage = {key: "" for key in register.LINEAGE_TAGS}
@@ -101,8 +126,16 @@ def pipeline(mlflow_server, repos_dir, tmp_path_factory):
         cfg, model_uri=rl2_model["uri"], eval_report=result, lineage=lineage, tracker=tracker
     )
     tracker.end_pipeline()
-    return SimpleNamespace(cfg=cfg, tracker=tracker, parent=parent, eval=result, rl2_run=rl2_run,
-                           rl2_model=rl2_model, sft_model=sft_model, registered=registered)  # fmt: skip
+    return SimpleNamespace(
+        cfg=cfg,
+        tracker=tracker,
+        parent=parent,
+        eval=result,
+        rl2_run=rl2_run,
+        rl2_model=rl2_model,
+        sft_model=sft_model,
+        registered=registered,
+    )
 
 
 @pytest.mark.slow
@@ -156,8 +189,10 @@ def test_every_eval_episode_is_a_trace_with_step_and_expert_spans(pipeline) -> N
         assert expert.parent_id == tools[1].span_id
         assert expert.outputs == {"reply": "Look at the bound."}
         assert expert.get_attribute("mlflow.chat.tokenUsage") == {
-            "input_tokens": IN_TOKENS, "output_tokens": OUT_TOKENS, "total_tokens": IN_TOKENS + OUT_TOKENS
-        }  # fmt: skip
+            "input_tokens": IN_TOKENS,
+            "output_tokens": OUT_TOKENS,
+            "total_tokens": IN_TOKENS + OUT_TOKENS,
+        }
         assert expert.get_attribute("protege.cost_usd") == pytest.approx(COST)
         assert expert.get_attribute("mlflow.llm.cost")["total_cost"] == pytest.approx(COST)
         assert expert.get_attribute("protege.expert.model") == "claude-test"
@@ -177,17 +212,39 @@ def test_the_registered_version_is_rl2s_own_model(pipeline) -> None:
 
 
 def _episode() -> Trajectory:
-    call = ExpertCall(step=1, question="why?", reply="because", backend="anthropic", model="m",
-                      input_tokens=10, output_tokens=5, cost_usd=0.001, latency_s=0.5)  # fmt: skip
+    call = ExpertCall(
+        step=1,
+        question="why?",
+        reply="because",
+        backend="anthropic",
+        model="m",
+        input_tokens=10,
+        output_tokens=5,
+        cost_usd=0.001,
+        latency_s=0.5,
+    )
     return Trajectory(
-        instance_id="acme__calc-1", phase="synth", status="submitted", started_at=1_700_000_000.0,
-        wall_time_s=3.0, expert_calls=[call],
-        actions=[Action(step=1, tool="ask_expert", arguments={"question": "why?"}, base_command="ask_expert",
-                        duration_s=0.5),
-                 Action(step=2, tool="submit", arguments={}, base_command="submit", duration_s=0.1)],
-        messages=[Message(role="tool", provenance="expert", content="because", name="ask_expert"),
-                  Message(role="tool", provenance="tool", content="x" * 5000, name="submit")],
-    )  # fmt: skip
+        instance_id="acme__calc-1",
+        phase="synth",
+        status="submitted",
+        started_at=1_700_000_000.0,
+        wall_time_s=3.0,
+        expert_calls=[call],
+        actions=[
+            Action(
+                step=1,
+                tool="ask_expert",
+                arguments={"question": "why?"},
+                base_command="ask_expert",
+                duration_s=0.5,
+            ),
+            Action(step=2, tool="submit", arguments={}, base_command="submit", duration_s=0.1),
+        ],
+        messages=[
+            Message(role="tool", provenance="expert", content="because", name="ask_expert"),
+            Message(role="tool", provenance="tool", content="x" * 5000, name="submit"),
+        ],
+    )
 
 
 def test_an_episode_spec_places_steps_in_time_and_cuts_long_values() -> None:
@@ -203,8 +260,14 @@ def test_an_episode_spec_places_steps_in_time_and_cuts_long_values() -> None:
 
 @pytest.mark.slow
 def test_a_trace_logged_while_mlflow_is_down_arrives_when_it_is_back(mlflow_server, tmp_path) -> None:
-    fields = {"experiment": f"down-{uuid.uuid4().hex[:8]}", "request_max_retries": 0, "request_timeout_s": 5,
-              "retry_backoff_s": 0.2, "retry_backoff_max_s": 2.0, "spool_dir": str(tmp_path)}  # fmt: skip
+    fields = {
+        "experiment": f"down-{uuid.uuid4().hex[:8]}",
+        "request_max_retries": 0,
+        "request_timeout_s": 5,
+        "retry_backoff_s": 0.2,
+        "retry_backoff_max_s": 2.0,
+        "spool_dir": str(tmp_path),
+    }
     tracker = Tracker(mlflow_server.tracking_config(TrackingConfig(**fields)))
     run_id = tracker.start_pipeline("down")
     mlflow_server.stop("mlflow")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from protege.config import RewardConfig, RLConfig
-from protege.rewards import (
+from protege.rl.rewards import (
     batch_means,
     changed_lines,
     gate,
@@ -369,9 +369,24 @@ def test_score_trajectory_stores_terms_and_resolution_but_no_message():
     assert traj.rewards == terms and traj.resolved is True
     assert [m.model_dump() for m in traj.messages] == before
     expected_keys = {
-        "r_correct", "sim", "r_sim", "r_loop", "warrant_mean", "n_b2b", "r_b2b", "r_quota", "r_expert",
-        "r_follow", "g_loop", "g_follow", "r_other", "no_call_penalty", "r_total", "expert_calls", "steps",
-    }  # fmt: skip
+        "r_correct",
+        "sim",
+        "r_sim",
+        "r_loop",
+        "warrant_mean",
+        "n_b2b",
+        "r_b2b",
+        "r_quota",
+        "r_expert",
+        "r_follow",
+        "g_loop",
+        "g_follow",
+        "r_other",
+        "no_call_penalty",
+        "r_total",
+        "expert_calls",
+        "steps",
+    }
     assert set(terms) == expected_keys
 
 

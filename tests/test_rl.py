@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from protege import rl, rl_plan
-from protege.rl_step import FlatTasks
+from protege import rl
+from protege.rl import plan as rl_plan
+from protege.rl.step import FlatTasks
 from tests.rl_helpers import (
     SCRIPT,
     AlternatingGenerator,
@@ -59,8 +60,16 @@ def test_trl_trains_only_policy_tokens_and_gives_a_failed_rollout_zero_advantage
     cfg = rl_cfg(repos, tmp_path, *ONE_STEP)
     plan = rl.plan_stage(cfg, 1, str(tiny_dir), tmp_path / "out", None)
     generator = ScriptedGenerator(tokenizer)
-    built = rl.build_trainer(cfg, plan, tmp_path / "out", None, None, None,
-                             sandbox_opener=KillingOpener(victim=2), generator=generator)  # fmt: skip
+    built = rl.build_trainer(
+        cfg,
+        plan,
+        tmp_path / "out",
+        None,
+        None,
+        None,
+        sandbox_opener=KillingOpener(victim=2),
+        generator=generator,
+    )
     prompts = ["protege-demo__moneyfmt-1"] * 2 + [
         "protege-demo__csvcols-1"
     ] * 2  # as trl's sampler repeats them
@@ -91,8 +100,14 @@ def test_trl_trains_only_policy_tokens_and_gives_a_failed_rollout_zero_advantage
 def test_step_with_a_killed_sandbox_completes_and_records_the_failure(repos, tiny_dir, tokenizer, tmp_path):
     cfg = rl_cfg(repos, tmp_path, *ONE_STEP)
     out = tmp_path / "rl1"
-    result = rl.run(cfg, 1, str(tiny_dir), out, sandbox_opener=KillingOpener(victim=0),
-                    generator=ScriptedGenerator(tokenizer))  # fmt: skip
+    result = rl.run(
+        cfg,
+        1,
+        str(tiny_dir),
+        out,
+        sandbox_opener=KillingOpener(victim=0),
+        generator=ScriptedGenerator(tokenizer),
+    )
 
     assert result["global_step"] == 1
     [step] = result["history"]
@@ -130,8 +145,15 @@ def _stop_after(step: int):
 def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenizer, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = rl_cfg(repos, tmp_path, *ONE_STEP, "rl.stage_one_steps=2", "rl.total_steps=3", "rl.rollout_workers=1",
-                 "rl.learning_rate=0.01")  # fmt: skip
+    cfg = rl_cfg(
+        repos,
+        tmp_path,
+        *ONE_STEP,
+        "rl.stage_one_steps=2",
+        "rl.total_steps=3",
+        "rl.rollout_workers=1",
+        "rl.learning_rate=0.01",
+    )
     whole = rl.run(cfg, 1, str(tiny_dir), tmp_path / "whole", generator=AlternatingGenerator(tokenizer))
     rl.run(
         cfg,
@@ -159,7 +181,7 @@ def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenize
 def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_generation(
     repos, tiny_dir, tmp_path, monkeypatch
 ):
-    from protege import sft_launch
+    from protege import launch as sft_launch
 
     for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -172,8 +194,13 @@ def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_gener
         from protege.services import free_port
 
         commands.append(command)
-        rank_env = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(free_port())}  # fmt: skip
+        rank_env = {
+            "LOCAL_RANK": "0",
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+        }
         for name, value in rank_env.items():
             monkeypatch.setenv(name, value)
         return type("Completed", (), {"returncode": sft_launch.main([command[-1]])})()
@@ -186,7 +213,7 @@ def test_several_gpus_relaunch_ranks_that_train_the_parents_plan_with_real_gener
 
     [command] = commands
     assert "--nproc_per_node=2" in command and command[-2:] == [
-        "protege.sft_launch",
+        "protege.launch",
         str(tmp_path / "out" / "launch.json"),
     ]
     launch = json.loads((tmp_path / "out" / "launch.json").read_text())
@@ -264,8 +291,11 @@ def test_cli_help_names_the_stage_and_model():
         [sys.executable, "-m", "protege.cli", "rl", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--stage {1,2}" in out.stdout and "--model" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "protege.cli", "rl", "--stage", "3", "--model", "x"],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "protege.cli", "rl", "--stage", "3", "--model", "x"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "invalid choice: 3" in bad.stderr
 
 
@@ -301,9 +331,20 @@ def test_rl1_then_rl2_tracked_with_lineage_and_resume(
     client = tracker.client
     for result, steps in ((one, [1, 2]), (two, [3])):
         run = client.get_run(result["mlflow_run_id"])
-        for key in ("reward/r_total", "reward/r_correct", "reward/r_sim", "reward/r_loop", "reward/r_expert",
-                    "reward/r_follow", "reward/g_loop", "rollout/expert_calls_per_traj", "rollout/steps_per_traj",
-                    "rollout/loop_rate_gt10", "rollout/failed", "train/loss"):  # fmt: skip
+        for key in (
+            "reward/r_total",
+            "reward/r_correct",
+            "reward/r_sim",
+            "reward/r_loop",
+            "reward/r_expert",
+            "reward/r_follow",
+            "reward/g_loop",
+            "rollout/expert_calls_per_traj",
+            "rollout/steps_per_traj",
+            "rollout/loop_rate_gt10",
+            "rollout/failed",
+            "train/loss",
+        ):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, key
         assert client.get_metric_history(run.info.run_id, "rollout/expert_calls_per_traj")[0].value == 1.0
         assert client.get_metric_history(run.info.run_id, "rollout/steps_per_traj")[0].value == len(SCRIPT)
@@ -315,8 +356,12 @@ def test_rl1_then_rl2_tracked_with_lineage_and_resume(
     first = tracker.logged_models(two["mlflow_run_id"])
     by_step = {int(m.params["step"]): m for m in first}
     assert by_step[3].tags[rl.TAG_PARENT] == one["checkpoint_uri"] and by_step[3].tags[rl.TAG_STAGE] == "2"
-    assert json.loads((tmp_path / "rl2" / "checkpoints" / "checkpoint-3" / rl.STATE_FILE).read_text())[
-        "parent_checkpoint_uri"] == one["checkpoint_uri"]  # fmt: skip
+    assert (
+        json.loads((tmp_path / "rl2" / "checkpoints" / "checkpoint-3" / rl.STATE_FILE).read_text())[
+            "parent_checkpoint_uri"
+        ]
+        == one["checkpoint_uri"]
+    )
     assert store.exists(f"{one['checkpoint_uri']}/optimizer.pt") and store.exists(
         f"{one['checkpoint_uri']}/scheduler.pt"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protege.rl_generation import (
+from protege.rl.generation import (
     BatchingGenerator,
     HFGenerator,
     make_generator,

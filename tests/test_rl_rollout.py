@@ -12,8 +12,8 @@ from protege.agent.expert import ExpertService
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import open_sandbox
 from protege.grading import grade
-from protege.judge import make_judge
-from protege.rl_rollout import RolloutContext, SandboxGate, TokenTrace, run_rollouts
+from protege.rl.judge import make_judge
+from protege.rl.rollout import RolloutContext, SandboxGate, TokenTrace, run_rollouts
 from protege.tasksets import load_task_set
 from tests.rl_helpers import EXPERT_QUESTION, SCRIPT, KillingOpener, ScriptedGenerator, build_tiny, rl_cfg
 
@@ -43,8 +43,18 @@ def tasks():
 def context(cfg, tokenizer, generator, tmp: Path, opener=open_sandbox) -> RolloutContext:
     expert = ExpertService(cfg.expert.model_copy(update={"gold_patch": False}))
     reward = cfg.rl.stage1
-    return RolloutContext(cfg, reward, generator, tokenizer, "test", expert, make_judge(reward, expert),
-                          SandboxGate(opener, 0, 0, 0), tmp / "grading", grade)  # fmt: skip
+    return RolloutContext(
+        cfg,
+        reward,
+        generator,
+        tokenizer,
+        "test",
+        expert,
+        make_judge(reward, expert),
+        SandboxGate(opener, 0, 0, 0),
+        tmp / "grading",
+        grade,
+    )
 
 
 def spans(trace: TokenTrace, flag: int) -> list[list[int]]:

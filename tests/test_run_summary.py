@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protege.config import load_config
-from protege.run_summary import TASKS, Facts, render, summarize
+from protege.pipeline.summary import TASKS, Facts, render, summarize
 
 CFG = load_config("local")
 
@@ -47,7 +47,7 @@ def _facts(promoted: bool = True) -> dict[str, Facts]:
                 "episodes": 4.0,
                 "expert_calls_per_task": 1.5,
             },
-        ),  # fmt: skip
+        ),
         "register": Facts(outputs={"version": 3, "promoted": promoted, "reason": "cleared the floor"}),
     }
 

@@ -1,4 +1,4 @@
-"""protege.serving: the real start/wait/stop code path against a fake `vllm` on PATH (tests/fake_vllm.py)
+"""protege.evaluate.serving: the real start/wait/stop code path against a fake `vllm` on PATH (tests/fake_vllm.py)
 that serves an OpenAI-compatible endpoint on loopback."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from protege.config import load_config
-from protege.serving import SERVED_NAME, ServeError, served_policy
+from protege.evaluate.serving import SERVED_NAME, ServeError, served_policy
 
 FAKE = Path(__file__).with_name("fake_vllm.py")
 

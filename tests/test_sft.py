@@ -13,7 +13,8 @@ import pytest
 
 import protege.config as config_module
 import protege.model as model_module
-from protege import sft, sft_launch
+from protege import launch as sft_launch
+from protege import sft
 from protege.config import TinyModelConfig, load_config
 
 TINY = TinyModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
@@ -43,8 +44,11 @@ def _call(name: str, **arguments: str) -> dict:
 def chat_record(index: int, extra_turns: int = 0) -> dict:
     """A synth-export record: system, task, bash, observation, ask_expert, guidance, fix, final answer."""
     policy = lambda content, *calls: {  # noqa: E731
-        "role": "assistant", "content": content, "provenance": "policy", "tool_calls": list(calls),
-    }  # fmt: skip
+        "role": "assistant",
+        "content": content,
+        "provenance": "policy",
+        "tool_calls": list(calls),
+    }
     messages = [
         {"role": "system", "content": SYSTEM, "provenance": "system"},
         {"role": "user", "content": f"{TASK} #{index}", "provenance": "task"},
@@ -113,10 +117,17 @@ def write_dataset(root: Path, records: list[dict]) -> Path:
 
 def sft_cfg(tiny_dir: Path, tmp_path: Path, *overrides: str):
     base = [
-        f"model.base={tiny_dir}", f"model.cache_dir={tmp_path / 'cache'}", "run_name=sft-test",
-        "sft.learning_rate=0.003", "sft.warmup_ratio=0", "sft.lr_scheduler=constant",
-        "sft.global_batch_size=4", "sft.per_device_batch_size=2", "sft.max_length=1024", "sft.save_total_limit=0",
-    ]  # fmt: skip
+        f"model.base={tiny_dir}",
+        f"model.cache_dir={tmp_path / 'cache'}",
+        "run_name=sft-test",
+        "sft.learning_rate=0.003",
+        "sft.warmup_ratio=0",
+        "sft.lr_scheduler=constant",
+        "sft.global_batch_size=4",
+        "sft.per_device_batch_size=2",
+        "sft.max_length=1024",
+        "sft.save_total_limit=0",
+    ]
     return load_config("local", overrides=base + list(overrides))
 
 
@@ -426,11 +437,11 @@ def test_relaunch_runs_torchrun_on_every_gpu_and_returns_rank_zero_result(tiny_d
         return type("Completed", (), {"returncode": 0})()
 
     (tmp_path / "out").mkdir()
-    result = sft_launch.relaunch(cfg, "s3://b/sft", tmp_path / "out", nproc=4, runner=fake_torchrun)
+    result = sft.relaunch(cfg, "s3://b/sft", tmp_path / "out", nproc=4, runner=fake_torchrun)
     assert result == {"global_step": 7}
     [(command, env)] = calls
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
-    assert command[6:] == ["protege.sft_launch", str(tmp_path / "out" / sft_launch.LAUNCH_FILE)]
+    assert command[6:] == ["protege.launch", str(tmp_path / "out" / sft_launch.LAUNCH_FILE)]
     assert env["AWS_ACCESS_KEY_ID"] == "SECRET-A" and env["AWS_SECRET_ACCESS_KEY"] == "SECRET-B"
     launch = (tmp_path / "out" / sft_launch.LAUNCH_FILE).read_text()
     assert "SECRET" not in launch and json.loads(launch)["config"]["model"]["base"] == str(tiny_dir)
@@ -442,7 +453,7 @@ def test_relaunch_failure_names_the_command(tiny_dir, tmp_path):
     cfg = sft_cfg(tiny_dir, tmp_path)
     failed = lambda command, env, check: type("Completed", (), {"returncode": 3})()  # noqa: E731
     with pytest.raises(sft_launch.LaunchError, match="torch.distributed.run.*exited with 3"):
-        sft_launch.relaunch(cfg, "data", tmp_path, nproc=2, runner=failed)
+        sft.relaunch(cfg, "data", tmp_path, nproc=2, runner=failed)
 
 
 def test_emit_trainjob_writes_a_multi_node_manifest(tmp_path):
@@ -451,14 +462,38 @@ def test_emit_trainjob_writes_a_multi_node_manifest(tmp_path):
     from protege.cli import main
 
     out = tmp_path / "job.yaml"
-    assert main(["sft", "--profile", "cluster", "--dataset", "s3://protege/x/synth", "--emit-trainjob", str(out),
-                 "sft.num_nodes=4", "sft.gpus_per_node=8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--profile",
+                "cluster",
+                "--dataset",
+                "s3://protege/x/synth",
+                "--emit-trainjob",
+                str(out),
+                "sft.num_nodes=4",
+                "sft.gpus_per_node=8",
+            ]
+        )
+        == 0
+    )
     job = yaml.safe_load(out.read_text())
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 4 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
-    assert trainer["command"] == ["torchrun", "-m", "protege.cli", "sft", "--profile", "cluster", "--dataset",
-                                  "s3://protege/x/synth", "sft.num_nodes=4", "sft.gpus_per_node=8"]  # fmt: skip
+    assert trainer["command"] == [
+        "torchrun",
+        "-m",
+        "protege.cli",
+        "sft",
+        "--profile",
+        "cluster",
+        "--dataset",
+        "s3://protege/x/synth",
+        "sft.num_nodes=4",
+        "sft.gpus_per_node=8",
+    ]
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     secrets = [e for e in trainer["env"] if "valueFrom" in e]
     assert {e["name"] for e in secrets} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -491,4 +526,24 @@ def test_deepspeed_zero3_two_steps_on_cpu(tiny_dir, dataset_dir, tmp_path, monke
     checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "model.safetensors").is_file() and any(
         checkpoint.glob("global_step2/*optim_states.pt")
+    )
+
+
+def test_trainjob_reads_the_pipelines_s3_secret_and_runs_the_pipelines_trainer_image():
+    import yaml
+
+    from protege import launch
+    from protege.config import load_config
+
+    cfg = load_config("cluster")
+    job = launch.trainjob_manifest(cfg, "s3://protege/x/synth", "cluster", [])
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == cfg.pipeline.trainer_image
+    manifests = Path(__file__).resolve().parents[1] / "manifests" / "base" / "secrets.yaml"
+    defined = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(manifests.read_text())}
+    refs = [e["valueFrom"]["secretKeyRef"] for e in trainer["env"] if "valueFrom" in e]
+    assert refs and all(ref["key"] in defined.get(ref["name"], set()) for ref in refs), (refs, defined)
+    pinned = load_config("cluster", None, ["sft.trainjob_image=registry.local/trainer@sha256:" + "0" * 64])
+    assert launch.trainjob_manifest(pinned, "s3://p/d", "cluster", [])["spec"]["trainer"]["image"].endswith(
+        "0" * 64
     )

@@ -35,7 +35,7 @@ def trajectory(
                 content=f"<expert_llm_guidance>\n{reply}\n</expert_llm_guidance>",
                 tool_call_id="call_1",
                 name="ask_expert",
-            ),  # fmt: skip
+            ),
             Message(role="assistant", provenance="policy", content="Edit.", tool_calls=[edit]),
             Message(
                 role="tool", provenance="tool", content="(no output)", tool_call_id="call_2", name="bash"
@@ -53,8 +53,11 @@ def test_record_is_hf_chat_format_with_provenance_and_only_policy_turns_are_targ
     roles = [m["role"] for m in record["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "assistant", "tool"]
     call = record["messages"][2]["tool_calls"][0]
-    assert call == {"id": "call_1", "type": "function",
-                    "function": {"name": "ask_expert", "arguments": {"question": "where is x set?"}}}  # fmt: skip
+    assert call == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "ask_expert", "arguments": {"question": "where is x set?"}},
+    }
     assert record["messages"][3]["provenance"] == "expert" and record["messages"][3]["name"] == "ask_expert"
     assert target_mask(record) == [False, False, True, False, True, False]
     assert record["meta"]["expert_calls"] == 1 and record["meta"]["expert_tokens"] == 49
@@ -86,9 +89,16 @@ def test_qwen25_template_renders_tool_calls_and_expert_guidance():
 
 
 def test_export_is_sorted_deterministic_and_carded(tmp_path):
-    summary = {"teacher_backend": "oracle", "teacher_model": "oracle", "expert_backend": "oracle",
-               "expert_model": "oracle", "expert_gold_patch": True, "tasks_tried": 2, "episodes": 3,
-               "rejected_by_reason": {"unresolved": 1}}  # fmt: skip
+    summary = {
+        "teacher_backend": "oracle",
+        "teacher_model": "oracle",
+        "expert_backend": "oracle",
+        "expert_model": "oracle",
+        "expert_gold_patch": True,
+        "tasks_tried": 2,
+        "episodes": 3,
+        "rejected_by_reason": {"unresolved": 1},
+    }
     kept = [trajectory("b__b-1"), trajectory("a__a-1", attempt=1), trajectory("a__a-1")]
     first = export_dataset(kept, tmp_path / "one", TOOL_SCHEMAS, summary)
     slower = [t.model_copy(update={"wall_time_s": 99.0}) for t in reversed(kept)]

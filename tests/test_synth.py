@@ -184,7 +184,7 @@ def test_anthropic_teacher_produces_a_trajectory_in_the_same_format(repos, tmp_p
                     "new_str": "while current <= end:",
                 },
                 text="Include the end date.",
-            ),  # fmt: skip
+            ),
             anthropic_tool_use("submit", {}, text="Done."),
         )
         cfg = local_cfg(
@@ -204,8 +204,17 @@ def test_anthropic_teacher_produces_a_trajectory_in_the_same_format(repos, tmp_p
     assert [a.tool for a in trajectory.actions] == ["bash", "ask_expert", "str_replace_editor", "submit"]
     assert trajectory.expert_calls[0].status == "ok" and trajectory.expert_backend == "oracle"
     assert [m.provenance for m in trajectory.messages] == [
-        "system", "task", "policy", "tool", "policy", "expert", "policy", "tool", "policy", "tool",
-    ]  # fmt: skip
+        "system",
+        "task",
+        "policy",
+        "tool",
+        "policy",
+        "expert",
+        "policy",
+        "tool",
+        "policy",
+        "tool",
+    ]
     # tool_use round trips: the second request answers the first call with a tool_result of its id
     first_call = requests[0]
     second = requests[1].body["messages"]

@@ -29,9 +29,12 @@ def test_pipeline_run_with_nested_phase_dataset_and_external_model(tracker: Trac
         tracker.log_metrics(sft.run_id, {"loss": 1.5}, step=2)
         df = pd.DataFrame({"instance_id": ["a", "b"], "resolved": [1.0, 0.0]})
         digest = tracker.log_dataset(
-            sft.run_id, "sft-trajectories", "s3://protege/runs/r1/synth/trajectories.jsonl", df=df,
+            sft.run_id,
+            "sft-trajectories",
+            "s3://protege/runs/r1/synth/trajectories.jsonl",
+            df=df,
             tags={"split": "train"},
-        )  # fmt: skip
+        )
         meta_digest = tracker.log_dataset(
             sft.run_id, "demo-train", "s3://protege/tasks/demo-train", digest="feedc0de", context="tasks"
         )

@@ -333,12 +333,12 @@ class SandboxConfig(Strict):
     """Timeout of the sandbox's own setup steps (clone at base_commit, history cleanup, `git gc`)."""
     checkout_cache_dir: str = ""
     """Local: where clean checkouts at base_commit are built once and placed into sandboxes from
-    (protege.agent.checkouts); empty = `$TMPDIR/protege-checkouts-<uid>`. Never mounted into a sandbox."""
+    (protege.agent.sandbox.checkouts); empty = `$TMPDIR/protege-checkouts-<uid>`. Never mounted into a sandbox."""
     checkout_cache_entries: int = Field(default=256, ge=1)
     """Local: cached checkouts kept; past it the least recently used one that no sandbox holds is removed."""
     prepare_ahead: int = Field(default=1, ge=0)
     """Sandboxes the RL, eval and synth episode loops open ahead of need, for the episodes next in line,
-    while the running ones generate (protege.agent.warm_pool; 0 = open each when its episode starts)."""
+    while the running ones generate (protege.agent.sandbox.warm_pool; 0 = open each when its episode starts)."""
     shell_init: str = (
         "if [ -f /opt/miniconda3/etc/profile.d/conda.sh ]; then "
         ". /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed; fi"
@@ -636,8 +636,9 @@ class SFTConfig(Strict):
     """Multi-node runs: GPUs per node of the TrainJob (one training process each)."""
     trainjob_runtime: str = "torch-distributed"
     """Multi-node runs: the Kubeflow Trainer ClusterTrainingRuntime the TrainJob references."""
-    trainjob_image: str = "ghcr.io/protege-ai/protege-trainer:latest"
-    """Multi-node runs: the trainer image (CUDA, torch, trl, deepspeed, protege); pin a digest on clusters."""
+    trainjob_image: str = ""
+    """Multi-node runs: the trainer image; empty = `pipeline.trainer_image`, the image of the pipeline's GPU
+    steps (pin a digest on clusters)."""
     trainjob_namespace: str = "protege"
     """Multi-node runs: namespace of the TrainJob."""
 
@@ -751,7 +752,7 @@ class EvalConfig(Strict):
     grade_pod_start_timeout_s: float = Field(default=600.0, gt=0)
     """Kubernetes grading: a pod not Running after this long (image pull, scheduling) is a sandbox_error."""
     serve: Literal["in_process", "vllm"] = "in_process"
-    """How the model under evaluation answers (protege.serving): `in_process` runs the configured policy
+    """How the model under evaluation answers (protege.evaluate.serving): `in_process` runs the configured policy
     backend as is (local: transformers on CPU); `vllm` (cluster profile: the eval step runs on the GPU
     pool) starts `vllm serve` of the evaluated model on loopback for the run and points the openai backend
     at it, tool calls parsed from the text the way training parses them."""
@@ -815,9 +816,15 @@ class PipelineConfig(Strict):
     retry_backoff: str = "120s"
     """First backoff between those retries (doubled per retry)."""
     timeouts_s: dict[str, Annotated[int, Field(gt=0)]] = {
-        "verify": 4 * 3600, "synth": 48 * 3600, "sft": 24 * 3600, "rl1": 72 * 3600,
-        "rl2": 72 * 3600, "eval": 24 * 3600, "register": 3600, "close": 600,
-    }  # fmt: skip
+        "verify": 4 * 3600,
+        "synth": 48 * 3600,
+        "sft": 24 * 3600,
+        "rl1": 72 * 3600,
+        "rl2": 72 * 3600,
+        "eval": 24 * 3600,
+        "register": 3600,
+        "close": 600,
+    }
     """Wall-clock limit per step in seconds; every step must be named."""
     schedule_max_concurrency: int = Field(default=1, ge=1)
     """Recurring runs (`protege schedule`): runs of the schedule allowed at once."""

@@ -21,20 +21,18 @@ whose message says what and why.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protege.image_refs import IMAGE_NAMES, image_ref
+from protege.image_refs import image_ref
 from protege.services import pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +99,11 @@ def ping(host: str | None, timeout_s: float = 5.0) -> str | None:
         return None
     except Exception as err:  # DockerException, requests' errors, FileNotFoundError ...
         text = str(err)
-        for marker, short in (("FileNotFoundError", "no such socket"), ("ConnectionRefused", "connection refused"),
-                              ("PermissionError", "permission denied")):  # fmt: skip
+        for marker, short in (
+            ("FileNotFoundError", "no such socket"),
+            ("ConnectionRefused", "connection refused"),
+            ("PermissionError", "permission denied"),
+        ):
             if marker in text:
                 return short
         return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"
@@ -169,10 +170,19 @@ def start_daemon(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = START_T
         paths[key].mkdir(parents=True, exist_ok=True)
     paths["sock"].unlink(missing_ok=True)
     argv = [
-        "dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
-        "--data-root", str(paths["data"]), "--exec-root", str(paths["exec"]),
-        "--pidfile", str(paths["state"] / "dockerd.daemon.pid"), "-H", host,
-    ]  # fmt: skip
+        "dockerd",
+        "--bridge=none",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--data-root",
+        str(paths["data"]),
+        "--exec-root",
+        str(paths["exec"]),
+        "--pidfile",
+        str(paths["state"] / "dockerd.daemon.pid"),
+        "-H",
+        host,
+    ]
     with open(paths["log"], "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=_daemon_env()
@@ -397,8 +407,21 @@ def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
             build_repo(spec, context / "repo").rename(context / "testbed")
             (context / "Dockerfile").write_text(DEMO_INSTANCE_DOCKERFILE)
             log(f"docker: building {name}")
-            _docker(["build", "-q", "--network", "none", "--build-arg", f"ENV_IMAGE={env_image}",
-                     "--label", f"protege.env={env_image}", "-t", name, str(context)])  # fmt: skip
+            _docker(
+                [
+                    "build",
+                    "-q",
+                    "--network",
+                    "none",
+                    "--build-arg",
+                    f"ENV_IMAGE={env_image}",
+                    "--label",
+                    f"protege.env={env_image}",
+                    "-t",
+                    name,
+                    str(context),
+                ]
+            )
     return built
 
 
@@ -470,178 +493,3 @@ def _build_one(kind: str, sha: str, base: str | None, build_args: dict[str, str]
     size = int(_docker(["image", "inspect", "--format", "{{.Size}}", ref]).strip())
     log(f"docker: {ref}: {size / 2**20:.0f} MiB, built in {seconds:.0f} s")
     return {"image": ref, "seconds": round(seconds, 1), "size_mb": round(size / 2**20)}
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def _state(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir)
-
-
-def _cli_up(args: argparse.Namespace) -> int:
-    try:
-        engine = up(_state(args), Path(args.cache_dir))
-        if args.demo_images:
-            build_demo_images(engine.base_image)
-    except EngineError as err:
-        print(f"docker: {err}", file=sys.stderr)
-        return 1
-    kind = "started by protege" if engine.managed else "already running"
-    print(f"docker: engine {kind} at {engine.host}; base image {engine.base_image}")
-    print(f"export DOCKER_HOST={engine.host}")
-    return 0
-
-
-def _cli_down(args: argparse.Namespace) -> int:
-    try:
-        print(stop_daemon(_state(args)))
-    except EngineError as err:
-        print(f"docker: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cli_status(args: argparse.Namespace) -> int:
-    host, account = engine_host(_state(args))
-    print(f"docker: {account}")
-    if host is None:
-        return 1
-    os.environ["DOCKER_HOST"] = host
-    print(f"base image {LOCAL_BASE}: {'present' if _image_exists(LOCAL_BASE) else 'absent'}")
-    print(
-        f"base tarball {base_tarball(Path(args.cache_dir))}: {'cached' if base_tarball(Path(args.cache_dir)).is_file() else 'absent'}"
-    )
-    return 0
-
-
-def _cli_env(args: argparse.Namespace) -> int:
-    host, account = engine_host(_state(args))
-    if host is None:
-        print(f"docker: {account}", file=sys.stderr)
-        return 1
-    print(f"export DOCKER_HOST={host}")
-    return 0
-
-
-def _torch_wheel_args(wheels: str) -> tuple[dict[str, str], object | None]:
-    """Build args installing torch from a local wheel directory served on loopback (builds use --network host)."""
-    import functools
-    import http.server
-    import threading
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=wheels)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    return {"PIP_FIND_LINKS": url, "TORCH_INDEX_ARGS": ""}, server
-
-
-def _cli_images(args: argparse.Namespace) -> int:
-    import json
-
-    server = None
-    try:
-        engine = up(_state(args), Path(args.cache_dir))
-        build_args: dict[str, str] = {}
-        if args.torch_wheels:
-            build_args, server = _torch_wheel_args(args.torch_wheels)
-        if args.cpu_trainer:
-            build_args |= {"GPU_PACKAGES": "", "TRAINER_CONSTRAINTS": "requirements.lock"}
-        base = args.base or (engine.base_image if engine.managed else None)
-        if base == LOCAL_BASE:
-            # bookworm's python is 3.11.2; one locked pin (soupsieve 4.1.2) declares >=3.11.5
-            build_args["LOCK_PIP_ARGS"] = "--ignore-requires-python"
-        unknown = [kind for kind in args.kinds if kind not in IMAGE_NAMES]
-        if unknown:
-            raise EngineError(f"unknown image kind '{unknown[0]}' (known: {', '.join(IMAGE_NAMES)})")
-        results = build_images(args.kinds or list(IMAGE_NAMES), base, build_args)
-    except EngineError as err:
-        print(f"docker: {err}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.shutdown()
-    if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.record).write_text(json.dumps(results, indent=2) + "\n")
-    for kind, info in results.items():
-        print(f"{kind}: {info['image']}  {info['size_mb']} MiB  {info['seconds']} s")
-    return 0
-
-
-def _cli_demo_images(args: argparse.Namespace) -> int:
-    try:
-        engine = up(_state(args), Path(args.cache_dir))
-        for name in build_demo_images(engine.base_image, force=args.force):
-            print(name)
-    except EngineError as err:
-        print(f"docker: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _default_wheels() -> str | None:
-    """A directory of pip's find-links holding a torch CPU wheel (this machine's /opt/wheels), if any."""
-    for entry in os.environ.get("PIP_FIND_LINKS", "").split():
-        if Path(entry).is_dir() and any(Path(entry).glob("torch-*+cpu-*.whl")):
-            return entry
-    return None
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """`protege docker up | down | status | env | images | demo-images`."""
-    group = sub.add_parser("docker", help="a local Docker engine, the base image and the project's images")
-    cmds = group.add_subparsers(dest="cmd", required=True)
-
-    def common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument(
-            "--state-dir",
-            default=str(DEFAULT_STATE_DIR),
-            help="managed dockerd's state (default: .protege/docker)",
-        )
-        parser.add_argument(
-            "--cache-dir",
-            default=str(DEFAULT_CACHE_DIR),
-            help="base rootfs tarball cache (default: /var/cache/protege)",
-        )
-        return parser
-
-    upp = common(
-        cmds.add_parser("up", help="use a running daemon, else start one (root); make the base image")
-    )
-    upp.add_argument("--demo-images", action="store_true", help="also build the demo tasks' instance images")
-    upp.set_defaults(func=_cli_up)
-    common(cmds.add_parser("down", help="stop the daemon protege started")).set_defaults(func=_cli_down)
-    common(cmds.add_parser("status", help="which daemon answers; base image present?")).set_defaults(
-        func=_cli_status
-    )
-    common(cmds.add_parser("env", help="print `export DOCKER_HOST=...` for the live daemon")).set_defaults(
-        func=_cli_env
-    )
-    img = common(
-        cmds.add_parser("images", help="build images/*.Dockerfile tagged with the git SHA (make images)")
-    )
-    img.add_argument("kinds", nargs="*", metavar="KIND", help="agent, trainer (default: both)")
-    img.add_argument(
-        "--base", help="base image (default: the engine's: imported debootstrap locally, public otherwise)"
-    )
-    img.add_argument(
-        "--torch-wheels",
-        default=_default_wheels(),
-        help="directory with the torch CPU wheel, served on loopback to the build",
-    )
-    img.add_argument(
-        "--cpu-trainer", action="store_true", help="trainer without vllm/CUDA pins (a CPU machine)"
-    )
-    img.add_argument("--record", help="write {kind: image, seconds, size_mb} JSON here")
-    img.set_defaults(func=_cli_images)
-    demo = common(
-        cmds.add_parser(
-            "demo-images", help="build the demo tasks' instance images (protege-demo/<repo>:<version>)"
-        )
-    )
-    demo.add_argument("--force", action="store_true", help="rebuild even if present")
-    demo.set_defaults(func=_cli_demo_images)

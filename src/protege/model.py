@@ -14,14 +14,12 @@ Simplified relative to a real Qwen2.5 tokenizer: a small vocabulary, no FIM/visi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -442,39 +440,3 @@ def load_model_and_tokenizer(
         path, dtype=torch_dtype, attn_implementation=attn_implementation
     )
     return model.to(device), tokenizer
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def _init_tiny(args: argparse.Namespace) -> int:
-    from protege.cli import load_cfg
-
-    cfg = load_cfg(args)
-    start = time.monotonic()
-    if args.out:
-        out = build_tiny_model(cfg.model.tiny, Path(args.out))
-    else:
-        out = resolve_model("tiny", Path(cfg.model.cache_dir), tiny=cfg.model.tiny)
-    manifest = read_manifest(out)
-    print(f"parameters: {manifest['parameters']:,}")
-    print(f"vocab size: {manifest['vocab_size']}")
-    print(f"corpus files: {manifest['corpus_files']}")
-    print(f"time: {time.monotonic() - start:.1f} s")
-    print(f"model dir: {out}")
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """`protege model init-tiny`."""
-    from protege.cli import _profile_args
-
-    group = sub.add_parser("model", help="build and inspect models").add_subparsers(dest="cmd", required=True)
-    init = group.add_parser("init-tiny", help="build the tiny local Qwen2 model and its tokenizer")
-    init.add_argument(
-        "--out", help="output directory (default: model.cache_dir/tiny-<digest>, reused if built)"
-    )
-    _profile_args(init)
-    init.set_defaults(func=_init_tiny)

@@ -23,7 +23,6 @@ Run: `protege services up` (or `make services-up`), then `eval "$(protege servic
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -222,19 +221,34 @@ class LocalServices:
             }
         )
         argv = [
-            self.cfg.node_bin, "-e", S3RVER_LAUNCHER, str(_s3rver_module(self.cfg.s3rver_module)),
-            str(self.data_dir / "s3"), LOOPBACK, str(self.cfg.s3_port),
-        ]  # fmt: skip
+            self.cfg.node_bin,
+            "-e",
+            S3RVER_LAUNCHER,
+            str(_s3rver_module(self.cfg.s3rver_module)),
+            str(self.data_dir / "s3"),
+            LOOPBACK,
+            str(self.cfg.s3_port),
+        ]
         return _Service("s3", argv, env, self.s3_url, self.cfg.s3_port, self._s3_health)
 
     def _mlflow(self) -> _Service:
         env = service_env(self.env() | {"DO_NOT_TRACK": "true"}, prefixes=("MLFLOW_",))
         argv = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.data_dir / 'mlflow.db'}",
-            "--artifacts-destination", f"s3://{self.cfg.mlflow_artifacts_bucket}/artifacts",
-            "--host", LOOPBACK, "--port", str(self.cfg.mlflow_port), "--workers", "1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.data_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            f"s3://{self.cfg.mlflow_artifacts_bucket}/artifacts",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.cfg.mlflow_port),
+            "--workers",
+            "1",
+        ]
         return _Service("mlflow", argv, env, self.mlflow_url, self.cfg.mlflow_port, self._mlflow_health)
 
     def _s3_health(self) -> str | None:
@@ -275,9 +289,14 @@ class LocalServices:
         self._emit(f"{service.name}: starting on {service.url} (log {self._log_file(service.name)})")
         with self._log_file(service.name).open("wb") as log:
             proc = subprocess.Popen(
-                service.argv, env=service.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.data_dir, start_new_session=True,
-            )  # fmt: skip
+                service.argv,
+                env=service.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
         self._children[service.name] = proc
         self._pid_file(service.name).write_text(f"{proc.pid}\n")
         return proc.pid
@@ -455,72 +474,3 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: protege services up|down|status|env
-# --------------------------------------------------------------------------------------------------
-
-
-def _services(args: argparse.Namespace) -> LocalServices:
-    from protege.cli import load_cfg
-
-    cfg = load_cfg(args)
-    return LocalServices(cfg.services, cfg.store)
-
-
-def _cli_up(args: argparse.Namespace) -> int:
-    from protege.store import StoreError
-
-    services = _services(args)
-    try:
-        services.up()
-    except (ServiceError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print("\n# point clients at these services:")
-    print(_exports(services))
-    return 0
-
-
-def _cli_down(args: argparse.Namespace) -> int:
-    _services(args).down()
-    return 0
-
-
-def _cli_status(args: argparse.Namespace) -> int:
-    rows = _services(args).status()
-    print(f"{'service':<8} {'pid':>8}  {'url':<26} {'health'}")
-    for row in rows:
-        pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<8} {pid:>8}  {row.url:<26} {'healthy' if row.healthy else row.detail}")
-    return 0 if all(r.healthy for r in rows) else 1
-
-
-def _cli_env(args: argparse.Namespace) -> int:
-    print(_exports(_services(args)))
-    return 0
-
-
-def _exports(services: LocalServices) -> str:
-    # A secret taken from the user's environment is not echoed back; the local default one is.
-    env = services.env(include_secret="AWS_SECRET_ACCESS_KEY" not in os.environ)
-    return "\n".join(f"export {key}={value}" for key, value in env.items())
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    from protege.cli import _profile_args
-
-    group = sub.add_parser("services", help="local s3rver + MLflow on loopback").add_subparsers(
-        dest="cmd", required=True
-    )
-    commands = {
-        "up": (_cli_up, "start s3rver and MLflow (idempotent) and print the env exports"),
-        "down": (_cli_down, "stop them by pid (SIGTERM, then SIGKILL after a grace period)"),
-        "status": (_cli_status, "print each service, pid, URL and health (exit 1 if any is unhealthy)"),
-        "env": (_cli_env, "print the env exports that point clients at the services"),
-    }
-    for name, (func, text) in commands.items():
-        parser = group.add_parser(name, help=text, description=text)
-        _profile_args(parser)
-        parser.set_defaults(func=func)

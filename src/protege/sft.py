@@ -41,7 +41,7 @@ and flushes it before the run closes (protege.tracking). Nor does the store: che
 back and the final model waits for them (`Lineage`); a rerun publishes local checkpoints the store lacks.
 
 Multi-GPU: with more than one visible GPU and no distributed environment, `run` re-executes itself under
-`torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.sft_launch); the DeepSpeed configs
+`torchrun --nproc_per_node=<torch.cuda.device_count()>` (protege.launch); the DeepSpeed configs
 `protege/deepspeed/zero3.json` (default on clusters) and `zero2.json` carry "auto" values that the HF
 Trainer fills from this config; they define no optimizer, so the Trainer's AdamW is used on every device.
 Multi-node: `--emit-trainjob FILE` writes a Kubeflow Trainer `TrainJob` (trainer.kubeflow.org/v1alpha1)
@@ -54,11 +54,9 @@ Simplified relative to the paper: one training template (Qwen2.5's) for every ba
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,13 +64,24 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import ProtegeConfig
+from protege.training import (
+    CHECKPOINTS,
+    DEEPSPEED_DIR,
+    TrainingError,
+    _callback_base,
+    checkpoint_callback,
+    ensure_process_group_env,
+    finite_guard,
+    on_gpu,
+    publish_missing,
+    schedule_lr_callback,
+    verified_resume,
+)
 
 log = logging.getLogger(__name__)
 
 PHASE = "sft"
 IGNORE_INDEX = -100
-DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
-CHECKPOINTS = "checkpoints"
 MODEL = "model"
 DATA_REPORT = "sft_data.json"
 CARD_FILE = "dataset_card.json"
@@ -80,17 +89,15 @@ CARD_FILE = "dataset_card.json"
 TAG_DATASET_DIGEST = "protege.dataset_digest"
 TAG_DATASET_URI = "protege.dataset_uri"
 MLFLOW_DIGEST_CHARS = 32
-CHECKPOINT_MANIFEST = "checkpoint_manifest.json"
 """Written into each checkpoint after the Trainer's files: their sizes and sha256 (protege.store.write_manifest)."""
-CORRUPT_PREFIX = "corrupt-"
 TAG_RESUME_FALLBACK = "protege.resume_fallback"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Keys of the Trainer's logs that go to the tracker; tokens_per_s is computed here.
 FORWARDED = ("loss", "learning_rate", "grad_norm", "num_input_tokens_seen", "train_loss", "train_runtime")
 
 
-class SFTError(ValueError):
-    """The SFT data or setup is unusable; the message names the record, message, file or field."""
+# sft's errors are the trainer plumbing's (protege.training): one type for bad data, checkpoints and
+# non-finite training alike, a ValueError (the CLI's bad-input exit code).
+SFTError = TrainingError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,9 +190,13 @@ def render_example(
     tools = record.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     out = tokenizer.apply_chat_template(
-        messages, tools=tools or None, chat_template=template, tokenize=True,
-        return_dict=True, return_assistant_tokens_mask=True,
-    )  # fmt: skip
+        messages,
+        tools=tools or None,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
     ids = list(out["input_ids"])
     spans = _runs(out["assistant_masks"])
     if len(spans) != len(targets):
@@ -206,9 +217,14 @@ def render_example(
 
 
 def build_examples(
-    tokenizer: Any, template: str, records: list[dict[str, Any]], max_length: int, truncation: str,
-    view: str = "full", keep_last: int = 5,
-) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:  # fmt: skip
+    tokenizer: Any,
+    template: str,
+    records: list[dict[str, Any]],
+    max_length: int,
+    truncation: str,
+    view: str = "full",
+    keep_last: int = 5,
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
     """Render every record under the history `view` (protege.agent.render.training_conversations: one
     example per trajectory with `full`, one per policy turn with `collapsed`); drop (and report) examples
     longer than `max_length` or without targets. With `truncation == "error"` an over-long example raises
@@ -237,12 +253,18 @@ def build_examples(
     if not kept:
         raise SFTError(f"no usable record: {len(too_long)} too long, {len(no_targets)} without policy turns")
     report = {
-        "records": len(records), "trained_on": len(trained), "history_view": view, "examples": examples,
-        "kept": len(kept), "max_length": max_length,
-        "dropped_too_long": len(too_long), "too_long": too_long, "dropped_no_targets": no_targets,
+        "records": len(records),
+        "trained_on": len(trained),
+        "history_view": view,
+        "examples": examples,
+        "kept": len(kept),
+        "max_length": max_length,
+        "dropped_too_long": len(too_long),
+        "too_long": too_long,
+        "dropped_no_targets": no_targets,
         "tokens": sum(len(e["input_ids"]) for e in kept),
         "target_tokens": sum(sum(x != IGNORE_INDEX for x in e["labels"]) for e in kept),
-    }  # fmt: skip
+    }
     if too_long:
         log.warning(
             "sft: dropped %d example(s) longer than %d tokens: %s", len(too_long), max_length, too_long
@@ -266,13 +288,16 @@ def data_metrics(report: dict[str, Any], vocab_size: int) -> dict[str, float]:
     import math
 
     return {
-        "data/records": report["records"], "data/trained_on": report["trained_on"],
-        "data/examples": report["examples"], "data/kept": report["kept"],
+        "data/records": report["records"],
+        "data/trained_on": report["trained_on"],
+        "data/examples": report["examples"],
+        "data/kept": report["kept"],
         "data/dropped_too_long": report["dropped_too_long"],
         "data/dropped_no_targets": len(report["dropped_no_targets"]),
-        "data/target_tokens": report["target_tokens"], "data/max_length": report["max_length"],
+        "data/target_tokens": report["target_tokens"],
+        "data/max_length": report["max_length"],
         "data/uniform_loss": math.log(vocab_size),
-    }  # fmt: skip
+    }
 
 
 def output_vocab_size(model_dir: Path) -> int:
@@ -296,121 +321,8 @@ def write_card(out_dir: Path, dataset_file: Path | None, report: dict[str, Any])
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints: local and stored, resume from the latest
-# --------------------------------------------------------------------------------------------------
-
-
-def local_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
-    """Complete local checkpoints by step (the Trainer writes trainer_state.json after the rest)."""
-    found = {}
-    for path in Path(ckpt_dir).glob("checkpoint-*"):
-        match = _CHECKPOINT_RE.match(path.name)
-        if match and (path / "trainer_state.json").is_file():
-            found[int(match.group(1))] = path
-    return found
-
-
-def stored_checkpoints(store: Any, prefix: str) -> dict[int, str]:
-    """Complete (manifested) checkpoints under `<prefix>/checkpoints/` by step."""
-    from protege.store import MANIFEST_NAME
-
-    found = {}
-    for uri in store.list(f"{prefix}/{CHECKPOINTS}/"):
-        parent, _, name = uri.rpartition("/")
-        match = _CHECKPOINT_RE.match(parent.rpartition("/")[2])
-        if name == MANIFEST_NAME and match:
-            found[int(match.group(1))] = parent
-    return found
-
-
-def restore_latest(ckpt_dir: Path, store: Any = None, prefix: str = "") -> Path | None:
-    """The latest verified checkpoint to resume from (see `verified_resume`), or None."""
-    return verified_resume(ckpt_dir, store, prefix)[0]
-
-
-def verified_resume(ckpt_dir: Path, store: Any = None, prefix: str = "") -> tuple[Path | None, list[str]]:
-    """The latest checkpoint, local or stored, that verifies against its manifest, and a note for each
-    one passed over. Latest first: a local copy that verifies; else the stored copy of that step
-    (downloaded and verified by the store); else the step before. A bad local copy is renamed
-    `corrupt-checkpoint-N` so neither this nor the Trainer reads it again."""
-    from protege.store import StoreError, verify_tree
-
-    ckpt_dir = Path(ckpt_dir)
-    local = local_checkpoints(ckpt_dir)
-    stored = stored_checkpoints(store, prefix) if store is not None else {}
-    notes: list[str] = []
-    for step in sorted({*local, *stored}, reverse=True):
-        if step in local:
-            problem = verify_tree(local[step], CHECKPOINT_MANIFEST)
-            if problem is None:
-                return local[step], notes
-            notes.append(f"checkpoint-{step} (local) failed verification: {problem}")
-            _set_aside(local[step])
-        if step in stored:
-            target = ckpt_dir / f"checkpoint-{step}"
-            try:
-                _download_checkpoint(store, stored[step], target)
-            except StoreError as err:
-                notes.append(f"checkpoint-{step} (store) failed verification: {str(err).splitlines()[0]}")
-                continue
-            if step in local:
-                notes.append(f"checkpoint-{step}: using the verified store copy {stored[step]}")
-            return target, notes
-    return None, notes
-
-
-def publish_missing(lineage: Lineage, ckpt_dir: Path) -> list[dict[str, Any]]:
-    """Publish the local checkpoints that verify but are not in the store (an earlier run ended while the
-    store was down); returns what was published."""
-    from protege.store import verify_tree
-
-    if lineage.store is None:
-        return []
-    stored = stored_checkpoints(lineage.store, lineage.prefix)
-    missing = [
-        (step, path)
-        for step, path in sorted(local_checkpoints(ckpt_dir).items())
-        if step not in stored and verify_tree(path, CHECKPOINT_MANIFEST) is None
-    ]
-    for step, _ in missing:
-        log.warning("sft: checkpoint-%d never reached the store; publishing it now", step)
-    return [lineage.publish(path, f"{CHECKPOINTS}/checkpoint-{step}", step) for step, path in missing]
-
-
-def _set_aside(path: Path) -> None:
-    target = path.with_name(CORRUPT_PREFIX + path.name)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    path.rename(target)
-    log.warning("sft: set aside %s as %s", path, target)
-
-
-def _download_checkpoint(store: Any, uri: str, target: Path) -> None:
-    """Download into a sibling directory and rename it into place only once every object verified."""
-    import shutil
-
-    part = target.with_name(target.name + ".download")
-    shutil.rmtree(part, ignore_errors=True)
-    try:
-        store.download_dir(uri, part)
-    except BaseException:
-        shutil.rmtree(part, ignore_errors=True)
-        raise
-    log.info("sft: resuming from the stored %s", uri)
-    part.rename(target)
-
-
-# --------------------------------------------------------------------------------------------------
 # Callbacks: metrics to the tracker, checkpoints to the store
 # --------------------------------------------------------------------------------------------------
-
-
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
 
 
 class Lineage:
@@ -524,91 +436,9 @@ def make_callbacks(lineage: Lineage) -> tuple[Any, Any]:
     return MetricsCallback(), checkpoint_callback(lineage)
 
 
-def checkpoint_callback(lineage: Any) -> Any:
-    """A TrainerCallback that hands each checkpoint the Trainer has just written (rank 0) to
-    `lineage.publish(local_dir, "checkpoints/checkpoint-N", step)`: upload and LoggedModel. Its `.published`
-    holds what publish returned. Serves sft's Lineage and rl's."""
-
-    class CheckpointCallback(_callback_base()):
-        def __init__(self) -> None:
-            self.published: list[dict[str, Any]] = []
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
-            if state.is_world_process_zero:
-                from protege.store import write_manifest
-
-                name = f"checkpoint-{state.global_step}"
-                path = Path(args.output_dir) / name
-                write_manifest(path, CHECKPOINT_MANIFEST)  # last: a checkpoint without it is incomplete
-                self.published.append(lineage.publish(path, f"{CHECKPOINTS}/{name}", state.global_step))
-
-    return CheckpointCallback()
-
-
-def finite_guard() -> Any:
-    """A TrainerCallback that stops training with `SFTError` naming the step when the logged loss or grad
-    norm is nan/inf, or when a weight is (checked when training starts and before each checkpoint is
-    published, so a diverged model is never published). Put it before the checkpoint callback."""
-    import math
-
-    class FiniteGuard(_callback_base()):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-            _check_weights(model, state.global_step, "at the start of training (the loaded weights)")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            for key in ("loss", "grad_norm"):
-                value = (logs or {}).get(key)
-                if value is not None and not math.isfinite(float(value)):
-                    raise SFTError(f"step {state.global_step}: {key} is {value}; training stopped")
-
-        def on_save(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-            _check_weights(model, state.global_step, "before publishing the checkpoint")
-
-    return FiniteGuard()
-
-
-def _check_weights(model: Any, step: int, when: str) -> None:
-    import torch
-
-    if model is None:
-        return
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.numel() and not torch.isfinite(param).all():
-                raise SFTError(f"step {step}: weight {name} is not finite {when}; training stopped")
-
-
-def schedule_lr_callback() -> Any:
-    """A TrainerCallback that, on a resumed run, sets every optimizer group's learning rate to the schedule's
-    value at the resumed step before the first step runs. The Trainer restores the optimizer's saved rate,
-    which at the end of a finished cosine schedule is 0: a rerun with a larger `sft.max_steps` (a schedule
-    stretched over more steps) would otherwise take its first step at that stale rate."""
-
-    class ScheduleLR(_callback_base()):
-        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):  # noqa: ANN001
-            scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
-            lambdas = getattr(scheduler, "lr_lambdas", None)
-            if state.global_step == 0 or optimizer is None or not lambdas:
-                return
-            rates = [
-                base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)
-            ]
-            for group, rate in zip(optimizer.param_groups, rates, strict=True):
-                group["lr"] = rate
-            scheduler._last_lr = rates  # what get_last_lr() and the Trainer's logs report
-
-    return ScheduleLR()
-
-
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
-
-
-def on_gpu(cfg: ProtegeConfig) -> bool:
-    import torch
-
-    return cfg.device != "cpu" and torch.cuda.is_available()
 
 
 def grad_accumulation(cfg: ProtegeConfig, world_size: int) -> int:
@@ -670,24 +500,12 @@ def _peft_config(cfg: ProtegeConfig) -> Any:
 
     s = cfg.sft
     return LoraConfig(
-        r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-        target_modules="all-linear", task_type="CAUSAL_LM",
-    )  # fmt: skip
-
-
-def _ensure_process_group_env(cfg: ProtegeConfig) -> None:
-    # DeepSpeed always initialises torch.distributed; a lone process (one GPU, or CPU) needs a rendezvous.
-    if cfg.sft.deepspeed and "WORLD_SIZE" not in os.environ:
-        from protege.services import free_port
-
-        defaults = {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
-            "RANK": "0",
-            "WORLD_SIZE": "1",
-        }
-        for key, value in {**defaults, "LOCAL_RANK": "0"}.items():
-            os.environ.setdefault(key, value)
+        r=s.lora_rank,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def prepare_examples(
@@ -696,9 +514,14 @@ def prepare_examples(
     """The training examples under `agent.history_view` and their report; the main process writes the report
     (`sft_data.json`) and the dataset card with SFT's section (`dataset_card.json`) into `out_dir`."""
     examples, report = build_examples(
-        tokenizer, template, data.records, cfg.sft.max_length, cfg.sft.truncation,
-        view=cfg.agent.history_view, keep_last=cfg.agent.keep_last_observations,
-    )  # fmt: skip
+        tokenizer,
+        template,
+        data.records,
+        cfg.sft.max_length,
+        cfg.sft.truncation,
+        view=cfg.agent.history_view,
+        keep_last=cfg.agent.keep_last_observations,
+    )
     if main:
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
         write_card(out_dir, data.file, report)
@@ -706,9 +529,14 @@ def prepare_examples(
 
 
 def train(
-    cfg: ProtegeConfig, dataset: str, out_dir: Path, store: Any, tracker: Any, run_id: str | None,
+    cfg: ProtegeConfig,
+    dataset: str,
+    out_dir: Path,
+    store: Any,
+    tracker: Any,
+    run_id: str | None,
     extra_callbacks: Sequence[Any] = (),
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train in this process (one rank of a distributed run, or the only process)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -717,7 +545,7 @@ def train(
 
     from protege.model import resolve_model
 
-    _ensure_process_group_env(cfg)
+    ensure_process_group_env(cfg)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_args(cfg, out_dir, world_size, on_gpu(cfg))
     with args.main_process_first(local=True):  # one download per node, the other ranks then hit the cache
@@ -738,10 +566,13 @@ def train(
         tracker.log_artifacts(run_id, out_dir / CARD_FILE)
     metrics_cb, checkpoint_cb = make_callbacks(lineage)
     trainer = SFTTrainer(
-        model=str(model_dir), args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
         peft_config=_peft_config(cfg),
         callbacks=[metrics_cb, finite_guard(), checkpoint_cb, schedule_lr_callback(), *extra_callbacks],
-    )  # fmt: skip
+    )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out_dir / MODEL))  # weights + tokenizer (LoRA: the adapter), no optimizer
     final = (
@@ -754,17 +585,25 @@ def train(
     losses = [h["loss"] for h in metrics_cb.history if "loss" in h]
     speeds = [h["tokens_per_s"] for h in metrics_cb.history if "tokens_per_s" in h]
     return {
-        "model_dir": str(out_dir / MODEL), "model_uri": final.get("uri"), "model_id": final.get("model_id"),
-        "checkpoints": earlier + checkpoint_cb.published, "resumed_from": str(resume) if resume else None,
+        "model_dir": str(out_dir / MODEL),
+        "model_uri": final.get("uri"),
+        "model_id": final.get("model_id"),
+        "checkpoints": earlier + checkpoint_cb.published,
+        "resumed_from": str(resume) if resume else None,
         "resume_fallback": fallback,
-        "global_step": trainer.state.global_step, "dataset_digest": data.digest, "data": report,
-        "history": metrics_cb.history, "mlflow_run_id": run_id,
+        "global_step": trainer.state.global_step,
+        "dataset_digest": data.digest,
+        "data": report,
+        "history": metrics_cb.history,
+        "mlflow_run_id": run_id,
         "metrics": {
-            "train_loss": output.training_loss, "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step,
+            "train_loss": output.training_loss,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "steps": trainer.state.global_step,
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         },
-    }  # fmt: skip
+    }
 
 
 def report_fallback(notes: list[str], tracker: Any, run_id: str | None) -> None:
@@ -788,9 +627,14 @@ def _phase_run(cfg: ProtegeConfig, tracker: Any):
 
 
 def run(
-    cfg: ProtegeConfig, dataset: str, out_dir: str | Path, tracker: Any = None, store: Any = None,
-    *, callbacks: Sequence[Any] = (),
-) -> dict[str, Any]:  # fmt: skip
+    cfg: ProtegeConfig,
+    dataset: str,
+    out_dir: str | Path,
+    tracker: Any = None,
+    store: Any = None,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Fine-tune `cfg.model.base` on the SFT export at `dataset` (path or s3://) into `out_dir`.
 
     `tracker`: protege.tracking.Tracker (the nested `sft` run gets metrics, the dataset and one LoggedModel
@@ -801,56 +645,38 @@ def run(
     Returns {"model_dir", "model_uri", "model_id", "checkpoints", "resumed_from", "resume_fallback", "global_step",
     "dataset_digest", "data", "history", "metrics", "mlflow_run_id"}.
     """
-    from protege import sft_launch
+    from protege import launch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gpus = sft_launch.visible_gpus(cfg)
-    if sft_launch.should_relaunch(cfg, gpus):
-        return sft_launch.relaunch(cfg, dataset, out_dir, tracker, store, nproc=gpus)
-    with _phase_run(cfg, tracker if sft_launch.is_world_main() else None) as run_id:
+    gpus = launch.visible_gpus(cfg)
+    if launch.should_relaunch(cfg, gpus):
+        return relaunch(cfg, dataset, out_dir, tracker, store, nproc=gpus)
+    with _phase_run(cfg, tracker if launch.is_world_main() else None) as run_id:
         return train(cfg, dataset, out_dir, store, tracker, run_id, callbacks)
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI: `protege sft`
-# --------------------------------------------------------------------------------------------------
+def relaunch(
+    cfg: ProtegeConfig,
+    dataset: str,
+    out_dir: Path,
+    tracker: Any = None,
+    store: Any = None,
+    nproc: int | None = None,
+    runner: Any = None,
+) -> dict[str, Any]:
+    """Run phase sft under torchrun (the base model is resolved once, here, not by every rank)."""
+    import subprocess
+
+    from protege import launch
+    from protege.model import resolve_model
+
+    model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": str(model_dir)})})
+    entry, args = f"{__name__}:run_launched", {"phase": "sft", "dataset": dataset}
+    return launch.launch(cfg, entry, args, out_dir, tracker, store, nproc, runner or subprocess.run)
 
 
-def _sft_cli(args: argparse.Namespace) -> int:
-    import yaml
-
-    from protege import sft_launch
-    from protege.cli import CLIError, load_cfg, tracker_and_store
-
-    cfg = load_cfg(args)
-    if args.emit_trainjob:
-        manifest = sft_launch.trainjob_manifest(cfg, args.dataset, args.profile, list(args.overrides))
-        Path(args.emit_trainjob).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        print(f"wrote TrainJob {manifest['metadata']['name']} to {args.emit_trainjob}")
-        return 0
-    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-    # Only rank 0 tracks: other ranks of a torchrun relaunch must not open MLflow runs.
-    tracker, store = tracker_and_store(cfg, args.track and sft_launch.is_world_main(), args.upload)
-    try:
-        result = run(cfg, args.dataset, out, tracker, store)
-    except SFTError as err:
-        raise CLIError(str(err)) from None
-    if sft_launch.is_world_main():
-        keys = ("model_dir", "model_uri", "model_id", "global_step", "metrics")
-        print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """`protege sft`."""
-    from protege.cli import _profile_args
-
-    sft = sub.add_parser("sft", help="supervised fine-tuning of the protégé on the synth export")
-    sft.add_argument("--dataset", required=True, help="the synth SFT export: a .jsonl, a directory, or s3://")
-    sft.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/sft)")
-    sft.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    sft.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
-    sft.add_argument("--emit-trainjob", metavar="FILE", help="write a Kubeflow TrainJob manifest and exit")
-    _profile_args(sft)
-    sft.set_defaults(func=_sft_cli)
+def run_launched(cfg: ProtegeConfig, launch: dict[str, Any], out_dir: Path, tracker: Any, store: Any) -> dict:
+    """One rank of a relaunch (protege.launch calls it)."""
+    return run(cfg, launch["dataset"], out_dir, tracker, store)

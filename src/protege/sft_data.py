@@ -105,8 +105,12 @@ def target_mask(record: dict[str, Any]) -> list[bool]:
 def _distribution(values: list[float]) -> dict[str, float]:
     if not values:
         return {"mean": 0.0, "median": 0.0, "min": 0.0, "max": 0.0}
-    return {"mean": round(statistics.fmean(values), 4), "median": float(statistics.median(values)),
-            "min": float(min(values)), "max": float(max(values))}  # fmt: skip
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "median": float(statistics.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
 
 
 def build_card(kept: list[Trajectory], summary: dict[str, Any], digest: str) -> dict[str, Any]:

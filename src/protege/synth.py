@@ -39,7 +39,6 @@ from any task set (paper: SWE-smith); the oracle teacher stands in for Claude of
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import threading
@@ -52,8 +51,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from protege import patches
 from protege.config import ProtegeConfig
 from protege.tasks import TaskInstance
+from protege.tasksets import train_tasks
 from protege.trajectory import Trajectory, TrajectoryFormatError, append_trajectory, parse_record
 
 PHASE = "synth"
@@ -89,13 +90,7 @@ def _normalise(line: str) -> str:
 
 def gold_added_runs(patch: str) -> list[list[str]]:
     """Runs of consecutive added lines of a diff, whitespace-normalised, blank lines skipped."""
-    runs: list[list[str]] = [[]]
-    for line in patch.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            if text := _normalise(line[1:]):
-                runs[-1].append(text)
-        elif runs[-1]:
-            runs.append([])
+    runs = [[text for line in run if (text := _normalise(line))] for run in patches.added_runs(patch)]
     return [run for run in runs if run]
 
 
@@ -268,8 +263,18 @@ def restore_from_store(store: Any, prefix: str, path: Path) -> int:
 class SynthRun:
     """Episodes in a thread pool; records, budgets, stop hook and progress line. Thread-safe."""
 
-    def __init__(self, cfg: ProtegeConfig, out_dir: Path, policy_for: PolicyFor, recorded: dict[Key, Trajectory],
-                 total: int, store: Any, prefix: str, progress: Progress, max_episodes: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: ProtegeConfig,
+        out_dir: Path,
+        policy_for: PolicyFor,
+        recorded: dict[Key, Trajectory],
+        total: int,
+        store: Any,
+        prefix: str,
+        progress: Progress,
+        max_episodes: int | None,
+    ) -> None:
         from protege.agent.expert import ExpertService
 
         self.cfg, self.out_dir, self.policy_for = cfg, out_dir, policy_for
@@ -317,9 +322,14 @@ class SynthRun:
         except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
             detail = "".join(traceback.format_exception_only(err)).strip()
             reason = TRANSIENT if transient_exception(err) else "error"
-            trajectory = Trajectory(instance_id=task.instance_id, attempt=attempt, phase=PHASE,
-                                    status="sandbox_error", status_detail=detail,
-                                    extra={PHASE: {"kept": False, "reason": reason, "detail": detail}})  # fmt: skip
+            trajectory = Trajectory(
+                instance_id=task.instance_id,
+                attempt=attempt,
+                phase=PHASE,
+                status="sandbox_error",
+                status_detail=detail,
+                extra={PHASE: {"kept": False, "reason": reason, "detail": detail}},
+            )
         self.record(trajectory)
         return trajectory
 
@@ -337,8 +347,15 @@ class SynthRun:
     def grade(self, task: TaskInstance, patch: str) -> Any:
         from protege.grading import grade
 
-        return grade(task, patch, self.cfg, self.cfg.tasks.repos_dir, label=PHASE, run_id=PHASE,
-                     logs_dir=self.out_dir / "grading")  # fmt: skip
+        return grade(
+            task,
+            patch,
+            self.cfg,
+            self.cfg.tasks.repos_dir,
+            label=PHASE,
+            run_id=PHASE,
+            logs_dir=self.out_dir / "grading",
+        )
 
     def record(self, trajectory: Trajectory) -> None:
         key = (trajectory.instance_id, trajectory.attempt)
@@ -395,14 +412,16 @@ class SynthRun:
             eta = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
             outcome = verdict(trajectory)
             word = "kept" if outcome["kept"] else f"rejected ({outcome['reason']})"
-            return (f"[{self.done}/{self.total}] {trajectory.instance_id}#{trajectory.attempt}: {word} | "
-                    f"kept {kept} | ${self.spent():.4f} spent | ETA {eta:.0f}s")  # fmt: skip
+            return (
+                f"[{self.done}/{self.total}] {trajectory.instance_id}#{trajectory.attempt}: {word} | "
+                f"kept {kept} | ${self.spent():.4f} spent | ETA {eta:.0f}s"
+            )
 
     def run(self, pairs: Sequence[tuple[TaskInstance, int]]) -> None:
         """All pairs through the pool; an exception (e.g. from `progress`) stops scheduling, lets the
         episodes in flight finish and be recorded, and propagates."""
         from protege.agent.sandbox import open_sandbox
-        from protege.agent.warm_pool import WarmPool
+        from protege.agent.sandbox.warm_pool import WarmPool
 
         workers = self.cfg.synth.concurrency
         # the sandboxes of the episodes waiting for a worker are opened while the running ones work
@@ -442,18 +461,6 @@ def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str,
     }
 
 
-def train_tasks(cfg: ProtegeConfig, store: Any = None) -> list[TaskInstance]:
-    """The training split; the local sandbox's repositories are built first when they are the demo's."""
-    from protege.tasksets import ensure_local_repos, select_tasks
-
-    tasks = select_tasks(cfg.tasks, store=store).train
-    if not tasks:
-        raise SynthError(f"{cfg.tasks.train}: no training tasks selected")
-    if cfg.agent.sandbox.backend == "local":
-        ensure_local_repos(tasks, cfg.tasks.train, cfg.tasks.repos_dir, error=SynthError)
-    return tasks
-
-
 def run(
     cfg: ProtegeConfig,
     out_dir: str | Path,
@@ -484,17 +491,28 @@ def run(
             restored = restore_from_store(store, prefix, path)
             progress(f"synth: restored {restored} recorded episode(s) from {prefix}")
         recorded = load_recorded(path)
-        tasks = train_tasks(cfg, store)
+        tasks = train_tasks(cfg, store, error=SynthError)
         unsent = missing_in_store(store, prefix, recorded) if store is not None else []
     pairs = [
         (t, a) for t in tasks for a in range(cfg.synth.attempts) if _to_run(recorded, (t.instance_id, a))
     ]
     retried = sum((t.instance_id, a) in recorded for t, a in pairs)
-    progress(f"synth: {len(pairs)} episode(s) to run ({retried} after a transient failure), {len(recorded)} "
-             f"already recorded, teacher {cfg.synth.teacher}:{cfg.synth.teacher_model}, "
-             f"{cfg.synth.concurrency} in parallel")  # fmt: skip
-    runner = SynthRun(cfg, out_dir, policy_for or TEACHERS[cfg.synth.teacher](cfg), recorded, len(pairs),
-                      store, prefix, progress, max_episodes)  # fmt: skip
+    progress(
+        f"synth: {len(pairs)} episode(s) to run ({retried} after a transient failure), {len(recorded)} "
+        f"already recorded, teacher {cfg.synth.teacher}:{cfg.synth.teacher_model}, "
+        f"{cfg.synth.concurrency} in parallel"
+    )
+    runner = SynthRun(
+        cfg,
+        out_dir,
+        policy_for or TEACHERS[cfg.synth.teacher](cfg),
+        recorded,
+        len(pairs),
+        store,
+        prefix,
+        progress,
+        max_episodes,
+    )
     runner.queued.update(unsent)
     if unsent:
         progress(f"synth: {len(unsent)} recorded episode(s) are not in the store yet; uploading them")
@@ -506,13 +524,26 @@ def run(
     kept = [t for t in runner.recorded.values() if verdict(t)["kept"]]
     export = export_dataset(kept, out_dir / DATASET_DIR, TOOL_SCHEMAS, summary)
     card = export.card
-    metrics = {"episodes": summary["episodes"], "kept": summary["kept"], "tasks_tried": summary["tasks_tried"],
-               "expert_calls_per_trajectory": card["expert_calls_per_trajectory"]["mean"],
-               "cost_usd": summary["episode_cost_usd"],
-               **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()}}  # fmt: skip
-    result = {"metrics": metrics, "summary": summary, "dataset": str(export.path), "digest": export.digest,
-              "out_dir": str(out_dir), "uri": None, "ran_now": runner.done, "skipped": dict(runner.skipped),
-              "runtime_s": round(time.monotonic() - clock, 2), "mlflow_run_id": None}  # fmt: skip
+    metrics = {
+        "episodes": summary["episodes"],
+        "kept": summary["kept"],
+        "tasks_tried": summary["tasks_tried"],
+        "expert_calls_per_trajectory": card["expert_calls_per_trajectory"]["mean"],
+        "cost_usd": summary["episode_cost_usd"],
+        **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()},
+    }
+    result = {
+        "metrics": metrics,
+        "summary": summary,
+        "dataset": str(export.path),
+        "digest": export.digest,
+        "out_dir": str(out_dir),
+        "uri": None,
+        "ran_now": runner.done,
+        "skipped": dict(runner.skipped),
+        "runtime_s": round(time.monotonic() - clock, 2),
+        "mlflow_run_id": None,
+    }
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if store is not None:
         result["uri"] = f"{prefix}/{DATASET_DIR}"
@@ -521,8 +552,10 @@ def run(
             store.upload_file(path, f"{prefix}/{TRAJECTORIES}")
     if tracker is not None:
         result["mlflow_run_id"] = log_to_tracker(tracker, cfg, result, export)
-    progress(f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
-             f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s")  # fmt: skip
+    progress(
+        f"synth: kept {summary['kept']}/{summary['episodes']} episode(s); dataset {export.path} "
+        f"(sha256 {export.digest[:12]}); {result['runtime_s']:.1f}s"
+    )
     return result
 
 
@@ -549,60 +582,29 @@ def _store_faults(out_dir: Path) -> Iterator[None]:
 def log_to_tracker(tracker: Any, cfg: ProtegeConfig, result: dict[str, Any], export: Any) -> str:
     """Metrics, the dataset as a run input with its digest, the card and the first
     `tracking.trace_sample` episodes as traces, on the phase's nested run."""
-    from protege.traces import log_episode_traces
+    from protege.tracking.traces import log_episode_traces
     from protege.trajectory import read_trajectories
 
     tracker.ensure_pipeline(cfg.run_name, cfg)
-    params = {"teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}", "attempts": cfg.synth.attempts,
-              "expert": f"{cfg.expert.backend}:{cfg.expert.model}", "train_tasks": cfg.tasks.train}  # fmt: skip
+    params = {
+        "teacher": f"{cfg.synth.teacher}:{cfg.synth.teacher_model}",
+        "attempts": cfg.synth.attempts,
+        "expert": f"{cfg.expert.backend}:{cfg.expert.model}",
+        "train_tasks": cfg.tasks.train,
+    }
     with tracker.phase(PHASE, params=params, tags={"protege.dataset_sha256": export.digest}) as phase:
         tracker.log_metrics(phase.run_id, result["metrics"])
-        tracker.log_dataset(phase.run_id, DATASET_NAME, result["uri"] or str(export.path),
-                            digest=export.digest[:MLFLOW_DIGEST_CHARS], context="synthesis",
-                            tags={"sha256": export.digest, "records": export.records})  # fmt: skip
+        tracker.log_dataset(
+            phase.run_id,
+            DATASET_NAME,
+            result["uri"] or str(export.path),
+            digest=export.digest[:MLFLOW_DIGEST_CHARS],
+            context="synthesis",
+            tags={"sha256": export.digest, "records": export.records},
+        )
         tracker.log_artifacts(phase.run_id, export.card_path, "dataset")
         tracker.log_artifacts(phase.run_id, export.readme_path, "dataset")
         episodes = Path(result["out_dir"]) / TRAJECTORIES
         if cfg.tracking.trace_sample and episodes.is_file():
             log_episode_traces(tracker, phase.run_id, read_trajectories(episodes), cfg.tracking.trace_sample)
         return phase.run_id
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: `protege synth`
-# --------------------------------------------------------------------------------------------------
-
-
-def _synth_cli(args: argparse.Namespace) -> int:
-    from protege.cli import CLIError, load_cfg, tracker_and_store
-
-    overrides = list(args.overrides)
-    if args.tasks:
-        overrides.append(f"tasks.train={args.tasks}")
-    if args.ids:
-        overrides.append(f"tasks.train_ids=[{args.ids}]")
-    args.overrides = overrides
-    cfg = load_cfg(args)
-    out = Path(args.out or Path(cfg.services.data_dir) / "runs" / cfg.run_name / PHASE)
-    tracker, store = tracker_and_store(cfg, args.track, args.upload)
-    try:
-        result = run(cfg, out, tracker, store, max_episodes=args.max_episodes)
-    except SynthError as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps({k: result[k] for k in ("out_dir", "dataset", "digest", "uri", "metrics")}, indent=2))
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """`protege synth`."""
-    from protege.cli import _profile_args, count
-
-    synth = sub.add_parser("synth", help="synthesise expert-augmented trajectories and the SFT dataset")
-    synth.add_argument("--tasks", help="training task set (overrides tasks.train), e.g. demo:train or a file")
-    synth.add_argument("--ids", help="comma-separated instance ids to keep (overrides tasks.train_ids)")
-    synth.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/synth)")
-    synth.add_argument("--max-episodes", type=count(1), help="stop after N new episodes (resume later)")
-    synth.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    synth.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
-    _profile_args(synth)
-    synth.set_defaults(func=_synth_cli)

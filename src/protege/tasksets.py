@@ -358,3 +358,14 @@ def log_task_set(
                 target, name, source, digest=digest[:MLFLOW_DIGEST_CHARS], context=context, tags=tags
             )
     return digest
+
+
+def train_tasks(cfg: Any, store: Any = None, error: type[Exception] = TaskSetError) -> list[TaskInstance]:
+    """The training split of `cfg.tasks` (a ProtegeConfig); the local sandbox's repositories are built first when
+    they are the demo's. `error`: the exception type the calling phase raises for bad input."""
+    tasks = select_tasks(cfg.tasks, store=store).train
+    if not tasks:
+        raise error(f"{cfg.tasks.train}: no training tasks selected")
+    if cfg.agent.sandbox.backend == "local":
+        ensure_local_repos(tasks, cfg.tasks.train, cfg.tasks.repos_dir, error=error)
+    return tasks

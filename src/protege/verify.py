@@ -22,6 +22,13 @@ from protege.config import ProtegeConfig
 from protege.grading import GradeJob, GradeResult, grade_batch
 from protege.tasks import TaskInstance
 
+VERIFY_REPORT = "verify.json"
+
+
+class VerifyError(RuntimeError):
+    """A task set with broken instances (or none selected); the message names each one."""
+
+
 # Failure reasons meaning the grading itself did not happen: the run says nothing about the tests.
 INFRA_REASONS = ("timeout", "sandbox_error")
 GOLD, EMPTY = "gold", "empty"
@@ -63,11 +70,16 @@ class VerifyReport:
             "broken": {v.instance_id: v.problems for v in self.broken},
             "duration_s": self.duration_s,
             "verdicts": [
-                {"instance_id": v.instance_id, "ok": v.ok, "problems": v.problems,
-                 "gold": v.gold.to_dict(), "empty": v.empty.to_dict()}
+                {
+                    "instance_id": v.instance_id,
+                    "ok": v.ok,
+                    "problems": v.problems,
+                    "gold": v.gold.to_dict(),
+                    "empty": v.empty.to_dict(),
+                }
                 for v in self.verdicts
             ],
-        }  # fmt: skip
+        }
 
     def table(self) -> str:
         """A fixed-width summary, one row per instance, then the broken ones with their reasons."""
@@ -180,46 +192,42 @@ def verify_task_set(
     return report
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI: `protege tasks verify` (registered in protege.cli._add_tasks)
-# --------------------------------------------------------------------------------------------------
+def run(cfg: ProtegeConfig, out: Path, store: Any = None) -> dict[str, str]:
+    """Grade gold and empty patches of the profile's train and eval tasks into `out`; VerifyError naming every
+    broken one (the pipeline's verify step).
 
+    Returns {"report_uri", "tasks_digest", "eval_set_digest"}: the verify report (uploaded when `store` is
+    given, else its local path), a sha256 over both splits' digests (it keys the cache of the steps
+    downstream) and the eval split's digest (the champion gate compares Pass@1 only on the same eval set).
+    """
+    from protege.store import sha256_text
+    from protege.tasksets import TaskSetError, ensure_local_repos, select_tasks, task_set_digest
 
-def _print_progress(total: int) -> Callable[[InstanceVerdict], None]:
-    seen = []
-
-    def show(verdict: InstanceVerdict) -> None:
-        seen.append(verdict.instance_id)
-        state = "ok" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems)
-        print(
-            f"[{len(seen)}/{total}] {verdict.instance_id}: gold {_outcome(verdict.gold)} "
-            f"({verdict.gold.duration_s:.1f}s), empty {_outcome(verdict.empty)} ({verdict.empty.duration_s:.1f}s)  {state}",
-            flush=True,
-        )
-
-    return show
-
-
-def run_cli(args: Any) -> int:
-    """`protege tasks verify [PATH] [--profile P] [--workers N]`: exit 1 when any instance is broken."""
-    from protege.cli import CLIError, load_cfg
-    from protege.tasksets import ensure_local_repos, load_task_set
-
-    if getattr(args, "backend", None):  # --backend is agent.sandbox.backend=..., applied last
-        args.overrides = [*args.overrides, f"agent.sandbox.backend={args.backend}"]
-    cfg = load_cfg(args)
-    sources = [args.path] if args.path else list(dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]))
     repos_dir = Path(cfg.tasks.repos_dir)
-    broken = 0
-    for source in sources:
-        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)  # a TaskSetError is bad input: exit 2
+    selection = select_tasks(cfg.tasks, store=store)
+    reports: dict[str, Any] = {}
+    for split, source, tasks in (
+        ("train", cfg.tasks.train, selection.train),
+        ("eval", cfg.tasks.eval, selection.eval),
+    ):
+        if not tasks:
+            raise VerifyError(f"verify: {split} set {source} selects no tasks")
         if cfg.agent.sandbox.backend == "local":
-            ensure_local_repos(tasks, source, repos_dir, error=CLIError)
-        print(
-            f"verifying {len(tasks)} instance(s) of {source} ({cfg.agent.sandbox.backend} backend)",
-            flush=True,
-        )
-        report = verify_task_set(tasks, cfg, repos_dir, args.workers, on_verdict=_print_progress(len(tasks)))
-        print(report.table())
-        broken += len(report.broken)
-    return 1 if broken else 0
+            ensure_local_repos(tasks, source, repos_dir, error=TaskSetError)
+        report = verify_task_set(tasks, cfg, repos_dir, logs_dir=out, run_id=f"verify-{split}")
+        reports[split] = {"source": source, "digest": task_set_digest(tasks), **report.to_dict()}
+    broken = [
+        f"{rep['source']}:{iid} ({', '.join(problems)})"
+        for rep in reports.values()
+        for iid, problems in rep["broken"].items()
+    ]
+    if broken:
+        raise VerifyError("verify: broken task instances: " + "; ".join(broken))
+    path = out / VERIFY_REPORT
+    path.write_text(json.dumps(reports, indent=2, sort_keys=True) + "\n")
+    uri = str(path)
+    if store is not None:
+        uri = f"s3://{cfg.store.bucket}/{cfg.run_name}/verify/{VERIFY_REPORT}"
+        store.upload_file(path, uri)
+    digest = sha256_text(json.dumps({split: rep["digest"] for split, rep in reports.items()}, sort_keys=True))
+    return {"report_uri": uri, "tasks_digest": digest, "eval_set_digest": reports["eval"]["digest"]}

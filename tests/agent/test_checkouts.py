@@ -1,4 +1,4 @@
-"""The checkout cache behind the local sandbox (protege.agent.checkouts): built once per (repository,
+"""The checkout cache behind the local sandbox (protege.agent.sandbox.checkouts): built once per (repository,
 base_commit), reused by later opens, never written through by a sandbox, holding base_commit's history only."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from protege.agent.checkouts import CheckoutCache
 from protege.agent.sandbox import open_sandbox
+from protege.agent.sandbox.checkouts import CheckoutCache
 from protege.config import SandboxConfig
 from tests.agent.test_sandbox_escape import GOLD, NOTE, TAG_MESSAGE, _git, _make_repo, _task
 

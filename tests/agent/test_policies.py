@@ -15,9 +15,9 @@ from protege.agent.policies import (
     PolicyError,
     ScriptedPolicy,
     TransformersPolicy,
-    make_policy,
     to_chat_messages,
 )
+from protege.agent.policy_choice import make_policy
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.config import PolicyConfig, TinyModelConfig, load_config
 from protege.trajectory import Message, ToolCall

@@ -23,7 +23,7 @@ from protege.agent.policies import TransformersPolicy
 from protege.agent.sandbox import open_sandbox
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.rl import RLError
-from protege.rl_rollout import check_history_view, run_rollouts
+from protege.rl.rollout import check_history_view, run_rollouts
 from protege.sft_data import export_dataset, read_dataset
 from protege.tasksets import load_task_set
 from tests.rl_helpers import SCRIPT, ScriptedGenerator, build_tiny, rl_cfg
@@ -159,9 +159,14 @@ def sft_path(cfg, tokenizer, trajectory, tmp: Path) -> list[dict[str, list[int]]
     export = export_dataset([trajectory], tmp / "export", TOOL_SCHEMAS, {})
     template = get_training_chat_template(tokenizer) or tokenizer.chat_template
     examples, report = sft.build_examples(
-        tokenizer, template, read_dataset(export.path), 10**6, "error",
-        view=cfg.agent.history_view, keep_last=cfg.agent.keep_last_observations,
-    )  # fmt: skip
+        tokenizer,
+        template,
+        read_dataset(export.path),
+        10**6,
+        "error",
+        view=cfg.agent.history_view,
+        keep_last=cfg.agent.keep_last_observations,
+    )
     assert report["trained_on"] == 1
     return examples
 

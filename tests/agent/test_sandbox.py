@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import protege
-from protege.agent import sandbox as sandbox_module
 from protege.agent.protocols import SandboxError
 from protege.agent.sandbox import LocalSandbox, OutputCap, open_sandbox
+from protege.agent.sandbox import local as sandbox_module
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from protege.agent.protocols import SandboxError
-from protege.agent.sandbox_docker import DockerSandbox, container_argv
+from protege.agent.sandbox.docker import DockerSandbox, container_argv
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 from tests.agent.test_sandbox import GOLD_LINE, git, make_repo, make_task

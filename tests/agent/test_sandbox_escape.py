@@ -92,7 +92,7 @@ def _task(base: str) -> object:
 
 
 def _delete_from_outside(tree: Path) -> None:
-    """What a host-side cleaner does: as root the tree is an overlay mount (protege.agent.checkouts), which
+    """What a host-side cleaner does: as root the tree is an overlay mount (protege.agent.sandbox.checkouts), which
     `rm -rf` would only empty, as an agent's own `rm -rf` inside does; unmount it, then remove it."""
     if os.path.ismount(tree):
         subprocess.run(["umount", "--lazy", str(tree)], check=True)
@@ -506,7 +506,7 @@ def _setpriv(uid: int) -> list[str]:
 
 def _delegated_cgroups(uid: int) -> list[Path]:
     """v1 memory and pids cgroups owned by uid, as a service manager delegates them (empty if impossible)."""
-    from protege.agent.confinement import _own_cgroups
+    from protege.agent.sandbox.confinement import _own_cgroups
 
     v1, _ = _own_cgroups()
     made = []

@@ -26,8 +26,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream.ws_client import ABNF, WSClient
 
 from protege.agent.protocols import SandboxError
-from protege.agent.sandbox_docker import container_argv
-from protege.agent.sandbox_k8s import KubernetesSandbox, limit_processes, pod_manifest
+from protege.agent.sandbox.docker import container_argv
+from protege.agent.sandbox.kubernetes import KubernetesSandbox, limit_processes, pod_manifest
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 from tests.agent.test_sandbox import make_task

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from protege.agent.protocols import SandboxError
-from protege.agent.warm_pool import WarmPool
+from protege.agent.sandbox.warm_pool import WarmPool
 
 
 class Box:

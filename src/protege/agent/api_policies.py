@@ -1,10 +1,9 @@
 """Policy backends behind an API: an OpenAI-compatible server (vLLM) and Anthropic's Messages API.
 
-- `OpenAIChatPolicy`: `/v1/chat/completions` over stdlib urllib (the `openai` package is not in the
-  stack), tool schemas in the request, tool calls from the server's parser or from Qwen2.5
+- `OpenAIChatPolicy`: `/v1/chat/completions` through the openai SDK, tool schemas in the request, tool calls from the server's parser or from Qwen2.5
   `<tool_call>` blocks in the content. It asks vLLM for the sampled ids (`return_token_ids`,
   `return_tokens_as_token_ids`) and logprobs and returns them when the server provides them, so RL
-  never re-tokenises text. Transient failures (connection, 408/409/429/5xx) are retried.
+  never re-tokenises text. Transient failures (connection, 408/409/429/5xx) are retried by the SDK.
 - `AnthropicPolicy`: Claude acting through `tool_use` (the strong model of synthesis); our history
   becomes content blocks (`tool_use` in assistant turns, `tool_result` in user turns).
 """
@@ -14,8 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,23 +46,6 @@ def _overflow(message: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # OpenAI-compatible server (vLLM)
 # --------------------------------------------------------------------------------------------------
-
-
-def _post_json(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        detail = err.read().decode(errors="replace")[:ERROR_BODY_CHARS]
-        if err.code == 400 and _overflow(detail):
-            raise ContextOverflow(f"{url}: {detail}") from None
-        kind = TransientPolicyError if err.code in RETRYABLE_STATUSES else PolicyError
-        raise kind(f"{url}: HTTP {err.code}: {detail}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise TransientPolicyError(f"{url}: request failed: {getattr(err, 'reason', err)}") from None
-    except json.JSONDecodeError as err:
-        raise PolicyError(f"{url}: response is not JSON: {err.msg}") from None
 
 
 def _openai_tool_calls(message: dict[str, Any]) -> tuple[list[ToolCall], str]:
@@ -108,10 +88,18 @@ class OpenAIChatPolicy:
             raise ValueError("agent.policy.base_url is empty; the openai policy needs the server URL")
         self.cfg = cfg
         self.model = model
+        import openai  # only when this backend is used
+
         base = cfg.base_url.rstrip("/")
-        self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+        base = base if base.endswith("/v1") else base + "/v1"
+        self.url = base + "/chat/completions"
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self._ids = itertools.count()
+        self._openai = openai
+        # The SDK retries transient failures (connection, 408/409/429/5xx) itself; a keyless vLLM takes any key.
+        self._client = openai.OpenAI(
+            base_url=base, api_key=self.api_key or "none", timeout=cfg.timeout_s, max_retries=cfg.max_retries
+        )
 
     def request_body(self, messages: list[Message], tools: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -127,10 +115,7 @@ class OpenAIChatPolicy:
         }
 
     def generate(self, messages: list[Message], tools: list[dict[str, Any]]) -> PolicyTurn:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = self._post_with_retries(self.request_body(messages, tools), headers)
+        data = self._complete(self.request_body(messages, tools))
         try:
             choice = data["choices"][0]
             message = choice["message"]
@@ -151,14 +136,28 @@ class OpenAIChatPolicy:
         calls, error = _openai_tool_calls(message)
         return PolicyTurn(text=content, tool_calls=calls, format_error=error, **fields)
 
-    def _post_with_retries(self, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                return _post_json(self.url, body, headers, self.cfg.timeout_s)
-            except TransientPolicyError:
-                if attempt == self.cfg.max_retries:
-                    raise
-        raise AssertionError("unreachable: the loop returns or raises")
+    def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion through the SDK (vLLM's extensions as extra body fields), as the JSON dict."""
+        errors = self._openai
+        standard = {
+            key: body[key] for key in ("model", "messages", "tools", "temperature", "max_tokens", "logprobs")
+        }
+        extensions = {key: value for key, value in body.items() if key not in standard}
+        try:
+            response = self._client.chat.completions.with_raw_response.create(
+                **standard, extra_body=extensions
+            )
+            return json.loads(response.http_response.text)
+        except errors.APIStatusError as err:
+            detail = err.response.text[:ERROR_BODY_CHARS]
+            if err.status_code == 400 and _overflow(detail):
+                raise ContextOverflow(f"{self.url}: {detail}") from None
+            kind = TransientPolicyError if err.status_code in RETRYABLE_STATUSES else PolicyError
+            raise kind(f"{self.url}: HTTP {err.status_code}: {detail}") from None
+        except errors.APIConnectionError as err:  # timeouts included, after the SDK's retries
+            raise TransientPolicyError(f"{self.url}: request failed: {err}") from None
+        except json.JSONDecodeError as err:
+            raise PolicyError(f"{self.url}: response is not JSON: {err.msg}") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Three backends, picked by `ExpertConfig.backend` through the literal dict `BACKE
 
 - `anthropic`: the Messages API through the official SDK (its own retries with backoff on 408/409/
   429/5xx incl. 529 overloaded, `timeout_s`, `base_url` override).
-- `openai`: any OpenAI-compatible `/chat/completions` server (an open model behind vLLM), over
-  stdlib `urllib` (the `openai` package is not part of the stack), with its own retries.
+- `openai`: any OpenAI-compatible `/chat/completions` server (an open model behind vLLM) through the
+  openai SDK (the same retries, timeouts and capped `retry-after` as the anthropic one).
 - `oracle`: an offline stand-in that reads the task's gold patch and describes in words which
   file(s) and function(s) must change and how, never pasting patch lines. It exists so the whole
   pipeline runs without an API key; it is only constructed when `allow_oracle` is set and is always
@@ -20,16 +20,13 @@ A `retry-after` header is obeyed up to `expert.retry_after_max_s`, never longer.
 
 from __future__ import annotations
 
-import json
 import keyword
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from protege import patches
 from protege.config import ExpertConfig
 from protege.tasks import TaskInstance
 
@@ -70,18 +67,6 @@ def retry_malformed(cfg: ExpertConfig, call: Any) -> Any:
         reraise=True,
     )
     return retrying(call)
-
-
-def retry_after_s(headers: Any, cap_s: float) -> float | None:
-    """The wait a reply's `retry-after-ms` / `retry-after` (seconds) header asks for, capped at `cap_s`;
-    None when it asks for nothing readable."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name) if headers is not None else None
-        try:
-            return min(max(float(value) / scale, 0.0), cap_s)
-        except (TypeError, ValueError):
-            continue
-    return None
 
 
 @dataclass(frozen=True)
@@ -132,7 +117,7 @@ class AnthropicBackend:
             raise ValueError(f"expert backend anthropic: no API key (set {env} or expert.api_key_env)")
         self.cfg = cfg
         self._anthropic = anthropic
-        self._client = _capped_client_class(anthropic, cfg.retry_after_max_s)(
+        self._client = _capped_client_class(anthropic.Anthropic, cfg.retry_after_max_s)(
             api_key=key, base_url=cfg.base_url or None, timeout=cfg.timeout_s, max_retries=cfg.max_retries
         )
 
@@ -182,27 +167,35 @@ class AnthropicBackend:
             raise MalformedReply(f"{type(err).__name__}: {str(err)[:ERROR_BODY_CHARS]}") from err
 
 
-def _capped_client_class(anthropic: Any, cap_s: float) -> type:
-    """`anthropic.Anthropic` whose retries wait at most `cap_s` whatever a `retry-after` header asks."""
+def _capped_client_class(client_class: type, cap_s: float) -> type:
+    """An SDK client class (`anthropic.Anthropic`, `openai.OpenAI`: both share the same retry machinery)
+    whose retries wait at most `cap_s` whatever a `retry-after` header asks."""
 
-    class CappedAnthropic(anthropic.Anthropic):
+    class Capped(client_class):  # type: ignore[misc, valid-type]
         def _calculate_retry_timeout(self, *args: Any, **kwargs: Any) -> float:
             return min(super()._calculate_retry_timeout(*args, **kwargs), cap_s)
 
-    return CappedAnthropic
+    return Capped
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible chat-completions server; `base_url` includes the `/v1` prefix."""
+    """An OpenAI-compatible chat-completions server through the openai SDK; `base_url` includes `/v1`."""
 
     name = "openai"
     default_base_url = "https://api.openai.com/v1"
 
     def __init__(self, cfg: ExpertConfig, api_key: str | None = None) -> None:
+        import openai  # only when this backend is used
+
         self.cfg = cfg
-        self._key = api_key if api_key is not None else _api_key(cfg, "OPENAI_API_KEY")
+        self._openai = openai
+        key = api_key if api_key is not None else _api_key(cfg, "OPENAI_API_KEY")
         base = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "") or self.default_base_url
         self.url = base.rstrip("/") + "/chat/completions"
+        # A keyless server (a local vLLM) takes any key; the SDK insists on one.
+        self._client = _capped_client_class(openai.OpenAI, cfg.retry_after_max_s)(
+            api_key=key or "none", base_url=base, timeout=cfg.timeout_s, max_retries=cfg.max_retries
+        )
 
     @staticmethod
     def payload(cfg: ExpertConfig, request: ExpertRequest) -> dict[str, Any]:
@@ -217,61 +210,44 @@ class OpenAIBackend:
         }
 
     def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
-        body = json.dumps(self.payload(self.cfg, request)).encode()
-        headers = {"content-type": "application/json"}
-        if self._key:
-            headers["authorization"] = f"Bearer {self._key}"
-        for attempt in range(self.cfg.max_retries + 1):
-            last = attempt == self.cfg.max_retries
-            wait = self.cfg.retry_backoff_s * 2**attempt
-            try:
-                with urllib.request.urlopen(
-                    urllib.request.Request(self.url, data=body, headers=headers, method="POST"),
-                    timeout=self.cfg.timeout_s,
-                ) as response:
-                    return self._parse(response.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:ERROR_BODY_CHARS].decode(errors="replace")
-                retryable = err.code in RETRYABLE_STATUSES
-                if last or not retryable:
-                    raise ExpertBackendError(
-                        f"openai-compatible server {self.url}: HTTP {err.code} after {attempt} retries: {detail}",
-                        transient=retryable,
-                    ) from err
-                asked = retry_after_s(err.headers, self.cfg.retry_after_max_s)
-                wait = asked if asked is not None else wait
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if last:
-                    raise ExpertBackendError(
-                        f"openai-compatible server {self.url}: {err} after {attempt} retries "
-                        f"(timeout {self.cfg.timeout_s}s)",
-                        transient=True,
-                    ) from err
-            except MalformedReply as err:
-                if last:
-                    raise ExpertBackendError(
-                        f"openai-compatible server {self.url}: {err} after {attempt} retries", transient=True
-                    ) from err
-            time.sleep(min(wait, self.cfg.retry_after_max_s))
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _parse(self, raw: bytes) -> BackendReply:
+        errors, server, retries = self._openai, f"openai-compatible server {self.url}", self.cfg.max_retries
         try:
-            data = json.loads(raw)
-            text = data["choices"][0]["message"]["content"] or ""
-            usage = data.get("usage") or {}
-            return BackendReply(
-                text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-            )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            raise MalformedReply(f"malformed response: {raw[:ERROR_BODY_CHARS]!r}") from err
+            return retry_malformed(self.cfg, lambda: self._create(request))
+        except MalformedReply as err:
+            raise ExpertBackendError(f"{server}: {err} after {retries} retries", transient=True) from err
+        except errors.APIStatusError as err:
+            detail = err.response.text[:ERROR_BODY_CHARS]
+            raise ExpertBackendError(
+                f"{server}: HTTP {err.status_code} after up to {retries} retries: {detail}",
+                transient=err.status_code in RETRYABLE_STATUSES,
+            ) from err
+        except errors.APIConnectionError as err:  # timeouts included
+            raise ExpertBackendError(
+                f"{server}: {err} after {retries} retries (timeout {self.cfg.timeout_s}s)", transient=True
+            ) from err
+        except errors.APIError as err:
+            raise ExpertBackendError(f"{server}: {type(err).__name__}: {err}") from err
+
+    def _create(self, request: ExpertRequest) -> BackendReply:
+        """One SDK call (with the SDK's own retries); a body that is not a completion is `MalformedReply`."""
+        try:
+            response = self._client.chat.completions.create(**self.payload(self.cfg, request))
+            text = response.choices[0].message.content or ""
+            usage = response.usage
+            tokens = (int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else (0, 0)
+            return BackendReply(text, *tokens)
+        except self._openai.APIError:
+            raise
+        except (ValueError, TypeError, AttributeError, IndexError) as err:  # JSONDecodeError is a ValueError
+            raise MalformedReply(
+                f"malformed response: {type(err).__name__}: {str(err)[:ERROR_BODY_CHARS]}"
+            ) from err
 
 
 # --------------------------------------------------------------------------------------------------
 # Oracle
 # --------------------------------------------------------------------------------------------------
 
-_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 _DEF = re.compile(r"^\s*(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
@@ -310,41 +286,26 @@ class Hunk:
 
 
 def parse_hunks(patch: str) -> list[Hunk]:
-    """Hunks of a git diff with their file, enclosing function and changed lines.
-
-    Hunk bodies are read by the line counts of their `@@` headers, so a removed line that itself
-    starts with `-- ` is not mistaken for a file header.
-    """
+    """Hunks of a git diff (protege.patches) with their file, enclosing function and changed lines."""
     hunks: list[Hunk] = []
-    path = ""
-    old_left = new_left = new_line = 0
-    for line in patch.splitlines():
-        if old_left > 0 or new_left > 0:
-            hunk = hunks[-1]
-            tag, text = line[:1], line[1:]
-            if tag in ("+", "-") and not hunk.removed and not hunk.added:
-                hunk.line = new_line
-            if tag == "+":
-                hunk.added.append(text)
-                new_left -= 1
-                new_line += 1
-            elif tag == "-":
-                hunk.removed.append(text)
-                old_left -= 1
-            elif tag != "\\":
-                if not hunk.removed and not hunk.added and _scope_of(text):
+    for changed in patches.parse(patch):
+        for body in changed:
+            hunk = Hunk(changed.path, body.target_start, _scope_of(body.section_header), [], [])
+            new_line = body.target_start
+            for line in body:
+                text = line.value.rstrip("\n")
+                if line.line_type in "+-" and not hunk.removed and not hunk.added:
+                    hunk.line = new_line
+                if line.is_added:
+                    hunk.added.append(text)
+                elif line.is_removed:
+                    hunk.removed.append(text)
+                elif line.is_context and not hunk.removed and not hunk.added and _scope_of(text):
                     hunk.scope = _scope_of(text)
-                old_left -= 1
-                new_left -= 1
-                new_line += 1
-        elif line.startswith("+++ "):
-            path = line[4:].strip().removeprefix("b/")
-        elif (match := _HUNK.match(line)) and path:
-            old_left = int(match.group(1) or 1)
-            new_left = int(match.group(3) or 1)
-            new_line = int(match.group(2))
-            hunks.append(Hunk(path, new_line, _scope_of(match.group(4)), [], []))
-    return [h for h in hunks if h.removed or h.added]
+                new_line += 0 if line.is_removed or line.line_type not in " +" else 1
+            if hunk.removed or hunk.added:
+                hunks.append(hunk)
+    return hunks
 
 
 def _scope_of(text: str) -> str:

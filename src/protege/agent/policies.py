@@ -7,7 +7,7 @@
 - `OpenAIChatPolicy` (vLLM's server) and `AnthropicPolicy` (Claude acting through `tool_use`) live in
   `api_policies.py`.
 
-`make_policy` picks one by `PolicyConfig.backend` through the literal dict `POLICY_BUILDERS`.
+`protege.agent.policy_choice.make_policy` picks one by `PolicyConfig.backend`.
 A policy raises `ContextOverflow` when the prompt no longer fits and `PolicyError` when it cannot
 produce a turn at all; an unparsable turn is not an error but a `PolicyTurn` with `format_error`.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from protege.agent.protocols import PolicyTurn
 from protege.agent.qwen_format import render_tool_call, split_completion
 from protege.agent.render import chat_messages, prompt_ids
-from protege.config import PolicyConfig, ProtegeConfig
+from protege.config import PolicyConfig
 from protege.trajectory import Message, ToolCall
 
 
@@ -194,50 +194,3 @@ class TransformersPolicy:
             input_tokens=len(prompt),
             output_tokens=len(ids),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# Picking a backend
-# --------------------------------------------------------------------------------------------------
-
-
-def _scripted(cfg: ProtegeConfig, script: str | None, store: Any) -> ScriptedPolicy:
-    if not script:
-        raise ValueError("the scripted policy needs a script file (--script FILE.json)")
-    return ScriptedPolicy.from_file(script)
-
-
-def _transformers(cfg: ProtegeConfig, script: str | None, store: Any) -> TransformersPolicy:
-    from protege.model import load_model_and_tokenizer, resolve_model
-
-    path = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
-    model, tokenizer = load_model_and_tokenizer(
-        path, cfg.model.dtype, cfg.device, cfg.model.attn_implementation
-    )
-    return TransformersPolicy(model.eval(), tokenizer, cfg.agent.policy, model_id=cfg.model.base)
-
-
-def _openai(cfg: ProtegeConfig, script: str | None, store: Any) -> Any:
-    from protege.agent.api_policies import OpenAIChatPolicy
-
-    return OpenAIChatPolicy(cfg.agent.policy, cfg.agent.policy.model or cfg.model.base)
-
-
-def _anthropic(cfg: ProtegeConfig, script: str | None, store: Any) -> Any:
-    from protege.agent.api_policies import AnthropicPolicy
-
-    return AnthropicPolicy(cfg.agent.policy, cfg.agent.policy.model or cfg.model.base)
-
-
-POLICY_BUILDERS = {
-    "scripted": _scripted,
-    "transformers": _transformers,
-    "openai": _openai,
-    "anthropic": _anthropic,
-}
-
-
-def make_policy(cfg: ProtegeConfig, script: str | None = None, store: Any = None) -> Any:
-    """The policy named by `cfg.agent.policy.backend` (`script`: the JSON file the scripted backend replays;
-    `store`: the artifact store an `s3://` model is fetched from)."""
-    return POLICY_BUILDERS[cfg.agent.policy.backend](cfg, script, store)

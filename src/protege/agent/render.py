@@ -10,7 +10,7 @@ What the protégé reads at a turn is fixed by three things, and each lives here
   Qwen2.5 template writes with `tojson` in their own key order).
 
 The default view is `full`, in both profiles. Why: a GRPO rollout is one append-only token sequence (each
-turn is generated from the sequence that holds every earlier turn, protege.rl_rollout), so its importance
+turn is generated from the sequence that holds every earlier turn, protege.rl.rollout), so its importance
 ratio is exact only when no earlier observation is rewritten; with `full` the agent, RL and SFT all see
 that same sequence and SFT trains a whole trajectory as one example. `collapsed` is supported for SFT
 (one example per policy turn, each with the view the agent had at that turn) and evaluation; RL refuses

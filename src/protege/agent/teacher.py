@@ -31,6 +31,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from protege import patches
 from protege.agent.expert_backends import estimate_tokens
 from protege.agent.policies import PolicyError
 from protege.agent.protocols import PolicyTurn
@@ -50,7 +51,6 @@ MISSING_INPUT = "FileNotFoundError"
 GUIDANCE_QUOTE_CHARS = 220
 """Longest piece of expert guidance the teacher paraphrases in its next thought."""
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
 _DEF = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
 _BACKTICKED = re.compile(r"`([A-Za-z_][\w.]*)(?:\(\))?`")
 _EDIT_FAILED = ("No replacement was performed", "str_replace_editor")
@@ -102,35 +102,26 @@ class FilePatch:
 
 
 def parse_patch(patch: str) -> list[FilePatch]:
-    """Files and hunks of a unified git diff (hunk bodies read by their header's line counts)."""
+    """Files and hunks of a unified git diff (protege.patches)."""
     files: list[FilePatch] = []
-    old_left = new_left = 0
-    old_path = ""
-    for line in patch.splitlines():
-        if old_left > 0 or new_left > 0:
-            tag, text = line[:1] or " ", line[1:]
-            if tag == "\\":
-                continue
-            hunk = files[-1].hunks[-1]
-            hunk.lines.append((tag, text))
-            if tag in " -":
-                old_left -= 1
-                if not hunk.removed and not hunk.added and (m := _DEF.match(text)):
-                    hunk.scope = m.group(1)
-            if tag in " +":
-                new_left -= 1
-        elif line.startswith("--- "):
-            old_path = line[4:].strip()
-        elif line.startswith("+++ "):
-            new_path = line[4:].strip()
-            kind = "create" if old_path == "/dev/null" else "delete" if new_path == "/dev/null" else "modify"
-            path = (old_path if kind == "delete" else new_path).removeprefix("a/").removeprefix("b/")
-            files.append(FilePatch(path, kind))
-        elif (m := _HUNK.match(line)) and files:
-            old_left, new_left = int(m.group(2) or 1), int(m.group(4) or 1)
-            scope = _DEF.match(m.group(5)).group(1) if _DEF.match(m.group(5)) else ""
-            files[-1].hunks.append(PatchHunk(int(m.group(1)), old_left, int(m.group(3)), scope))
+    for changed in patches.parse(patch):
+        kind = "create" if changed.is_added_file else "delete" if changed.is_removed_file else "modify"
+        files.append(FilePatch(changed.path, kind, [_hunk(hunk) for hunk in changed]))
     return files
+
+
+def _hunk(hunk: Any) -> PatchHunk:
+    """A unidiff hunk as a PatchHunk; its scope: the `def`/`class` of the `@@` header or, closer, of a
+    context line before the first change."""
+    header = _DEF.match(hunk.section_header)
+    scope = header.group(1) if header else ""
+    body = [(line.line_type, line.value.rstrip("\n")) for line in hunk if line.line_type in " -+"]
+    for tag, text in body:
+        if tag != " ":
+            break
+        if match := _DEF.match(text):
+            scope = match.group(1)
+    return PatchHunk(hunk.source_start, hunk.source_length, hunk.target_start, scope, body)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,11 +309,17 @@ class OracleTeacher:
                 {"command": self.repro_command(script)},
             )
         if failed:
-            yield self.say(
-                "{failed} test(s) still fail after my change. I should check with the expert before going further.",
-                failed=failed,
-            ), "ask_expert", {"question": f"After changing {main.path}, {failed} test(s) fail:\n{after[-600:]}\n"
-                              "Is my change incomplete, or are these failures unrelated?"}  # fmt: skip
+            yield (
+                self.say(
+                    "{failed} test(s) still fail after my change. I should check with the expert before going further.",
+                    failed=failed,
+                ),
+                "ask_expert",
+                {
+                    "question": f"After changing {main.path}, {failed} test(s) fail:\n{after[-600:]}\n"
+                    "Is my change incomplete, or are these failures unrelated?"
+                },
+            )
         if self.rng.random() < 0.5:
             yield "Let me review the full diff before submitting.", "bash", {"command": "git diff"}
         yield (
@@ -383,8 +380,11 @@ class OracleTeacher:
             {"command": "view", "path": file.path, "view_range": [start, max(start, end)]},
         )
         if view.startswith(_EDIT_FAILED):
-            yield "That range did not work; let me view the whole file instead.", "str_replace_editor", {
-                "command": "view", "path": file.path}  # fmt: skip
+            yield (
+                "That range did not work; let me view the whole file instead.",
+                "str_replace_editor",
+                {"command": "view", "path": file.path},
+            )
 
     def reproduce(self, script: str, passed: int, failed: int) -> Step:
         state = f"{failed} of {passed + failed} tests fail" if failed else f"all {passed} existing tests pass"
@@ -410,8 +410,10 @@ class OracleTeacher:
             "I've found `{scope}` in `{path}`, but I can't yet tell which part of it causes \"{title}\". "
             "Rather than guess, I'll ask the expert.",
             "I know where the problem is (`{scope}` in `{path}`) but not exactly what is wrong. Time to ask the expert.",
-            scope=scope, path=file.path, title=title,
-        )  # fmt: skip
+            scope=scope,
+            path=file.path,
+            title=title,
+        )
         question = (
             f"The issue: {title}. I located `{scope}` in `{file.path}` ({lines}); {tests}. "
             f"What exactly is wrong in `{scope}`, and what is the right minimal fix?{more}"
@@ -455,33 +457,56 @@ class OracleTeacher:
         if hint:
             thought = self.say(
                 "The expert's point: {hint} That matches what I read in {scope}. Making the edit ({what}).",
-                "Following the guidance (\"{hint}\"), I'll change {scope} in `{path}`.",
-                hint=hint, scope=scope, what=what, path=file.path,
-            )  # fmt: skip
+                'Following the guidance ("{hint}"), I\'ll change {scope} in `{path}`.',
+                hint=hint,
+                scope=scope,
+                what=what,
+                path=file.path,
+            )
         else:
             thought = self.say(
                 "Next, the change in {scope} of `{path}` ({what}).",
                 "Now {scope} in `{path}` needs the corresponding update.",
-                scope=scope, what=what, path=file.path,
-            )  # fmt: skip
+                scope=scope,
+                what=what,
+                path=file.path,
+            )
         candidates = [(hunk.side(" -"), hunk.side(" +")), (hunk.side(" -", 1), hunk.side(" +", 1))]
         if hunk.removed:
             candidates.append((hunk.side("-", 0), hunk.side("+", 0)))
         for old, new in dict.fromkeys(candidates):
             if not old.strip():
                 line = hunk.new_start - 1 if hunk.old_count == 0 else hunk.new_start
-                yield thought, "str_replace_editor", {"command": "insert", "path": file.path,
-                                                      "insert_line": line, "new_str": "\n".join(hunk.added)}  # fmt: skip
+                yield (
+                    thought,
+                    "str_replace_editor",
+                    {
+                        "command": "insert",
+                        "path": file.path,
+                        "insert_line": line,
+                        "new_str": "\n".join(hunk.added),
+                    },
+                )
                 return
-            result = yield thought, "str_replace_editor", {
-                "command": "str_replace", "path": file.path, "old_str": old, "new_str": new}  # fmt: skip
+            result = yield (
+                thought,
+                "str_replace_editor",
+                {"command": "str_replace", "path": file.path, "old_str": old, "new_str": new},
+            )
             if not result.startswith(_EDIT_FAILED):
                 return
-            view = yield self.say(
-                "The replacement did not apply; the text must differ from what I assumed. Let me look again.",
-                "That edit failed. Let me re-read the exact lines before retrying.",
-            ), "str_replace_editor", {"command": "view", "path": file.path,
-                                      "view_range": [hunk.new_start, hunk.new_start + hunk.old_count - 1]}  # fmt: skip
+            view = yield (
+                self.say(
+                    "The replacement did not apply; the text must differ from what I assumed. Let me look again.",
+                    "That edit failed. Let me re-read the exact lines before retrying.",
+                ),
+                "str_replace_editor",
+                {
+                    "command": "view",
+                    "path": file.path,
+                    "view_range": [hunk.new_start, hunk.new_start + hunk.old_count - 1],
+                },
+            )
             if view.startswith(_EDIT_FAILED):
                 yield (
                     "Let me see the whole file.",

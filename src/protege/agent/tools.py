@@ -15,11 +15,11 @@ observation.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from protege import patches
 from protege.agent.editor import EDITOR_COMMANDS, Editor, ToolError, resolve_path
 from protege.agent.expert import observation as expert_observation
 from protege.agent.protocols import Expert, PatchTooLarge, Sandbox
@@ -145,33 +145,15 @@ def check_arguments(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
 # Patch helpers for submit
 # --------------------------------------------------------------------------------------------------
 
-_DIFF_HEADER = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.M)
-
 
 def added_files(patch: str) -> set[str]:
-    """Paths a unified diff creates (`--- /dev/null` followed by `+++ b/<path>`)."""
-    added: set[str] = set()
-    lines = patch.splitlines()
-    for before, after in zip(lines, lines[1:], strict=False):
-        if before.startswith("--- /dev/null") and after.startswith("+++ "):
-            added.add(after[4:].strip().removeprefix("b/"))
-    return added
+    """Paths a unified diff creates."""
+    return patches.added_files(patch)
 
 
 def drop_files(diff: str, paths: set[str]) -> str:
-    """`diff` without the per-file sections of `paths` (sections start at `diff --git`)."""
-    if not paths:
-        return diff
-    starts = [m.start() for m in _DIFF_HEADER.finditer(diff)]
-    if not starts:
-        return diff
-    kept = [diff[: starts[0]]]
-    for begin, end in zip(starts, starts[1:] + [len(diff)], strict=True):
-        section = diff[begin:end]
-        header = _DIFF_HEADER.match(section)
-        if header is None or header.group(2) not in paths:
-            kept.append(section)
-    return "".join(kept)
+    """`diff` without the per-file sections of `paths`."""
+    return patches.without_files(diff, paths)
 
 
 # --------------------------------------------------------------------------------------------------

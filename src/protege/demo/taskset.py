@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from protege import patches
 from protege.demo.build import build_demo_repos, head_commit
 from protege.demo.spec import JSONL_PATH, SPLITS, DemoTaskSpec, load_specs
 from protege.tasks import TEST_OUTPUT_END, TEST_OUTPUT_START, TaskInstance
@@ -26,18 +26,16 @@ EVAL_TYPE = "pass_and_fail"
 # `-rA` prints one `PASSED path::test` / `FAILED path::test - ...` line per test, which
 # swebench's parse_log_pytest reads; no cache directory is left in the repository.
 PYTEST_COMMAND = "python -m pytest -rA -p no:cacheprovider"
-_DIFF_HEADER = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.M)
 
 
 def patch_files(patch: str) -> list[str]:
     """Paths a unified diff touches (post-image names), in order of appearance."""
-    return [match.group(2) for match in _DIFF_HEADER.finditer(patch)]
+    return patches.touched_files(patch)
 
 
 def _existing_files(patch: str) -> list[str]:
     """Paths the diff modifies (not creates): the ones a `git checkout <base> --` can restore."""
-    created = set(re.findall(r"^diff --git a/\S+ b/(\S+)\nnew file mode", patch, re.M))
-    return [name for name in patch_files(patch) if name not in created]
+    return patches.modified_files(patch)
 
 
 def heredoc_delimiter(content: str) -> str:
