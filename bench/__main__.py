@@ -76,6 +76,11 @@ def peak_memory() -> Iterator[dict]:
     out: dict = {}
     parent, own = _memory_cgroup(), None
     if parent is not None:
+        for stale in parent.glob("protege-bench-*"):  # left by a benchmark that was killed
+            if not Path(f"/proc/{stale.name.rsplit('-', 1)[1]}").exists():
+                for child in (*(p for p in stale.iterdir() if p.is_dir()), stale):
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
         with contextlib.suppress(OSError):
             own = parent / f"protege-bench-{os.getpid()}"
             own.mkdir()

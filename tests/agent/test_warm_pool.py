@@ -98,3 +98,18 @@ def test_close_closes_what_nobody_claimed_and_depth_zero_prepares_nothing():
         time.sleep(0.05)
         assert idle.opened == []
         assert off.open("a").name == "a"
+
+
+def test_episodes_with_equal_arguments_take_the_prepared_sandboxes_in_turn():
+    """A GRPO group: the same task G times; each claim after the first finds one prepared."""
+    opener = Opener()
+    with WarmPool(opener, depth=1) as pool:
+        pool.expect(("t",), ("t",))
+        _settle(pool, 1)
+        first = pool.open("t")
+        _settle(pool, 1)
+        second = pool.open("t")
+        _settle(pool, 1)
+        third = pool.open("t")
+    assert len({id(first), id(second), id(third)}) == 3
+    assert len(opener.opened) == 3 and (pool.hits, pool.misses) == (2, 1)

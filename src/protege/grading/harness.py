@@ -28,7 +28,8 @@ RESET_TREE_CMD = "git checkout -- . ; git clean -fd"
 LOG_INSTANCE = "run_instance.log"
 LOG_TEST_OUTPUT = "test_output.txt"
 LOG_REPORT = "report.json"
-# Test logs up to this size come back in the eval command's own output (under every backend's output cap).
+# Test logs (with the diff before) up to this size come back in the eval command's own output (under
+# every backend's output cap).
 INLINE_LOG_BYTES = 32 * 1024
 INLINE_LOG_MARK = "=== protege: test output follows ==="
 
@@ -216,29 +217,41 @@ def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str
 
 
 def run_eval_script(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple[str, bool]:
-    """Run the eval script; return (its interleaved stdout+stderr, timed_out).
+    """Run the eval script; return (its interleaved stdout+stderr, timed_out)."""
+    _, output, timed_out = diff_and_eval(sandbox, eval_script, timeout)
+    return output, timed_out
 
-    The output goes to a file in the sandbox rather than through `run`'s captured output, which the
-    sandbox truncates for the agent; a grading log must be whole. The same command prints the file back
-    when it is under INLINE_LOG_BYTES (one sandbox call fewer); a larger one, or one that is not valid
-    UTF-8 (`run` decodes lossily), is read back byte-exact with `read_file`.
+
+def diff_and_eval(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple[str, str, bool]:
+    """The harness's "git diff before", then the eval script: (the diff, the eval output, timed_out).
+
+    Both go to files in the sandbox rather than through `run`'s captured output, which the sandbox
+    truncates for the agent; a grading log must be whole. One command runs both and prints the two files
+    back when together they are under INLINE_LOG_BYTES (sandbox calls are the grading's overhead over the
+    tests themselves); larger ones, or output that is not valid UTF-8 (`run` decodes lossily), are read
+    back byte-exact with `read_file`.
     """
     folder = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}"
-    script, output = f"{folder}/eval.sh", shlex.quote(f"{folder}/{LOG_TEST_OUTPUT}")
+    script = f"{folder}/eval.sh"
+    before, output = (shlex.quote(f"{folder}/{name}") for name in ("diff_before.txt", LOG_TEST_OUTPUT))
     sandbox.write_file(script, eval_script)
     result = sandbox.run(
+        f"(cd {shlex.quote(sandbox.workdir)} && git -c core.fileMode=false diff) > {before} 2>&1; "
         f"/bin/bash {shlex.quote(script)} > {output} 2>&1; "
-        f'if [ "$(wc -c < {output})" -le {INLINE_LOG_BYTES} ]; then echo {INLINE_LOG_MARK}; cat {output}; fi',
+        f'if [ "$(cat {before} {output} | wc -c)" -le {INLINE_LOG_BYTES} ]; then '
+        f"echo {INLINE_LOG_MARK}; cat {before}; echo; echo {INLINE_LOG_MARK}; cat {output}; fi",
         timeout,
     )
     head, mark, inline = result.output.partition(INLINE_LOG_MARK + "\n")
-    if mark and not head and not result.truncated and "\ufffd" not in inline:
-        return inline, result.timed_out
+    diff, mark_two, text = inline.partition("\n" + INLINE_LOG_MARK + "\n")
+    if mark and mark_two and not head and not result.truncated and "\ufffd" not in inline:
+        return diff, text, result.timed_out
     try:
+        diff = sandbox.read_file(f"{folder}/diff_before.txt")
         text = sandbox.read_file(f"{folder}/{LOG_TEST_OUTPUT}")
     except (OSError, SandboxError):
         text = result.output
-    return text, result.timed_out
+    return diff, text, result.timed_out
 
 
 def _patch_and_test(
@@ -258,10 +271,9 @@ def _patch_and_test(
         sandbox.write_file(patch_file, job.patch or "")
         if not apply_patch(sandbox, patch_file, command_timeout, instance_log):
             return instance_log[-1] + "\n", "patch_apply_failed", instance_log[-1]
-    before = sandbox.run(_in_workdir(sandbox, "git -c core.fileMode=false diff"), command_timeout)
-    instance_log.append(f"Git diff before:\n{before.output.strip()}")
     limit = cfg.eval.grade_timeout_s
-    output, timed_out = run_eval_script(sandbox, eval_script, limit)
+    before, output, timed_out = diff_and_eval(sandbox, eval_script, limit)
+    instance_log.append(f"Git diff before:\n{before.strip()}")
     if timed_out:
         # the harness appends this line and refuses to grade; TESTS_TIMEOUT makes get_eval_report
         # refuse too, whatever partial output came before

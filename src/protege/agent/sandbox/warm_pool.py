@@ -74,15 +74,15 @@ class WarmPool:
     def open(self, *args: Any) -> Any:
         """The sandbox prepared for args, else one opened now (the wrapped opener's errors propagate)."""
         with self._lock:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(args)  # it starts now: never prepare it on top
             self._lock.wait_for(lambda: args not in self._preparing)
             for n, (ready_args, sandbox) in enumerate(self._ready):
-                if ready_args == args:
+                if ready_args == args:  # episodes with equal arguments (a GRPO group) share the queue
                     del self._ready[n]
                     self.hits += 1
                     self._lock.notify_all()
                     return sandbox
+            with contextlib.suppress(ValueError):
+                self._queue.remove(args)  # it starts now: never prepare it on top
             self.misses += 1
         return self.opener(*args)
 
