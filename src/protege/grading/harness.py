@@ -3,6 +3,7 @@ on disk into a GradeResult; shared by every grading backend (see protege.grading
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import threading
@@ -32,6 +33,9 @@ LOG_REPORT = "report.json"
 # every backend's output cap).
 INLINE_LOG_BYTES = 32 * 1024
 INLINE_LOG_MARK = "=== protege: test output follows ==="
+# Files (patch, eval script) up to this size travel inside the command that first needs them (base64 grows
+# them by a third; a command, one argument of bubblewrap's, must stay under the kernel's 128 KiB).
+INLINE_WRITE_BYTES = 64 * 1024
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -190,9 +194,23 @@ def _in_workdir(sandbox: Sandbox, command: str) -> str:
     return f"cd {shlex.quote(sandbox.workdir)} && {command}"
 
 
-def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str]) -> bool:
+def writing_first(path: str, content: str, inline: bool) -> str:
+    """A shell prefix writing content to path (byte-exact, through base64) ahead of the command it
+    precedes, so the file costs no sandbox call of its own; "" when not `inline` or when it is over
+    INLINE_WRITE_BYTES (a command is one argument, which the kernel caps at 128 KiB)."""
+    data = content.encode(errors="surrogateescape")
+    if not inline or len(data) > INLINE_WRITE_BYTES:
+        return ""
+    folder, target = shlex.quote(path.rsplit("/", 1)[0]), shlex.quote(path)
+    return f"mkdir -p {folder} && printf %s {base64.b64encode(data).decode()} | base64 -d > {target} && "
+
+
+def apply_patch(
+    sandbox: Sandbox, patch_file: str, timeout: float, log: list[str], write_first: str = ""
+) -> bool:
     """swebench's apply sequence (run_instance): each of GIT_APPLY_CMDS on a pristine tree, then the
-    reverse check for a chain that left the patch applied while every command exited non-zero."""
+    reverse check for a chain that left the patch applied while every command exited non-zero.
+    `write_first` (`writing_first`) runs ahead of the first attempt."""
     from swebench.harness.constants import APPLY_PATCH_FAIL, APPLY_PATCH_PASS
     from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 
@@ -201,7 +219,8 @@ def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str
         if attempt:
             # a failed attempt (notably --reject) leaves partial state behind
             sandbox.run(_in_workdir(sandbox, RESET_TREE_CMD), timeout)
-        result = sandbox.run(_in_workdir(sandbox, f"{apply_cmd} {shlex.quote(patch_file)}"), timeout)
+        prefix = "" if attempt else write_first
+        result = sandbox.run(_in_workdir(sandbox, f"{prefix}{apply_cmd} {shlex.quote(patch_file)}"), timeout)
         if result.exit_code == 0:
             log.append(f"{APPLY_PATCH_PASS}:\n{result.output}")
             return True
@@ -222,7 +241,9 @@ def run_eval_script(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple
     return output, timed_out
 
 
-def diff_and_eval(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple[str, str, bool]:
+def diff_and_eval(
+    sandbox: Sandbox, eval_script: str, timeout: float, inline_write: bool = False
+) -> tuple[str, str, bool]:
     """The harness's "git diff before", then the eval script: (the diff, the eval output, timed_out).
 
     Both go to files in the sandbox rather than through `run`'s captured output, which the sandbox
@@ -234,9 +255,11 @@ def diff_and_eval(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple[s
     folder = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}"
     script = f"{folder}/eval.sh"
     before, output = (shlex.quote(f"{folder}/{name}") for name in ("diff_before.txt", LOG_TEST_OUTPUT))
-    sandbox.write_file(script, eval_script)
+    write_first = writing_first(script, eval_script, inline_write)
+    if not write_first:
+        sandbox.write_file(script, eval_script)
     result = sandbox.run(
-        f"(cd {shlex.quote(sandbox.workdir)} && git -c core.fileMode=false diff) > {before} 2>&1; "
+        f"{write_first}(cd {shlex.quote(sandbox.workdir)} && git -c core.fileMode=false diff) > {before} 2>&1; "
         f"/bin/bash {shlex.quote(script)} > {output} 2>&1; "
         f'if [ "$(cat {before} {output} | wc -c)" -le {INLINE_LOG_BYTES} ]; then '
         f"echo {INLINE_LOG_MARK}; cat {before}; echo; echo {INLINE_LOG_MARK}; cat {output}; fi",
@@ -261,18 +284,22 @@ def _patch_and_test(
     from swebench.harness.constants import TESTS_TIMEOUT
 
     command_timeout = cfg.agent.sandbox.command_timeout_s
-    hint: FailureReason = "none"  # the grading directory is made by the first write_file (WRITE_SCRIPT)
+    # locally a command is an argument of bubblewrap's; a pod's travels in a URL: only inline writes here
+    inline = cfg.agent.sandbox.backend == "local"
+    hint: FailureReason = "none"  # the grading directory is made by the first write
     if is_empty_patch(job.patch):
         # the harness's skip_patch mode: the tests run on the unpatched tree
         hint = "empty_patch"
         instance_log.append(f"Skipping model patch for {job.task.instance_id} (empty patch)")
     else:
         patch_file = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}/patch.diff"
-        sandbox.write_file(patch_file, job.patch or "")
-        if not apply_patch(sandbox, patch_file, command_timeout, instance_log):
+        write_first = writing_first(patch_file, job.patch or "", inline)
+        if not write_first:
+            sandbox.write_file(patch_file, job.patch or "")
+        if not apply_patch(sandbox, patch_file, command_timeout, instance_log, write_first):
             return instance_log[-1] + "\n", "patch_apply_failed", instance_log[-1]
     limit = cfg.eval.grade_timeout_s
-    before, output, timed_out = diff_and_eval(sandbox, eval_script, limit)
+    before, output, timed_out = diff_and_eval(sandbox, eval_script, limit, inline)
     instance_log.append(f"Git diff before:\n{before.strip()}")
     if timed_out:
         # the harness appends this line and refuses to grade; TESTS_TIMEOUT makes get_eval_report
