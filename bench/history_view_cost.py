@@ -24,15 +24,15 @@ VIEWS = ("full", "collapsed")
 
 def measure(cfg: Any, dataset: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
-    from trl.chat_template_utils import get_training_chat_template
 
+    from protege.agent.chat_format import chat_format
     from protege.agent.render import policy_view, prompt_ids, tool_schemas
     from protege.model import resolve_model
     from protege.sft import build_examples, load_dataset
 
     model_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), None, tiny=cfg.model.tiny)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+    template = chat_format(tokenizer).training_template
     data = load_dataset(dataset, Path(cfg.services.data_dir) / "bench")
     keep = cfg.agent.keep_last_observations
     result: dict[str, Any] = {"records": len(data.records), "keep_last_observations": keep}

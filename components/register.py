@@ -20,8 +20,11 @@ def register(
     eval_set_digest: str,
     kfp_run_id: str,
     parent_run_id: str,
+    comparison_uri: str,
 ) -> NamedTuple("Outputs", [("version", int), ("promoted", bool), ("reason", str)]):
-    """Outputs the registered version, whether it became `champion`, and why."""
+    """Outputs the registered version, whether it became `champion`, and why. `comparison_uri`: the baselines
+    branch's table ('' when the branch is off); taking it makes register wait for the comparison, whose
+    measurements `register.beat_baseline` reads."""
     from protege import register
     from protege.pipeline import steps as kfp_steps
 
@@ -34,5 +37,6 @@ def register(
     )
     report = {"summary": {"pass_at_1": pass_at_1}, "uri": report_uri}
     result = register.run(cfg, model_uri=model_uri, eval_report=report, lineage=lineage, tracker=tracker)
+    print(f"register: {result['reason']}" + (f"; comparison {comparison_uri}" if comparison_uri else ""))
     tracker.end_pipeline("FINISHED")  # the last step closes the KFP run's MLflow parent run
     return (result["version"], result["promoted"], result["reason"])

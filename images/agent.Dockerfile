@@ -17,6 +17,7 @@ ARG PIP_FIND_LINKS=""
 # Requires-Python >=3.11.5. `protege docker images` sets --ignore-requires-python on the debootstrap base only.
 ARG LOCK_PIP_ARGS=""
 
+# No HF_HUB_OFFLINE here: cluster steps load hub task sets (and models); the local runner sets it.
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,7 +25,6 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
-    HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     PROTEGE_GIT_COMMIT=${GIT_COMMIT}
 LABEL org.opencontainers.image.title="protege-agent" \

@@ -52,7 +52,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def docker_engine() -> str:
     """DOCKER_HOST of a live daemon, with the demo instance images present; skips the test when none answers."""
-    from protege.docker_engine import LOCAL_BASE, PUBLIC_BASE, build_demo_images
+    from protege.docker_engine import LOCAL_BASE, PUBLIC_BASE
+    from protege.environment_images import build_demo_images
 
     host, account = _docker_state()
     if host is None:

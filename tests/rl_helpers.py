@@ -111,8 +111,14 @@ class _Doomed:
     def read_file(self, path: str) -> str:
         return self.real.read_file(path)
 
-    def write_file(self, path: str, content: str) -> None:
-        self.real.write_file(path, content)
+    def read_path(self, path: str) -> tuple[str, str]:
+        return self.real.read_path(path)
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
+        self.real.write_file(path, content, exclusive)
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        return self.real.edit_file(path, old, new, line)
 
     def diff(self) -> str:
         return self.real.diff()

@@ -53,6 +53,8 @@ def jsonl(*rows: dict) -> str:
 
 
 BAD_FILES: dict[str, str | bytes] = {
+    # a per-repository environment spec file (protege.environments)
+    "envs.yaml": "acme/lib:\n  python: three\n",
     # config files
     "off.yaml": "expert:\n  cache_mode: off\n",
     "syntax.yaml": "rl:\n  group_size: [4\n",
@@ -79,6 +81,11 @@ BAD_FILES: dict[str, str | bytes] = {
     "script.json": "[{bad\n",
     # model directories
     "notamodel/weights.bin": b"\x00",
+    # protege compare (issue 19)
+    "variants-bad-override.yaml": "variants:\n  - {name: a, model: tiny, overrides: [agent.forced_ask.mode=sometimes]}\n",
+    "variants-bad-name.yaml": "variants:\n  - {name: 'a b', model: tiny}\n",
+    "variants-ok.yaml": "variants:\n  - {name: a, model: tiny}\n",
+    "excluded-no-reason.yaml": "- instance_id: protege-demo__prioq-1\n",
     # an empty results dir for `report`
     "noresults/.keep": "",
 }
@@ -165,10 +172,16 @@ def build_cases() -> list[Case]:
         Case("tasks-not-a-task-dir", ("tasks", "list", f"{d}/noresults"), (f"{d}/noresults",)),
         Case("tasks-missing-file", ("tasks", "list", f"{d}/nope.jsonl"), (f"{d}/nope.jsonl",)),
         Case("tasks-demo-split", ("tasks", "list", "demo:nope"), ("demo:nope",)),
+        # a missing repository is one broken instance, not a stopped run (tests/test_verify_errors.py)
         Case(
-            "tasks-missing-repo-dir",
-            ("tasks", "verify", "{ok}", "tasks.repos_dir={repos}"),
-            ("acme__lib", "{repos}"),
+            "tasks-missing-env-spec-file",
+            ("tasks", "verify", "{ok}", f"agent.sandbox.environments.spec_file={d}/nope.yaml"),
+            (f"{d}/nope.yaml", "spec_file"),
+        ),
+        Case(
+            "tasks-bad-env-spec",
+            ("tasks", "verify", "{ok}", f"agent.sandbox.environments.spec_file={d}/envs.yaml"),
+            (f"{d}/envs.yaml", "acme/lib", "python", "'three'"),
         ),
         Case(
             "tasks-unknown-instance",
@@ -192,6 +205,23 @@ def build_cases() -> list[Case]:
         Case("arg-missing-required", ("eval",), ("--model",)),
         Case("arg-bad-choice", ("rl", "--stage", "3", "--model", "tiny"), ("--stage", "3")),
         Case("arg-gpu-count", ("submit", "--gpu-count", "-1"), ("--gpu-count",)),
+        Case(
+            "generate-not-a-repo", ("tasks", "generate", f"{d}/nope"), (f"{d}/nope", "not a git repository")
+        ),
+        Case(
+            "generate-unknown-demo",
+            ("tasks", "generate", "demo:nope"),
+            ("demo:nope", "no bundled repository"),
+        ),
+        Case("generate-zero-n", ("tasks", "generate", "demo:all", "--n", "0"), ("--n", "got 0")),
+        Case(
+            "mine-not-a-repo", ("tasks", "mine", f"{d}/nope", "HEAD"), (f"{d}/nope", "not a git repository")
+        ),
+        Case(
+            "mine-unknown-commit",
+            ("tasks", "mine", "demo:unitconv", "nosuch", "tasks.repos_dir={repos}"),
+            ("no commit 'nosuch'",),
+        ),
         # options after positionals: parsed (the override after the option is reached and judged)
         Case(
             "arg-option-after-positional",
@@ -248,6 +278,31 @@ def build_cases() -> list[Case]:
             ("s3://{bucket}/no/such/model",),
         ),
         Case("report-empty-dir", ("report", f"{d}/noresults"), (f"{d}/noresults",)),
+        # ---- protege compare --------------------------------------------------------------------------
+        Case(
+            "compare-bad-variant-override",
+            ("compare", "--variants", f"{d}/variants-bad-override.yaml", "--no-track", "--no-upload"),
+            ("variant a", "agent.forced_ask.mode", "'sometimes'"),
+        ),
+        Case(
+            "compare-bad-variant-name",
+            ("compare", "--variants", f"{d}/variants-bad-name.yaml", "--no-track", "--no-upload"),
+            (f"{d}/variants-bad-name.yaml", "variants[0]", "'a b'"),
+        ),
+        Case(
+            "compare-exclusion-without-reason",
+            (
+                "compare",
+                "--variants",
+                f"{d}/variants-ok.yaml",
+                "--exclusions",
+                f"{d}/excluded-no-reason.yaml",
+                "--no-track",
+                "--no-upload",
+                "tasks.repos_dir={repos}",
+            ),
+            (f"{d}/excluded-no-reason.yaml", "protege-demo__prioq-1", "no reason"),
+        ),
     ]
     return cases
 

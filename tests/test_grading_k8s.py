@@ -18,6 +18,7 @@ import pytest
 from protege.config import ProtegeConfig
 from protege.grading import GradeJob, grade_batch
 from protege.tasks import TaskInstance
+from tests.agent.test_sandbox_k8s import ws_for
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
@@ -125,25 +126,13 @@ def pod_filesystem(root: Path) -> list[str]:
     ]
 
 
-class FakeExec:
-    def __init__(self, root: Path, command: list[str]):
-        self.proc = subprocess.run([*pod_filesystem(root), "--", *command], capture_output=True, text=True)
-        self.returncode = self.proc.returncode
-
-    def run_forever(self, timeout=None):
-        return None
-
-    def read_all(self):
-        return self.proc.stdout + self.proc.stderr
-
-    def close(self):
-        return None
-
-
 def fake_stream(core: FakeCore):
+    """Runs each exec's argv in the pod's bubblewrap and answers with the kubernetes client's own WSClient."""
+
     def stream(fn, name, namespace, command, **kwargs):
         assert fn == core.connect_get_namespaced_pod_exec and kwargs["tty"] is False
-        return FakeExec(core.pods[name], command)
+        proc = subprocess.run([*pod_filesystem(core.pods[name]), "--", *command], capture_output=True)
+        return ws_for(proc.stdout + proc.stderr, proc.returncode)
 
     return stream
 
@@ -196,7 +185,7 @@ def test_one_pod_per_instance_graded_over_exec_and_cleaned_up(repo, tmp_path):
 def test_grading_pod_has_the_sandbox_pods_security_settings():
     """Non-root, no escalation, no capabilities, seccomp RuntimeDefault, read-only root with writable
     emptyDir copies, memory/ephemeral-storage limits, and every exec under `ulimit -u`."""
-    from protege.grading.kubernetes import PodSandbox, pod_manifest
+    from protege.grading.kubernetes import open_pod_sandbox
 
     cfg = ProtegeConfig.model_validate(
         {
@@ -210,7 +199,26 @@ def test_grading_pod_has_the_sandbox_pods_security_settings():
             }
         }
     )
-    spec = pod_manifest(task(1), cfg, "grade-x")["spec"]
+    created, calls = [], []
+    core = SimpleNamespace(
+        create_namespaced_pod=lambda namespace, body: created.append(body),
+        read_namespaced_pod=lambda name, namespace: SimpleNamespace(status=SimpleNamespace(phase="Running")),
+        delete_namespaced_pod=lambda name, namespace, grace_period_seconds: None,
+        connect_get_namespaced_pod_exec=None,
+    )
+
+    def stream(fn, name, namespace, command, **kwargs):
+        calls.append(command)
+        return ws_for(b"", 0)
+
+    with open_pod_sandbox(cfg, task(1), core, stream) as sandbox:
+        sandbox.run("true")
+    spec = created[0]["spec"]
+    # the grading NetworkPolicy (manifests/base/networkpolicy.yaml) selects this label value
+    assert created[0]["metadata"]["labels"] == {
+        cfg.agent.sandbox.pod_label: "grading",
+        "protege.ai/role": "grading",
+    }
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 10001,
@@ -233,23 +241,4 @@ def test_grading_pod_has_the_sandbox_pods_security_settings():
     assert container["resources"]["limits"]["ephemeral-storage"] == "512Mi"
     assert container["resources"]["limits"]["memory"] == f"{cfg.agent.sandbox.memory_limit_mb}Mi"
 
-    calls = []
-
-    class Exec:
-        returncode = 0
-
-        def run_forever(self, timeout=None):
-            return None
-
-        def read_all(self):
-            return ""
-
-        def close(self):
-            return None
-
-    def stream(fn, name, namespace, command, **kwargs):
-        calls.append(command)
-        return Exec()
-
-    PodSandbox(SimpleNamespace(connect_get_namespaced_pod_exec=None), stream, task(1), cfg).run("true")
     assert calls[0][:4] == ["bash", "-c", 'ulimit -u 99 && exec "$@"', "protege-limits"]

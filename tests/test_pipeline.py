@@ -65,9 +65,54 @@ def _container(spec: dict[str, Any], task: str) -> dict[str, Any]:
 
 def test_tasks_chain_in_the_order_of_the_method(spec: dict[str, Any]) -> None:
     tasks = _tasks(spec)
-    assert set(tasks) == set(CHAIN)
+    assert set(tasks) == set(CHAIN) | {BRANCHES}
     for before, after in zip(CHAIN, CHAIN[1:], strict=False):
         assert before in tasks[after]["dependentTasks"], f"{after} must wait for {before}"
+
+
+BRANCHES = "condition-branches-2"
+"""The baselines branch's If/Else group between eval and register (issue 19)."""
+
+
+def test_the_baselines_branch_runs_behind_its_parameter_between_eval_and_register(
+    spec: dict[str, Any],
+) -> None:
+    components, tasks = spec["pipeline"]["components"], _tasks(spec)
+    params = spec["pipeline"]["root"]["inputDefinitions"]["parameters"]
+    assert params["compare_baselines"] == {
+        "defaultValue": False,
+        "isOptional": True,
+        "parameterType": "BOOLEAN",
+    }
+    assert (
+        "expert-alone" in params["baselines"]["defaultValue"]
+        and params["baselines"]["parameterType"] == "LIST"
+    )
+    assert "eval" in tasks[BRANCHES]["dependentTasks"]
+    branches = components[f"comp-{BRANCHES}"]["dag"]["tasks"]
+    on, off = (branches[name] for name in sorted(branches))
+    # On: a condition on the parameter; inside, a parallel loop of `baseline` tasks over `baselines`, then compare.
+    channel = _root_param(spec, "pipelinechannel--compare_baselines")
+    assert (
+        channel == "compare_baselines"
+        and on["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--compare_baselines'] == true"
+    )
+    inside = components[on["componentRef"]["name"]]["dag"]["tasks"]
+    loop = next(task for name, task in inside.items() if name.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--baselines"
+    assert set(components[loop["componentRef"]["name"]]["dag"]["tasks"]) == {"baseline"}
+    assert "for-loop-3" in inside["compare"]["dependentTasks"]
+    # Off: the stand-in; register takes the branch's one output either way, so it waits for the comparison.
+    assert set(components[off["componentRef"]["name"]]["dag"]["tasks"]) == {"no-baselines"}
+    source = tasks["register"]["inputs"]["parameters"]["comparison_uri"]["taskOutputParameter"]
+    assert source["producerTask"] == BRANCHES and BRANCHES in tasks["register"]["dependentTasks"]
+    # A baseline runs on the GPU pool like eval, with the expert's key; compare needs only the store and MLflow.
+    assert _container(spec, "baseline")["image"] == PipelineConfig().trainer_image
+    assert "nodeSelector" in spec["platform"]["exec-baseline"]
+    assert {
+        i["envVar"] for s in spec["platform"]["exec-compare"]["secretAsEnv"] for i in s["keyToEnv"]
+    } == S3_ENV | MLFLOW_ENV
 
 
 def test_steps_output_their_data_and_models_as_kfp_artifacts(spec: dict[str, Any]) -> None:
@@ -349,7 +394,7 @@ def test_submit_posts_the_compiled_pipeline_with_given_params_only(kfp_api: str,
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == PipelineConfig().name
     posted = run["pipeline_spec"]["pipeline_spec"]
     assert set(posted["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
-    assert set(posted["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == set(CHAIN)
+    assert set(posted["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == set(CHAIN) | {BRANCHES}
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"][
         "executors"
     ]
@@ -500,6 +545,7 @@ def test_verify_component_runs_under_kfp_local(store, tmp_path: Path, monkeypatc
     report = json.loads(store.fetch(report_uri, tmp_path / "fetched").read_text())
     assert [v["instance_id"] for v in report["train"]["verdicts"]] == [TRAIN_ID]
     assert report["eval"]["ok"] and report["train"]["ok"]
+    assert report["eval"]["split"] == "eval"  # each set's origin (split; for a hub set also its commit)
     assert len(task.outputs["tasks_digest"]) == 64
 
 

@@ -54,6 +54,7 @@ def context(cfg, tokenizer, generator, tmp: Path, opener=open_sandbox) -> Rollou
         SandboxGate(opener, 0, 0, 0),
         tmp / "grading",
         grade,
+        "rl1",
     )
 
 

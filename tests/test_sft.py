@@ -16,6 +16,7 @@ import protege.model as model_module
 from protege import launch as sft_launch
 from protege import sft
 from protege.config import TinyModelConfig, load_config
+from protege.trajectory import Message, ToolCall, Trajectory
 
 TINY = TinyModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
 TOOLS = [
@@ -100,16 +101,36 @@ def template(tokenizer) -> str:
     return get_training_chat_template(tokenizer)
 
 
+def as_trajectory(record: dict) -> Trajectory:
+    """A chat record as the trajectory synth would have recorded (SFT reads trajectories)."""
+    messages = []
+    for m in record["messages"]:
+        functions = [call["function"] for call in m.get("tool_calls", [])]
+        calls = [
+            ToolCall(id=f"call_{i}", name=f["name"], arguments=f["arguments"])
+            for i, f in enumerate(functions)
+        ]
+        extra = {"name": m["name"]} if "name" in m else {}
+        messages.append(
+            Message(
+                role=m["role"], provenance=m["provenance"], content=m["content"], tool_calls=calls, **extra
+            )
+        )
+    return Trajectory(instance_id=record["id"], messages=messages, status="submitted")
+
+
 def write_dataset(root: Path, records: list[dict]) -> Path:
-    """The synth export's layout (protege.sft_data): sft.jsonl plus dataset_card.json with its sha256."""
+    """The synth export's layout (protege.sft_data): sft.jsonl of trajectories plus dataset_card.json with
+    its sha256 and the tool schemas."""
     from protege.sft_data import CARD_FILE, DATASET_FILE, sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / DATASET_FILE).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    (root / DATASET_FILE).write_text("".join(as_trajectory(r).model_dump_json() + "\n" for r in records))
     card = {
-        "format": "protege-sft-chat-v1",
+        "format": "protege-trajectory-v1",
         "records": len(records),
         "sha256": sha256_file(root / DATASET_FILE),
+        "tools": TOOLS,
     }
     (root / CARD_FILE).write_text(json.dumps(card))
     return root
@@ -233,7 +254,7 @@ def test_dataset_digest_is_checked_against_the_card(tmp_path: Path):
     root = write_dataset(tmp_path / "ds", [chat_record(0)])
     data = sft.load_dataset(str(root), tmp_path / "work")
     assert data.digest == json.loads((root / "dataset_card.json").read_text())["sha256"]
-    (root / "sft.jsonl").write_text(json.dumps(chat_record(1)) + "\n")
+    (root / "sft.jsonl").write_text(as_trajectory(chat_record(1)).model_dump_json() + "\n")
     with pytest.raises(sft.SFTError, match="dataset_card.json says"):
         sft.load_dataset(str(root), tmp_path / "work")
     with pytest.raises(sft.SFTError, match="no such file"):

@@ -1,4 +1,4 @@
-"""SFT dataset export: chat records the Qwen2.5 template renders, targets only on the protégé's turns."""
+"""SFT dataset export: kept trajectories, rendered by the Qwen2.5 template, targets only on the protégé's turns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.sft_data import DatasetError, export_dataset, read_dataset, target_mask, to_record
-from protege.trajectory import ExpertCall, Message, ToolCall, Trajectory
+from protege.trajectory import KNOWN_VERSIONS, ExpertCall, Message, ToolCall, Trajectory
 
 
 def trajectory(
@@ -119,10 +119,35 @@ def test_export_is_sorted_deterministic_and_carded(tmp_path):
 
 def test_read_dataset_names_the_bad_line_and_field(tmp_path):
     path = tmp_path / "sft.jsonl"
-    good = json.dumps(to_record(trajectory(), TOOL_SCHEMAS))
-    path.write_text(good + "\n" + json.dumps({"id": "x", "tools": [], "messages": [{"role": "user"}]}) + "\n")
+    good = trajectory().model_dump_json()
+    bad = {"format_version": 1, "instance_id": "x", "messages": [{"role": "user"}]}
+    path.write_text(good + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(DatasetError, match=r"sft.jsonl:2: messages\[0\] has no content, provenance"):
         read_dataset(path)
     path.write_text(good + "\n{oops\n")
     with pytest.raises(DatasetError, match="sft.jsonl:2: not valid JSON"):
         read_dataset(path)
+
+
+def test_an_unknown_format_version_is_refused_naming_the_file_line_and_version(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    future = json.loads(trajectory().model_dump_json()) | {"format_version": 99}
+    path.write_text(trajectory().model_dump_json() + "\n" + json.dumps(future) + "\n")
+    with pytest.raises(DatasetError) as refused:
+        read_dataset(path)
+    message = str(refused.value)
+    assert (
+        message
+        == f"{path}:2: unknown trajectory format_version 99 (this protege reads {list(KNOWN_VERSIONS)})"
+    )
+    assert "\n" not in message
+
+
+def test_the_dataset_holds_trajectories_without_wall_clock_and_sft_reads_them_back(tmp_path):
+    from protege.trajectory import read_trajectories
+
+    export = export_dataset([trajectory()], tmp_path, TOOL_SCHEMAS, {})
+    (stored,) = read_trajectories(export.path)
+    assert stored.wall_time_s == stored.started_at == 0.0 and stored.messages == trajectory().messages
+    (record,) = read_dataset(export.path)
+    assert record == to_record(trajectory(), TOOL_SCHEMAS)

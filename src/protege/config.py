@@ -204,11 +204,14 @@ class TaskSetConfig(Strict):
     """Where the training and evaluation task instances come from and how they are split."""
 
     train: str = "demo:train"
-    """Training task set: a file/dir path, an s3:// URI, an HF dataset id, or `demo:train|eval|all`."""
+    """Training task set: a file/dir path, an s3:// URI, an HF dataset id `owner/name[@revision][:split]`, or
+    `demo:train|eval|all`. Rows in any published schema (swebench 5.x, SWE-bench, SWE-Gym, SWE-smith)."""
     eval: str = "demo:eval"
     """Evaluation task set (same forms as `train`)."""
-    hf_split: str = "test"
-    """Split to read when a task set is an HF hub id."""
+    train_split: str = ""
+    """Split of `train` when it has splits (a hub dataset or a copy of one); '' = its only split, else `test`."""
+    eval_split: str = ""
+    """Split of `eval` (as `train_split`), chosen independently: SWE-Gym has only `train`, SWE-bench `test`."""
     train_ids: list[str] = []
     """If non-empty, keep only these training instance ids."""
     eval_ids: list[str] = []
@@ -226,7 +229,7 @@ class TaskSetConfig(Strict):
 
 
 class TinyModelConfig(Strict):
-    """Architecture of the tiny Qwen2 model built locally (no weights can be downloaded here)."""
+    """Architecture of the tiny Qwen2/Qwen3 model built locally (no weights can be downloaded here)."""
 
     vocab_size: int = Field(default=4096, ge=512)
     """Size of the BPE vocabulary trained on the bundled repositories."""
@@ -244,6 +247,9 @@ class TinyModelConfig(Strict):
     """Longest sequence the tiny model accepts."""
     seed: int = Field(default=0, ge=0)
     """Seed of the random initialisation."""
+    family: Literal["qwen2.5", "qwen3"] = "qwen2.5"
+    """Chat template and architecture of the tiny build: Qwen2.5's (Qwen2) or Qwen3's with <think> (Qwen3).
+    Only the build reads it; every other path reads the family off the tokenizer's own chat template."""
 
 
 class ModelConfig(Strict):
@@ -264,6 +270,17 @@ class ModelConfig(Strict):
 # --------------------------------------------------------------------------------------------------
 # The agent and the expert (METHOD §1, §2, §6)
 # --------------------------------------------------------------------------------------------------
+
+
+class EnvironmentConfig(Strict):
+    """Per-task environments (protege.environments): where specs come from and where venvs are cached."""
+
+    spec_file: str = ""
+    """YAML mapping `owner/name` (or `owner/name@version`) to an environment spec; empty = none."""
+    cache_dir: str = ".protege/envs"
+    """Local backend: one virtualenv per environment digest, built once, here."""
+    build_timeout_s: float = Field(default=900.0, gt=0)
+    """Limit of each step of an environment build (making the venv, installing its packages)."""
 
 
 class SandboxConfig(Strict):
@@ -350,6 +367,8 @@ class SandboxConfig(Strict):
     SWE-bench's public images keep /testbed root-owned: use `0:0` there (capabilities stay dropped)."""
     container_tmpfs_mb: int = Field(default=512, ge=16)
     """Docker: size of the writable tmpfs at /tmp (the root filesystem is read-only; workdir is a volume)."""
+    environments: EnvironmentConfig = EnvironmentConfig()
+    """Per-task environments: Python version and packages the task's tests need (see protege.environments)."""
 
 
 class ExpertPrices(Strict):
@@ -412,8 +431,9 @@ class ExpertConfig(Strict):
 class PolicyConfig(Strict):
     """How the protégé's actions are generated."""
 
-    backend: Literal["transformers", "openai", "anthropic", "scripted"] = "transformers"
-    """`transformers` in-process, `openai` (vLLM's OpenAI-compatible server), `anthropic`, `scripted` (replay)."""
+    backend: Literal["transformers", "openai", "anthropic", "scripted", "oracle"] = "transformers"
+    """`transformers` in-process, `openai` (vLLM's OpenAI-compatible server), `anthropic`, `scripted` (replay),
+    `oracle` (the offline oracle teacher acting alone: the local stand-in of the expert-alone baseline)."""
     base_url: str = ""
     """Server URL for the openai backend."""
     model: str = ""
@@ -430,6 +450,27 @@ class PolicyConfig(Strict):
     """Per-request timeout of the openai and anthropic backends."""
     max_retries: int = Field(default=3, ge=0)
     """Retries of the openai and anthropic backends on overload/transient errors."""
+
+
+class ForcedAskConfig(Strict):
+    """The paper's two ablations of *when* to ask (issue 19): the scaffold itself calls `ask_expert` before
+    chosen steps, through the same tool path, quota and cost cap as the policy's own calls; each such call
+    is recorded with `forced: true`."""
+
+    mode: Literal["off", "interval", "random"] = "off"
+    """`off`; `interval`: before every step whose number is a multiple of every_k_steps; `random`: before
+    each step with probability `rate`, drawn from a generator seeded by (seed, instance, attempt)."""
+    every_k_steps: int = Field(default=5, ge=1)
+    """mode=interval: k."""
+    rate: float = Field(default=0.1, ge=0, le=1)
+    """mode=random: the probability of a forced call before a step."""
+    seed: int = Field(default=0, ge=0)
+    """mode=random: seed of the draws (the same seed, instance and attempt give the same steps)."""
+    question: str = Field(
+        default="I have been asked to check in with you now. What should I do next to resolve the issue?",
+        min_length=1,
+    )
+    """The question a forced call sends."""
 
 
 class AgentConfig(Strict):
@@ -454,6 +495,12 @@ class AgentConfig(Strict):
     (expert guidance never collapses)."""
     observation_max_chars: int = Field(default=16_000, ge=100)
     """Observations are truncated at insertion to this many characters, with a marker."""
+    ask_expert: bool = True
+    """Give eval episodes an expert (eval and `protege compare`; synth and RL always have one); off (the
+    no-expert ablation) keeps the tool in the prompt, as the model was trained with it, but every call
+    answers that no expert is available and is not metered."""
+    forced_ask: ForcedAskConfig = ForcedAskConfig()
+    """Scaffold-forced expert calls (the fixed-interval and random-ask ablations)."""
     sandbox: SandboxConfig = SandboxConfig()
     """Sandbox settings."""
     policy: PolicyConfig = PolicyConfig()
@@ -782,6 +829,34 @@ class RegisterConfig(Strict):
     way a version that resolved no eval instance (Pass@1 0) is never promoted."""
     require_not_below_champion: bool = True
     """With a configured floor, also require Pass@1 not below the current champion's on the same eval set."""
+    beat_baseline: str = ""
+    """Name of a comparison variant (issue 19, `protege compare`) whose latest Pass@1 on the same eval set
+    the new version must exceed to become champion; '' = no such requirement. A named baseline that was
+    never measured on that eval set refuses promotion."""
+
+
+class CompareConfig(Strict):
+    """`protege compare` (issue 19): variants of the acting agent on one task set, one table."""
+
+    reference: str = ""
+    """Variant the paired differences are taken against ('' = the first variant)."""
+    expert_alone: str = "expert-alone"
+    """Variant whose cost per task is the numerator of every row's cost ratio (the expert acting alone)."""
+    exclusions: str = ""
+    """Exclusion list (YAML or JSON: instance_id -> reason, or a list of {instance_id, reason}) of
+    instances whose tests reject correct fixes; every figure is reported with and without them."""
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    """Resamples of the paired bootstrap interval on the Pass@1 difference."""
+    bootstrap_seed: int = Field(default=0, ge=0)
+    """Seed of the bootstrap resampling."""
+    price_oracle_tokens: bool = True
+    """Price the offline oracle's metered tokens (expert calls at expert.prices, oracle policy turns at
+    agent.policy.prices) so a local comparison has costs and a cost ratio; recorded API costs are used as
+    they are."""
+    forced_every_k: int = Field(default=5, ge=1)
+    """The standard variant set's fixed-interval ablation: a forced expert call every k steps."""
+    random_rate: float = Field(default=0.2, gt=0, le=1)
+    """The standard variant set's random-ask ablation: the probability of a forced call before a step."""
 
 
 class PipelineConfig(Strict):
@@ -822,6 +897,8 @@ class PipelineConfig(Strict):
         "rl1": 72 * 3600,
         "rl2": 72 * 3600,
         "eval": 24 * 3600,
+        "baseline": 24 * 3600,
+        "compare": 3600,
         "register": 3600,
         "close": 600,
     }
@@ -879,6 +956,8 @@ class ProtegeConfig(Strict):
     """Phase eval."""
     register: RegisterConfig = RegisterConfig()
     """Phase register."""
+    compare: CompareConfig = CompareConfig()
+    """Variant comparison (`protege compare`, the pipeline's baselines branch)."""
     pipeline: PipelineConfig = PipelineConfig()
     """The Kubeflow pipeline (images, resources, secrets, retries, timeouts)."""
 

@@ -372,7 +372,8 @@ def demo_env_image(base: str) -> str:
 
 
 def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
-    """The demo tasks' instance images (their `image` column), each built once; returns their names."""
+    """The instance images (their `image` column) of the demo tasks that need only pytest, each built once;
+    returns their names. `protege.environment_images.build_demo_images` builds these and the others."""
     from protege.demo.build import build_repo
     from protege.demo.spec import load_specs
 
@@ -399,6 +400,10 @@ def build_demo_images(base: str, log=print, force: bool = False) -> list[str]:
                 ]
             )
         for spec in load_specs():
+            if (
+                spec.environment is not None
+            ):  # an environment of its own: protege.environment_images builds it
+                continue
             name = spec_image(spec)
             built.append(name)
             if not force and _image_exists(name) and _label(name, "protege.env") == env_image:

@@ -1,15 +1,18 @@
-"""Models: build the tiny local Qwen2 model, resolve a base model to a local directory, load it.
+"""Models: build the tiny local model, resolve a base model to a local directory, load it.
 
-No weights can be downloaded on the local machine, so `build_tiny_model` makes a small Qwen2-architecture
-model from `TinyModelConfig` (seeded init) with a byte-level BPE tokenizer trained here on the bundled demo
-repositories plus agent-style tool-calling chats. The tokenizer carries TRL's bundled Qwen2.5 chat template
-verbatim: TRL recognises templates by exact string, which gives it the tool-call response parser and the
-`{% generation %}` training template for assistant-only SFT loss. Everything downstream (SFT, RL, the
-in-process policy) therefore sees the same interface as with Qwen2.5-Coder-7B-Instruct on a cluster.
+No weights can be downloaded on the local machine, so `build_tiny_model` makes a small model from
+`TinyModelConfig` (seeded init) with a byte-level BPE tokenizer trained here on the bundled demo
+repositories plus agent-style tool-calling chats. `model.tiny.family` picks the base family it stands in
+for: `qwen2.5` (Qwen2 architecture, Qwen2.5's chat template: Qwen2.5-Coder-7B-Instruct, the paper's base) or
+`qwen3` (Qwen3 architecture, Qwen3's chat template with `<think>` reasoning and `<think>`/`</think>` as
+single tokens). The tokenizer carries TRL's bundled copy of that family's published chat template
+verbatim: TRL recognises templates by exact string, which gives it the `{% generation %}` training template
+for assistant-only SFT loss (protege.agent.chat_format reads the family off the template). Everything
+downstream (SFT, RL, the in-process policy) therefore sees the same interface as the real model on a cluster.
 
-    protege model init-tiny --profile local [--out DIR] [model.tiny.vocab_size=1024 ...]
+    protege model init-tiny --profile local [--out DIR] [model.tiny.vocab_size=1024 model.tiny.family=qwen3 ...]
 
-Simplified relative to a real Qwen2.5 tokenizer: a small vocabulary, no FIM/vision tokens.
+Simplified relative to a real Qwen tokenizer: a small vocabulary, no FIM/vision tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ BUILD_FORMAT = 1
 # so tool observations are framed by one token each).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+THINK_TOKENS = ["<think>", "</think>"]
+"""Qwen3's reasoning tags, plain added tokens there too."""
+# Per tiny family: its plain added tokens and its architecture (the chat template is `chat_template(family)`).
+TINY_FAMILIES: dict[str, tuple[list[str], str]] = {
+    "qwen2.5": (TOOL_TOKENS, "Qwen2"),
+    "qwen3": (TOOL_TOKENS + THINK_TOKENS, "Qwen3"),
+}
 EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
 # Qwen2's pre-tokenizer split (tokenizer.json of Qwen2.5): digits one by one, words with a leading space.
 QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -86,9 +96,14 @@ class ModelResolveError(ValueError):
 
 def qwen25_chat_template() -> str:
     """TRL's bundled Qwen2.5 chat template, byte for byte (TRL matches templates by exact string)."""
-    from trl.chat_template_utils import qwen2_5_chat_template
+    return chat_template("qwen2.5")
 
-    return qwen2_5_chat_template
+
+def chat_template(family: str) -> str:
+    """TRL's bundled copy of `family`'s published chat template, byte for byte."""
+    from trl.chat_template_utils import qwen2_5_chat_template, qwen3_chat_template
+
+    return {"qwen2.5": qwen2_5_chat_template, "qwen3": qwen3_chat_template}[family]
 
 
 def default_corpus() -> list[Path]:
@@ -138,7 +153,7 @@ def _sample_chat(name: str, text: str) -> list[dict[str, Any]]:
     ]
 
 
-def _training_texts(files: list[tuple[str, str]], template: str) -> list[str]:
+def _training_texts(files: list[tuple[str, str]], template: str, added: list[str]) -> list[str]:
     """Raw sources plus one rendered tool-calling chat per file, special-token strings cut out (they are
     added tokens, never split by the pre-tokenizer, so BPE must not spend merges on their pieces)."""
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -146,11 +161,11 @@ def _training_texts(files: list[tuple[str, str]], template: str) -> list[str]:
     chats, _ = render_jinja_template(
         [_sample_chat(n, t) for n, t in files], tools=_SAMPLE_TOOLS, chat_template=template
     )
-    cut = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + TOOL_TOKENS))
+    cut = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + added))
     return [text for _, text in files] + [cut.sub("\n", chat) for chat in chats]
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+def _train_tokenizer(texts: list[str], vocab_size: int, added_tokens: list[str]) -> Any:
     """Byte-level BPE with Qwen2's pre-tokenizer; added tokens take the last ids, as in Qwen2.5."""
     from tokenizers import (
         AddedToken,
@@ -172,7 +187,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    added = len(SPECIAL_TOKENS) + len(TOOL_TOKENS)
+    added = len(SPECIAL_TOKENS) + len(added_tokens)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - added,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -180,7 +195,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     )
     tokenizer.train_from_iterator(texts, trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     return tokenizer
 
 
@@ -198,12 +213,19 @@ def _check_shape(cfg: TinyModelConfig) -> None:
 
 
 def _build_model(cfg: TinyModelConfig, tokenizer: Any) -> Any:
-    """Qwen2ForCausalLM sized by `cfg`, initialised under `cfg.seed` without touching the global RNG."""
+    """Qwen2ForCausalLM (Qwen3ForCausalLM for the qwen3 family) sized by `cfg`, initialised under `cfg.seed`
+    without touching the global RNG."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     eos, pad = tokenizer.convert_tokens_to_ids([EOS_TOKEN, PAD_TOKEN])
-    config = Qwen2Config(
+    config_class, model_class = {
+        "Qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "Qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    }[TINY_FAMILIES[cfg.family][1]]
+    shape = {"head_dim": cfg.hidden_size // cfg.num_attention_heads} if config_class is Qwen3Config else {}
+    config = config_class(
+        **shape,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -218,7 +240,7 @@ def _build_model(cfg: TinyModelConfig, tokenizer: Any) -> Any:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Qwen2ForCausalLM(config)
+        model = model_class(config)
     # Like Qwen2.5-Instruct: generation stops at the end of the turn or the end of the text.
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
     return model
@@ -227,7 +249,7 @@ def _build_model(cfg: TinyModelConfig, tokenizer: Any) -> Any:
 def tiny_digest(cfg: TinyModelConfig, files: list[tuple[str, str]]) -> str:
     """sha256 over the build recipe version, the tiny config, the chat template and the corpus: equal
     digests, equal builds."""
-    recipe = {"format": BUILD_FORMAT, "tiny": cfg.model_dump(), "chat_template": qwen25_chat_template()}
+    recipe = {"format": BUILD_FORMAT, "tiny": cfg.model_dump(), "chat_template": chat_template(cfg.family)}
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for name, text in files:
         h.update(f"\0{name}\0{len(text)}\0".encode())
@@ -247,7 +269,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def build_tiny_model(cfg: TinyModelConfig, out_dir: Path, corpus: list[Path] | None = None) -> Path:
-    """Build the tiny Qwen2 model and its tokenizer into `out_dir` (created; a previous tiny build there is
+    """Build the tiny model and its tokenizer into `out_dir` (created; a previous tiny build there is
     replaced). Deterministic: the same config and corpus give byte-identical files. Returns `out_dir`.
 
     `corpus`: files and directories (their `**/*.py`) to train the tokenizer on; default `default_corpus()`.
@@ -260,9 +282,9 @@ def _build(cfg: TinyModelConfig, out_dir: Path, files: list[tuple[str, str]]) ->
     from transformers import PreTrainedTokenizerFast
 
     _check_shape(cfg)
-    template = qwen25_chat_template()
+    template, added = chat_template(cfg.family), TINY_FAMILIES[cfg.family][0]
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(_training_texts(files, template), cfg.vocab_size),
+        tokenizer_object=_train_tokenizer(_training_texts(files, template, added), cfg.vocab_size, added),
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         extra_special_tokens=["<|im_start|>", "<|im_end|>"],
@@ -279,7 +301,7 @@ def _build(cfg: TinyModelConfig, out_dir: Path, files: list[tuple[str, str]]) ->
         "corpus_files": len(files),
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
-        "chat_template": "trl/chat_templates/qwen2_5.jinja",
+        "chat_template": f"trl/chat_templates/{cfg.family.replace('.', '_')}.jinja",
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir

@@ -1,5 +1,6 @@
 """Unified diffs, read with `unidiff` (the parser swebench itself depends on): the files a patch touches,
-creates or modifies, its hunks with their changed lines, and the same patch without some files.
+creates or modifies, its hunks with their changed lines, the same patch without some files, and the patch
+that undoes it.
 
 Every place that looks inside a patch (the teacher and the oracle expert reading the gold patch, the
 submit tool dropping files, the reward's patch similarity, the demo's eval scripts) goes through here, so
@@ -9,6 +10,7 @@ are read by their `@@` line counts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from unidiff import PatchedFile, PatchSet, UnidiffParseError
@@ -19,11 +21,45 @@ class PatchError(ValueError):
 
 
 def parse(patch: str) -> PatchSet:
-    """The files of a unified (git) diff; PatchError when the text cannot be read as one."""
+    """The files of a unified (git) diff; PatchError when the text cannot be read as one. Hunk headers
+    whose line counts disagree with their bodies (hand-written diffs) are recounted first, as
+    `git apply --recount` does."""
     try:
         return PatchSet(patch)
+    except UnidiffParseError:
+        pass
+    try:
+        return PatchSet(recount(patch))
     except UnidiffParseError as err:
         raise PatchError(f"not a readable unified diff: {err}") from None
+
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
+_FILE_START = ("diff --git ", "--- ", "+++ ")
+
+
+def recount(patch: str) -> str:
+    """The diff with each hunk header's line counts taken from its body (context, `-`, `+` lines up to
+    the next hunk or file header)."""
+    lines = patch.splitlines(keepends=True)
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        header = _HUNK_HEADER.match(lines[index].rstrip("\r\n"))
+        if header is None:
+            out.append(lines[index])
+            index += 1
+            continue
+        body_end = index + 1
+        while body_end < len(lines) and not lines[body_end].startswith(("@@ ", *_FILE_START)):
+            body_end += 1
+        body = lines[index + 1 : body_end]
+        old = sum(1 for line in body if line[:1] in (" ", "-") or line in ("\n", "\r\n"))
+        new = sum(1 for line in body if line[:1] in (" ", "+") or line in ("\n", "\r\n"))
+        out.append(f"@@ -{header[1]},{old} +{header[2]},{new} @@{header[3]}\n")
+        out.extend(body)
+        index = body_end
+    return "".join(out)
 
 
 def touched_files(patch: str) -> list[str]:
@@ -75,3 +111,75 @@ def added_runs(patch: str) -> list[list[str]]:
             if run:
                 runs.append(run)
     return runs
+
+
+_SWAPPED_HEADERS = (
+    ("new file mode ", "deleted file mode "),
+    ("rename from ", "rename to "),
+    ("copy from ", "copy to "),
+    ("old mode ", "new mode "),
+)
+
+
+def _reversed_header(line: str) -> str:
+    """One extended git header line of the reversed patch (`diff --git`, modes, renames, `index`)."""
+    if line.startswith("diff --git a/") and " b/" in line:
+        old, new = line.removeprefix("diff --git a/").rstrip("\n").split(" b/", 1)
+        return f"diff --git a/{new} b/{old}\n"
+    for one, other in _SWAPPED_HEADERS:
+        if line.startswith(one):
+            return other + line[len(one) :]
+        if line.startswith(other):
+            return one + line[len(other) :]
+    if line.startswith("index ") and ".." in line:
+        ids, _, mode = line[6:].rstrip("\n").partition(" ")
+        old, _, new = ids.partition("..")
+        return f"index {new}..{old}" + (f" {mode}" if mode else "") + "\n"
+    return line
+
+
+def _span(start: int, length: int) -> str:
+    """A hunk range as git writes it: the length is left out when it is 1."""
+    return f"{start}" if length == 1 else f"{start},{length}"
+
+
+def _reversed_side(name: str, prefix: str) -> str:
+    return name if name == "/dev/null" else prefix + name.split("/", 1)[-1]
+
+
+def reversed_patch(patch: str) -> str:
+    """The diff that undoes `patch` (what `git apply --reverse` applies), as text; PatchError for a binary one.
+
+    Each hunk's `+` and `-` lines swap, the `@@` ranges swap, the file headers swap sides (a created file
+    becomes a deleted one); within a run of changed lines the removals come first, as git writes them, and a
+    `\\ No newline at end of file` marker moves with the line it belongs to.
+    """
+    out: list[str] = []
+    for changed in parse(patch):
+        if changed.is_binary_file:
+            raise PatchError(f"{changed.path}: a binary patch cannot be reversed as text")
+        out += [_reversed_header(line) for line in changed.patch_info]
+        out.append(f"--- {_reversed_side(changed.target_file, 'a/')}\n")
+        out.append(f"+++ {_reversed_side(changed.source_file, 'b/')}\n")
+        for hunk in changed:
+            header = f" {hunk.section_header}" if hunk.section_header else ""
+            ranges = f"-{_span(hunk.target_start, hunk.target_length)} +{_span(hunk.source_start, hunk.source_length)}"
+            out.append(f"@@ {ranges} @@{header}\n")
+            removed: list[str] = []
+            added: list[str] = []
+            last: list[str] = out
+            for line in hunk:
+                if line.line_type == "\\":
+                    last[-1] += "\\" + line.value
+                    continue
+                if line.is_added or line.is_removed:
+                    last = removed if line.is_added else added
+                    last.append(("-" if line.is_added else "+") + line.value)
+                    continue
+                out += removed + added
+                removed.clear()
+                added.clear()
+                last = out
+                out.append(" " + line.value)
+            out += removed + added
+    return "".join(out)

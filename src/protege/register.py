@@ -9,7 +9,8 @@ hash, eval report URI, eval-set digest, Pass@1). The version gets the alias `cha
 says so: it resolved at least one eval instance (Pass@1 > 0: a run that resolves nothing is never
 champion), Pass@1 clears the baseline, which is `register.pass_at_1_floor` when configured and otherwise
 the current champion's Pass@1 measured on the same eval set (same eval-set digest), and, when
-`register.require_not_below_champion`, is not below that champion's either. A refused version stays
+`register.require_not_below_champion`, is not below that champion's either; with `register.beat_baseline`
+it must also exceed that comparison variant's latest Pass@1 on the same eval set. A refused version stays
 registered, with the reason in the tag `protege.promotion`.
 
 Simplification: one metric (Pass@1) decides; its confidence interval is reported by eval, not used here.
@@ -68,28 +69,39 @@ def decide(
     champion_pass_at_1: float | None,
     same_eval_set: bool,
     require_not_below_champion: bool,
+    baseline: tuple[str, float | None] | None = None,
 ) -> Decision:
     """The champion gate (pure). A run that resolved nothing (Pass@1 0: the mean of per-task resolved
     shares is 0 only when no attempt resolved) is never promoted. `floor` is the configured baseline
     (`register.pass_at_1_floor`); None means the baseline is the current champion's Pass@1.
     `champion_pass_at_1` is None when there is no champion yet; the champion is compared against only
     when it was evaluated on the same eval set (`same_eval_set`), and then whenever `floor` is None or
-    `require_not_below_champion`."""
+    `require_not_below_champion`. `baseline` (`register.beat_baseline`): (name, its latest Pass@1 on the
+    same eval set, None when never measured there); the version must exceed it."""
     if pass_at_1 <= 0:
         return Decision(
             False, "Pass@1 0.0000 resolves no eval instance: a run that resolves nothing is never champion"
         )
     if floor is not None and pass_at_1 < floor:
         return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the floor {floor:.4f}")
+    if baseline is not None:
+        name, score = baseline
+        if score is None:
+            return Decision(False, f"baseline '{name}' was never measured on this eval set: nothing to beat")
+        if pass_at_1 <= score:
+            return Decision(False, f"Pass@1 {pass_at_1:.4f} does not beat baseline '{name}' ({score:.4f})")
     cleared = f"clears the floor {floor:.4f}" if floor is not None else "resolves at least one instance"
+    if baseline is not None:
+        cleared += f" and beats baseline '{baseline[0]}' ({baseline[1]:.4f})"
     if champion_pass_at_1 is None:
         return Decision(True, f"no champion yet; Pass@1 {pass_at_1:.4f} {cleared}")
     if not same_eval_set:
         return Decision(True, f"champion was evaluated on another eval set; Pass@1 {pass_at_1:.4f} {cleared}")
     if (floor is None or require_not_below_champion) and pass_at_1 < champion_pass_at_1:
         return Decision(False, f"Pass@1 {pass_at_1:.4f} is below the champion's {champion_pass_at_1:.4f}")
+    beats = f"; beats baseline '{baseline[0]}' ({baseline[1]:.4f})" if baseline is not None else ""
     return Decision(
-        True, f"Pass@1 {pass_at_1:.4f} >= champion's {champion_pass_at_1:.4f} on the same eval set"
+        True, f"Pass@1 {pass_at_1:.4f} >= champion's {champion_pass_at_1:.4f} on the same eval set{beats}"
     )
 
 
@@ -128,6 +140,22 @@ def current_champion(tracker: Any, name: str) -> Any | None:
         raise
 
 
+def baseline_pass_at_1(tracker: Any, name: str, eval_set_digest: str) -> float | None:
+    """The Pass@1 of the latest finished measurement of comparison variant `name` (protege.compare's child
+    runs, tagged with the variant and the eval set's digest) on this eval set; None when there is none."""
+    from protege.tracking import TAG_VARIANT
+
+    found = [
+        run
+        for run in tracker.runs_tagged(TAG_VARIANT, name)
+        if run.data.tags.get(TAG_EVAL_SET) == eval_set_digest
+        and run.info.status == "FINISHED"
+        and "pass_at_1" in run.data.metrics
+    ]
+    latest = max(found, key=lambda run: run.info.start_time, default=None)
+    return float(latest.data.metrics["pass_at_1"]) if latest is not None else None
+
+
 def run(
     cfg: ProtegeConfig,
     *,
@@ -149,12 +177,15 @@ def run(
         float(champion.tags[TAG_PASS_AT_1]) if champion and TAG_PASS_AT_1 in champion.tags else None
     )
     same_set = champion is not None and champion.tags.get(TAG_EVAL_SET) == tags[TAG_EVAL_SET]
+    wanted = cfg.register.beat_baseline
+    baseline = (wanted, baseline_pass_at_1(tracker, wanted, tags[TAG_EVAL_SET])) if wanted else None
     decision = decide(
         pass_at_1,
         cfg.register.pass_at_1_floor,
         champion_score,
         same_set,
         cfg.register.require_not_below_champion,
+        baseline,
     )
     verdict = f"{'promoted' if decision.promote else 'refused'}: {decision.reason}"
     tags |= {TAG_PASS_AT_1: repr(pass_at_1), TAG_EVAL_REPORT: report_uri, TAG_PROMOTION: verdict}

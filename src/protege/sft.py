@@ -5,15 +5,17 @@
     protege sft --profile cluster --dataset s3://... --emit-trainjob job.yaml  # multi-node: a TrainJob
 
 What it does, top to bottom:
-1. Loads the synth export (JSONL chat records: `messages` with per-message `provenance`, `tools`; local
-   path or s3://) and renders each record through protege.agent.render, the renderer the agent and RL use
-   (same tool schemas in the same order, same history view: `agent.history_view` `full` gives one example
-   per trajectory, `collapsed` one per policy turn with the view the agent had), with TRL's Qwen2.5
-   *training* chat template (the same text plus `{% generation %}` markers). Labels are -100 everywhere
-   except the assistant turns whose provenance is `policy`: the protégé's own text, tool calls and
-   `<|im_end|>`. The template's newline glue around a turn (`\\n` after `<|im_start|>assistant`, `\\n` after
-   `<|im_end|>`) is context too: at inference the prompt supplies the first and generation stops before the
-   second. System prompt, task, tool observations and expert guidance are never targets.
+1. Reads the synth export's trajectories (protege.sft_data: `sft.jsonl` in the one trajectory format, every
+   message with its `provenance`, and the card's tool schemas; local path or s3://) and renders each one
+   through protege.agent.render, the renderer the agent and RL use (same tool schemas in the same order, same
+   history view: `agent.history_view` `full` gives one example per trajectory, `collapsed` one per policy
+   turn with the view the agent had), with the base tokenizer's *training* chat template
+   (protege.agent.chat_format: the render template plus `{% generation %}` markers; Qwen2.5 and Qwen3
+   families). Labels are -100 everywhere except the assistant turns whose provenance is `policy`: the
+   protégé's own text (with Qwen3, its `<think>` block), tool calls and `<|im_end|>`. The template's newline
+   glue around a turn (`\\n` after `<|im_start|>assistant`, `\\n` after `<|im_end|>`) is context too: at
+   inference the prompt supplies the first and generation stops before the second. System prompt, task, tool
+   observations and expert guidance are never targets.
 2. An example longer than `sft.max_length` tokens is never cut mid-turn: it is dropped (`sft.truncation=drop`)
    or fails the phase (`error`). Every drop is counted, by reason and id, in `sft_data.json`, in the
    dataset card SFT writes beside the model (`dataset_card.json`: the synth card plus an `sft` section, also
@@ -49,7 +51,8 @@ running `torchrun -m protege.cli sft ...` on `sft.num_nodes` nodes × `sft.gpus_
 `sft.trainjob_runtime` runtime; apply it with `kubectl apply -f FILE`. `<out>` must then be a shared
 (ReadWriteMany) volume, since ZeRO-3 checkpoints hold every rank's optimizer shard.
 
-Simplified relative to the paper: one training template (Qwen2.5's) for every base model.
+The chat template is the base model's own (Qwen2.5-Coder as in the paper, or a Qwen3-class model); a
+template whose tool calls are not `<tool_call>` JSON is refused before training.
 """
 
 from __future__ import annotations
@@ -117,8 +120,9 @@ class SFTDataset:
 
 
 def load_dataset(dataset: str, work_dir: Path, store: Any = None) -> SFTDataset:
-    """The records of the synth export (protege.sft_data): its `sft.jsonl`, or that file itself; local,
-    or fetched from s3:// into `work_dir`. The digest is the file's sha256, checked against the card's."""
+    """What SFT renders of the synth export's trajectories (protege.sft_data.read_dataset): its `sft.jsonl`,
+    or a trajectory file itself; local, or fetched from s3:// into `work_dir`. The digest is the file's
+    sha256, checked against the card's."""
     from protege.sft_data import CARD_FILE, DATASET_FILE, DatasetError, read_dataset, sha256_file
 
     if dataset.startswith("s3://"):
@@ -541,8 +545,8 @@ def train(
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer
-    from trl.chat_template_utils import get_training_chat_template
 
+    from protege.agent.chat_format import chat_format
     from protege.model import resolve_model
 
     ensure_process_group_env(cfg)
@@ -555,7 +559,7 @@ def train(
             out_dir / CHECKPOINTS, store, store.uri(f"{cfg.run_name}/{PHASE}") if store else ""
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+    template = chat_format(tokenizer).training_template
     examples, report = prepare_examples(cfg, tokenizer, template, data, out_dir, args.process_index == 0)
     lineage = Lineage(cfg, data, store, tracker, run_id)
     report_fallback(fallback, tracker, run_id)

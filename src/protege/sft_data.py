@@ -1,6 +1,13 @@
-"""The SFT dataset: kept synthesis trajectories as chat records the protégé's template renders.
+"""The SFT dataset: the kept synthesis trajectories, in the one trajectory format, that SFT reads directly.
 
-One JSONL record per kept trajectory (`sft.jsonl`, sorted by instance id and attempt):
+`sft.jsonl` holds one `protege.trajectory.Trajectory` record per kept episode (sorted by instance id and
+attempt), read back with `read_trajectories`, so an unknown `format_version` is refused with the file, line
+and version. Its wall-clock fields (started_at, wall_time_s, each action's duration_s, each expert call's
+latency_s) are zeroed: they stay in synth's `trajectories.jsonl`, and without them the same episodes give
+the same bytes and the same `digest` (sha256 of `sft.jsonl`) on every rerun. Key order is never sorted
+(tool-call arguments render through `tojson` in their own order).
+
+What SFT renders from a trajectory, `to_record`, is computed in memory when the file is read, never stored:
 
     {"id": "<instance_id>#<attempt>", "instance_id": ..., "attempt": ...,
      "messages": [{"role", "content", "provenance", ("tool_calls" | "tool_call_id", "name")}, ...],
@@ -8,20 +15,15 @@ One JSONL record per kept trajectory (`sft.jsonl`, sorted by instance id and att
      "meta": {"policy_backend", "policy_model", "expert_backend", "expert_model", "expert_calls",
               "steps", "policy_tokens", "expert_tokens", "cost_usd"}}
 
-`messages` is the HF chat format: assistant tool calls as `{"type": "function", "function": {"name",
-"arguments": <dict>}}` (the Qwen2.5 template writes them with `tojson` inside `<tool_call>` tags),
-tool observations as `role: tool` messages. `provenance` says who produced each message; only
-`policy` messages are training targets (`target_mask`): the system prompt, the task, tool
-observations and expert guidance (a tool message with provenance `expert`) are context only
-(METHOD §4). Messages are the full record of the episode (observations as inserted, i.e. already
-truncated to the agent's cap); SFT applies `agent.history_view` when it renders them
-(protege.agent.render.training_conversations), so it trains on the view the agent is shown. `tools` are
-written in the agent's definition order and no key is ever sorted: key order is part of the rendered
-prompt. Nothing time-dependent is exported, so the same trajectories give the same bytes and
-the same `digest` (sha256 of `sft.jsonl`).
+`messages` is protege.agent.render's HF chat conversion (the one the agent and RL render their prompts
+with) plus each message's `provenance`; only `policy` messages are training targets (`target_mask`): the
+system prompt, the task, tool observations and expert guidance (a tool message with provenance `expert`)
+are context only (METHOD §4). SFT applies `agent.history_view` when it renders them
+(protege.agent.render.training_conversations), so it trains on the view the agent is shown. `tools` are the
+schemas the episodes were played with, in the agent's definition order, kept in the card (`tools`).
 
 Beside it: `dataset_card.json` (what the run tried, kept and rejected, by reason; expert calls per
-trajectory; tokens; cost; the digest) and `README.md` (the same card, for people).
+trajectory; tokens; cost; the tool schemas; the digest) and `README.md` (the same card, for people).
 """
 
 from __future__ import annotations
@@ -34,17 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from protege.store import sha256_file
-from protege.trajectory import Trajectory
+from protege.trajectory import FORMAT_VERSION, Trajectory, TrajectoryFormatError, read_trajectories
 
 DATASET_FILE = "sft.jsonl"
 CARD_FILE = "dataset_card.json"
 README_FILE = "README.md"
-DATASET_FORMAT = "protege-sft-chat-v1"
+DATASET_FORMAT = f"protege-trajectory-v{FORMAT_VERSION}"
 TARGET_PROVENANCE = "policy"
 """The only provenance SFT trains on."""
 
 
-class DatasetError(ValueError):
+class DatasetError(TrajectoryFormatError):
     """An SFT dataset file is malformed; the message names the file, line and field."""
 
 
@@ -76,7 +78,7 @@ def chat_messages(trajectory: Trajectory) -> list[dict[str, Any]]:
 
 
 def to_record(trajectory: Trajectory, tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """One dataset record (see module docstring); nothing time-dependent."""
+    """What SFT renders of one trajectory (see module docstring); nothing time-dependent."""
     return {
         "id": f"{trajectory.instance_id}#{trajectory.attempt}",
         "instance_id": trajectory.instance_id,
@@ -90,9 +92,9 @@ def to_record(trajectory: Trajectory, tools: list[dict[str, Any]]) -> dict[str, 
             "expert_model": trajectory.expert_model,
             "expert_calls": len(trajectory.expert_calls),
             "steps": trajectory.steps,
-            "policy_tokens": trajectory.policy_input_tokens + trajectory.policy_output_tokens,
+            "policy_tokens": trajectory.policy_tokens,
             "expert_tokens": trajectory.expert_tokens,
-            "cost_usd": round(trajectory.policy_cost_usd + trajectory.expert_cost_usd, 6),
+            "cost_usd": round(trajectory.cost_usd, 6),
         },
     }
 
@@ -113,9 +115,11 @@ def _distribution(values: list[float]) -> dict[str, float]:
     }
 
 
-def build_card(kept: list[Trajectory], summary: dict[str, Any], digest: str) -> dict[str, Any]:
+def build_card(
+    kept: list[Trajectory], summary: dict[str, Any], digest: str, tools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The dataset card: the run's `summary` (backends, tried, rejected by reason, ...) plus the
-    kept set's expert calls, tokens and cost, and the digest."""
+    kept set's expert calls, tokens and cost, the tool schemas SFT renders with, and the digest."""
     calls = [len(t.expert_calls) for t in kept]
     return {
         "format": DATASET_FORMAT,
@@ -136,6 +140,7 @@ def build_card(kept: list[Trajectory], summary: dict[str, Any], digest: str) -> 
             "expert": round(sum(t.expert_cost_usd for t in kept), 6),
         },
         "targets": f"messages with provenance '{TARGET_PROVENANCE}' only",
+        **({"tools": tools} if tools is not None else {}),
     }
 
 
@@ -145,7 +150,7 @@ def render_readme(card: dict[str, Any]) -> str:
     lines = [
         "# protege SFT dataset (synth)",
         "",
-        f"`{card['file']}`: {card['records']} chat record(s), format `{card['format']}`, sha256 `{card['sha256']}`.",
+        f"`{card['file']}`: {card['records']} trajectories, format `{card['format']}`, sha256 `{card['sha256']}`.",
         "",
         f"- teacher: {card.get('teacher_backend', '?')} (`{card.get('teacher_model', '?')}`)",
         f"- expert: {card.get('expert_backend', '?')} (`{card.get('expert_model', '?')}`), gold patch shown: "
@@ -173,37 +178,46 @@ def export_dataset(
     path = out_dir / DATASET_FILE
     with path.open("w") as handle:
         for trajectory in ordered:
-            # Never sort_keys: key order is rendered (tool schemas in the system prompt, tool-call arguments
-            # through `tojson`), so the record keeps the agent's order and SFT renders the agent's tokens.
-            handle.write(json.dumps(to_record(trajectory, tools), ensure_ascii=False) + "\n")
+            # Never sort_keys: key order is rendered (tool-call arguments through `tojson`).
+            handle.write(without_clock(trajectory).model_dump_json() + "\n")
     digest = sha256_file(path)
-    card = build_card(ordered, summary, digest)
+    card = build_card(ordered, summary, digest, tools)
     card_path = out_dir / CARD_FILE
-    card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    # Top-level keys sorted, nested ones never: the tool schemas' key order is rendered into the prompt.
+    card_path.write_text(json.dumps(dict(sorted(card.items())), indent=2) + "\n")
     readme_path = out_dir / README_FILE
     readme_path.write_text(render_readme(card))
     return DatasetExport(path, card_path, readme_path, digest, len(ordered), card)
 
 
+def without_clock(trajectory: Trajectory) -> Trajectory:
+    """The trajectory with its wall-clock fields zeroed (what the dataset stores; see module docstring)."""
+    return trajectory.model_copy(
+        update={
+            "started_at": 0.0,
+            "wall_time_s": 0.0,
+            "actions": [a.model_copy(update={"duration_s": 0.0}) for a in trajectory.actions],
+            "expert_calls": [c.model_copy(update={"latency_s": 0.0}) for c in trajectory.expert_calls],
+        }
+    )
+
+
+def dataset_tools(path: str | Path) -> list[dict[str, Any]]:
+    """The tool schemas of the dataset at `path` (its card's `tools`), else the agent's own."""
+    card = Path(path).parent / CARD_FILE
+    tools = json.loads(card.read_text()).get("tools") if card.is_file() else None
+    if tools is None:
+        from protege.agent.render import tool_schemas
+
+        tools = tool_schemas()
+    return tools
+
+
 def read_dataset(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of an SFT JSONL file, checked for the fields SFT relies on."""
-    path = Path(path)
-    records = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON: {err.msg}") from None
-            for key in ("id", "messages", "tools"):
-                if key not in record:
-                    raise DatasetError(f"{where}: record has no `{key}`")
-            for index, message in enumerate(record["messages"]):
-                missing = [k for k in ("role", "content", "provenance") if k not in message]
-                if missing:
-                    raise DatasetError(f"{where}: messages[{index}] has no {', '.join(missing)}")
-            records.append(record)
-    return records
+    """What SFT renders of every trajectory of `path` (`to_record`, with the card's tool schemas). A bad line
+    raises DatasetError naming the file, line and field (an unknown `format_version` among them)."""
+    tools = dataset_tools(path)
+    try:
+        return [to_record(trajectory, tools) for trajectory in read_trajectories(path)]
+    except TrajectoryFormatError as err:
+        raise DatasetError(str(err)) from None

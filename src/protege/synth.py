@@ -157,10 +157,6 @@ def verdict(trajectory: Trajectory) -> dict[str, Any]:
     return trajectory.extra.get(PHASE, {"kept": False, "reason": "error", "detail": "no verdict"})
 
 
-def cost(trajectory: Trajectory) -> float:
-    return trajectory.policy_cost_usd + trajectory.expert_cost_usd
-
-
 # --------------------------------------------------------------------------------------------------
 # Teachers
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +287,7 @@ class SynthRun:
         self.open_sandbox: Any = None  # set by `run`: a WarmPool's open
 
     def spent(self, instance_id: str | None = None) -> float:
-        return sum(cost(t) for (i, _), t in self.recorded.items() if instance_id in (None, i))
+        return sum(t.cost_usd for (i, _), t in self.recorded.items() if instance_id in (None, i))
 
     def admit(self, task: TaskInstance) -> tuple[str, float]:
         """('', episode cap) when the episode may start, else (why not, 0)."""
@@ -322,13 +318,9 @@ class SynthRun:
         except Exception as err:  # noqa: BLE001 - one crashed episode is a rejection, never fatal
             detail = "".join(traceback.format_exception_only(err)).strip()
             reason = TRANSIENT if transient_exception(err) else "error"
-            trajectory = Trajectory(
-                instance_id=task.instance_id,
-                attempt=attempt,
-                phase=PHASE,
-                status="sandbox_error",
-                status_detail=detail,
-                extra={PHASE: {"kept": False, "reason": reason, "detail": detail}},
+            extra = {PHASE: {"kept": False, "reason": reason, "detail": detail}}
+            trajectory = Trajectory.failed(
+                task.instance_id, attempt, PHASE, "sandbox_error", detail, extra=extra
             )
         self.record(trajectory)
         return trajectory
@@ -457,7 +449,7 @@ def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str,
         "episodes": len(recorded),
         "kept": sum(verdict(t)["kept"] for t in recorded.values()),
         "rejected_by_reason": dict(sorted(reasons.items())),
-        "episode_cost_usd": round(sum(cost(t) for t in recorded.values()), 6),
+        "episode_cost_usd": round(sum(t.cost_usd for t in recorded.values()), 6),
     }
 
 

@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 1
-KNOWN_VERSIONS = (1,)
+FORMAT_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+# Version history: 2 added ExpertCall.forced (scaffold-forced calls, issue 19); a v1 record reads as v2
+# with every call unforced.
 
 # Who produced a message. Only `policy` messages are ever training targets.
 Provenance = Literal["system", "task", "policy", "tool", "expert"]
@@ -129,6 +131,9 @@ class ExpertCall(Record):
     """Wall time of the request."""
     cache_hit: bool = False
     """Answered from the response cache."""
+    forced: bool = False
+    """(v2) The scaffold made this call (agent.forced_ask), not the policy: same tool path, quota and cost
+    cap, no policy turn behind it."""
     warranted: float | None = None
     """Hidden judge score u_i (RL only; never shown to the agent)."""
     follow_through: float | None = None
@@ -183,13 +188,46 @@ class Trajectory(Record):
     extra: dict[str, Any] = Field(default_factory=dict)
     """Phase-specific annotations (e.g. synth rejection reason)."""
 
+    @classmethod
+    def failed(
+        cls, instance_id: str, attempt: int, phase: str, status: str, detail: str, **fields: Any
+    ) -> Trajectory:
+        """The record of an episode that never ran to its end (a sandbox that did not start, a timeout, a
+        crash): no messages, `status` and its detail; `fields` sets any other field (wall time, extra)."""
+        return cls(
+            instance_id=instance_id,
+            attempt=attempt,
+            phase=phase,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
+            status_detail=detail,
+            **fields,
+        )
+
+    # The episode's totals, defined here once: synth, SFT's dataset view, metrics and traces all read these.
     @property
     def expert_cost_usd(self) -> float:
+        """Dollars billed for the expert calls (0 for cache hits and the oracle)."""
         return sum(c.cost_usd for c in self.expert_calls)
 
     @property
+    def cost_usd(self) -> float:
+        """Dollars the episode cost: API policy turns plus expert calls."""
+        return self.policy_cost_usd + self.expert_cost_usd
+
+    @property
     def expert_tokens(self) -> int:
+        """Expert input plus output tokens over the episode."""
         return sum(c.input_tokens + c.output_tokens for c in self.expert_calls)
+
+    @property
+    def policy_tokens(self) -> int:
+        """Policy prompt plus generated tokens over the episode."""
+        return self.policy_input_tokens + self.policy_output_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Every token the episode processed, policy and expert."""
+        return self.policy_tokens + self.expert_tokens
 
     @property
     def steps(self) -> int:
@@ -205,9 +243,23 @@ def parse_record(data: dict[str, Any], where: str) -> Trajectory:
     try:
         return Trajectory.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise TrajectoryFormatError(f"{where}: invalid trajectory field {field}: {first['msg']}") from None
+        raise TrajectoryFormatError(f"{where}: {_first_problem(err)}") from None
+
+
+def _first_problem(err: ValidationError) -> str:
+    """The first validation error as one phrase; required fields missing from one object are named together
+    ("messages[0] has no content, provenance")."""
+    errors = err.errors()
+    first = errors[0]
+    if first["type"] != "missing":
+        return f"invalid trajectory field {_dotted(first['loc'])}: {first['msg']}"
+    parent = first["loc"][:-1]
+    missing = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent)
+    return f"{_dotted(parent) or 'record'} has no {', '.join(missing)}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def read_trajectories(path: str | Path) -> Iterator[Trajectory]:

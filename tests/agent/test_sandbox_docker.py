@@ -212,6 +212,26 @@ def test_output_cap_file_round_trip_and_diff(image):
     assert "+    return a + b" in patch and "diff --git a/src/big.txt b/src/big.txt" in patch
 
 
+def test_editor_file_operations(image):
+    root, shas = image
+    with DockerSandbox(
+        SandboxConfig(backend="docker"), with_image(make_task(shas["base"])), client=FakeDocker(root)
+    ) as sandbox:
+        assert sandbox.read_path("calc.py") == ("file", "def add(a, b):\n    return a - b\n")
+        kind, listing = sandbox.read_path(".")
+        assert kind == "dir" and "./calc.py" in listing.split("\n") and "./.git" not in listing
+        with pytest.raises(FileExistsError, match="calc.py"):
+            sandbox.write_file("calc.py", "x", exclusive=True)
+        sandbox.write_file("new.py", "N = 1\n", exclusive=True)
+        assert sandbox.edit_file("calc.py", "a - b", "a + b", None) == (
+            "def add(a, b):\n    return a - b\n",
+            True,
+        )
+        assert sandbox.edit_file("calc.py", "absent", "x", None)[1] is False
+        assert sandbox.read_file("calc.py") == "def add(a, b):\n    return a + b\n"
+        assert sandbox.read_file("new.py") == "N = 1\n"
+
+
 def test_image_not_at_base_commit_is_a_sandbox_error_and_the_container_goes(image):
     root, shas = image
     git(root, "checkout", "-q", shas["fix"])

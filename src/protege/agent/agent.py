@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from protege.agent.forced import forced_steps
 from protege.agent.loops import base_command
 from protege.agent.policies import ContextOverflow, PolicyError
 from protege.agent.protocols import Expert, PatchTooLarge, Policy, PolicyTurn, Sandbox, SandboxError
@@ -142,6 +143,8 @@ class Agent:
         self.consecutive_format_errors = 0
         self.format_errors = 0
         self._started_monotonic = 0.0
+        self.forced_pending = set(forced_steps(cfg.forced_ask, task.instance_id, attempt, cfg.step_limit))
+        """Steps before which the scaffold still has to force an ask_expert call (agent.forced_ask)."""
 
     # bookkeeping ---------------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class Agent:
 
     def step(self) -> None:
         self.check_limits()
+        self.forced_ask()
         turn = self.query()
         try:
             call = self.parse(turn)
@@ -193,6 +197,24 @@ class Agent:
         thought, _ = split_completion(turn.text)
         self.add(self.assistant_message(turn, thought, [call]))
         self.execute(call)
+
+    def forced_ask(self) -> None:
+        """A scaffold-forced ask_expert call before this step when the schedule says so (once per step,
+        whatever format errors follow): the same tool path, quota and cost cap as the policy's calls; the
+        guidance arrives as a user message (no policy turn asked for it) and the call is marked forced."""
+        step = len(self.actions) + 1
+        if step not in self.forced_pending:
+            return
+        self.forced_pending.discard(step)
+        question = self.cfg.forced_ask.question
+        call = ToolCall(id=f"forced_{step}", name="ask_expert", arguments={"question": question})
+        outcome = self.tools.execute(call, self.messages, step)
+        self.add_observation(outcome.observation, provenance=outcome.provenance, name="ask_expert")
+        if outcome.expert_call is not None:
+            self.expert_calls.append(outcome.expert_call.model_copy(update={"forced": True}))
+            terminal = _EXPERT_TERMINAL.get(outcome.expert_call.status)
+            if terminal is not None:
+                raise EpisodeEnd(terminal, outcome.expert_call.error)
 
     def check_limits(self) -> None:
         elapsed = time.monotonic() - self._started_monotonic

@@ -6,6 +6,11 @@ existing one); `str_replace` replaces `old_str`, which must occur exactly once, 
 `insert` puts `new_str` after line `insert_line` (0 = at the top); `undo_edit` reverts the last
 create/str_replace/insert of a file in this episode (undoing a create removes the file).
 Every misuse raises `ToolError`, whose message is the observation the policy reads.
+
+Each command is one round trip to the sandbox: `view` is `Sandbox.read_path` (a file's text or a
+directory's listing), `create` an exclusive `write_file`, `str_replace` and `insert` one `edit_file` (the
+sandbox applies `shell_server.apply_edit` and sends back the text before, from which the observation and
+the undo history are made), `undo_edit` one write or remove.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shlex
 from typing import Any
 
 from protege.agent.protocols import Sandbox
+from protege.agent.sandbox.shell_server import file_lines, join_lines
 
 SNIPPET_LINES = 4
 """Lines of context shown around an edit (SWE-agent's value)."""
@@ -50,16 +56,21 @@ def resolve_path(path: str, workdir: str) -> str:
     return resolved
 
 
-def file_lines(text: str) -> list[str]:
-    """The lines of a file as `cat -n` counts them (a final newline does not start another line)."""
-    if not text:
-        return []
-    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+def _refusing(path: str, verb: str, operation: Any) -> Any:
+    """operation(), its file errors turned into the observations the policy reads."""
+    try:
+        return operation()
+    except FileNotFoundError:
+        raise ToolError(f"str_replace_editor: the path {path} does not exist") from None
+    except IsADirectoryError:
+        raise ToolError(f"str_replace_editor: the path {path} is a directory") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ToolError(f"str_replace_editor: cannot {verb} {path}: {err}") from None
 
 
-def _join_lines(lines: list[str], like: str) -> str:
-    """Lines back to text, with a final newline when the original had one (or was empty)."""
-    return "\n".join(lines) + ("\n" if like.endswith("\n") or not like else "")
+def _written(path: str, applied: bool) -> None:
+    if not applied:  # the sandbox and this editor disagree on whether the edit applies: a bug, said so
+        raise ToolError(f"str_replace_editor: the edit of {path} was not written (internal error)")
 
 
 def numbered(lines: list[str], first: int = 1) -> str:
@@ -119,47 +130,15 @@ class Editor:
         }
         return handlers[command](path, **args)
 
-    def _kind(self, path: str) -> str:
-        quoted = shlex.quote(path)
-        probe = (
-            f"if [ -d {quoted} ]; then echo dir; elif [ -f {quoted} ]; then echo file; "
-            f"elif [ -e {quoted} ]; then echo other; else echo missing; fi"
-        )
-        return self.sandbox.run(probe, timeout=self.timeout_s).output.strip()
-
-    def _read(self, path: str, kind: str = "") -> str:
-        kind = kind or self._kind(path)
-        if kind == "missing":
-            raise ToolError(f"str_replace_editor: the path {path} does not exist")
-        if kind != "file":
-            raise ToolError(
-                f"str_replace_editor: the path {path} is a {'directory' if kind == 'dir' else kind}"
-            )
-        try:
-            return self.sandbox.read_file(path)
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ToolError(f"str_replace_editor: cannot read {path}: {err}") from None
-
-    def _write(self, path: str, text: str) -> None:
-        try:
-            self.sandbox.write_file(path, text)
-        except (OSError, ValueError) as err:
-            raise ToolError(f"str_replace_editor: cannot write {path}: {err}") from None
-
     def _view(self, path: str, view_range: list[int] | None = None) -> str:
-        kind = self._kind(path)
+        kind, text = _refusing(path, "read", lambda: self.sandbox.read_path(path))
         if kind == "dir":
             if view_range is not None:
                 raise ToolError(
                     "str_replace_editor view: `view_range` is not allowed when `path` is a directory"
                 )
-            quoted = shlex.quote(path)
-            listing = self.sandbox.run(
-                f"find {quoted} -mindepth 1 -maxdepth 2 -name '.*' -prune -o -print | sort",
-                timeout=self.timeout_s,
-            ).output
-            return f"Here's the files and directories up to 2 levels deep in {path}, excluding hidden items:\n{listing.rstrip()}"
-        lines = file_lines(self._read(path, kind))
+            return f"Here's the files and directories up to 2 levels deep in {path}, excluding hidden items:\n{text.rstrip()}"
+        lines = file_lines(text)
         if view_range is None:
             return f"Here's the result of running `cat -n` on {path}:\n{numbered(lines)}"
         if len(view_range) != 2:
@@ -181,31 +160,28 @@ class Editor:
         return f"Here's the result of running `cat -n` on {path}:\n{numbered(shown, start)}"
 
     def _create(self, path: str, file_text: str) -> str:
-        quoted = shlex.quote(path)
-        parent = shlex.quote(posixpath.dirname(path))
-        answer = self.sandbox.run(
-            f"if [ -e {quoted} ]; then echo exists; else mkdir -p {parent} && echo ok; fi",
-            timeout=self.timeout_s,
-        ).output.strip()
-        if answer == "exists":
+        try:
+            self.sandbox.write_file(path, file_text, exclusive=True)
+        except FileExistsError:
             raise ToolError(
                 f"str_replace_editor create: file already exists at {path}; "
                 "use `str_replace` or `insert` to change it"
-            )
-        if answer != "ok":
-            raise ToolError(
-                f"str_replace_editor create: cannot create the parent directory of {path}: {answer}"
-            )
-        self._write(path, file_text)
+            ) from None
+        except (OSError, ValueError) as err:
+            raise ToolError(f"str_replace_editor create: cannot create {path}: {err}") from None
         self._history.setdefault(path, []).append(None)
         return f"File created successfully at: {path}"
 
+    def _edit(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        return _refusing(path, "edit", lambda: self.sandbox.edit_file(path, old, new, line))
+
     def _str_replace(self, path: str, old_str: str, new_str: str = "") -> str:
-        text = self._read(path)
         if not old_str:
+            self._edit(path, None, "", None)  # a missing file or a directory is the first thing to say
             raise ToolError(
                 "str_replace_editor str_replace: `old_str` is empty; give the exact text to replace"
             )
+        text, applied = self._edit(path, old_str, new_str, None)
         count = text.count(old_str)
         if count == 0:
             raise ToolError(
@@ -217,23 +193,22 @@ class Editor:
                 f"No replacement was performed. Multiple occurrences of old_str `{old_str}` in lines {lines}. "
                 "Please ensure it is unique."
             )
+        _written(path, applied)
         first = text[: text.index(old_str)].count("\n")
-        updated = text.replace(old_str, new_str)
-        self._write(path, updated)
         self._history.setdefault(path, []).append(text)
-        return _edited(path, updated, first, first + new_str.count("\n") + 1)
+        return _edited(path, text.replace(old_str, new_str), first, first + new_str.count("\n") + 1)
 
     def _insert(self, path: str, insert_line: int, new_str: str) -> str:
-        text = self._read(path)
+        text, applied = self._edit(path, None, new_str, insert_line)
         lines = file_lines(text)
         if not 0 <= insert_line <= len(lines):
             raise ToolError(
                 f"str_replace_editor insert: invalid `insert_line` {insert_line}: it must be within the "
                 f"file's lines [0, {len(lines)}]"
             )
+        _written(path, applied)
         new_lines = new_str.split("\n")
-        updated = _join_lines(lines[:insert_line] + new_lines + lines[insert_line:], text)
-        self._write(path, updated)
+        updated = join_lines(lines[:insert_line] + new_lines + lines[insert_line:], text)
         self._history.setdefault(path, []).append(text)
         return _edited(path, updated, insert_line, insert_line + len(new_lines))
 
@@ -245,7 +220,10 @@ class Editor:
         if previous is None:
             self.sandbox.run(f"rm -f {shlex.quote(path)}", timeout=self.timeout_s)
             return f"Last edit to {path} undone: the file it created was removed."
-        self._write(path, previous)
+        try:
+            self.sandbox.write_file(path, previous)
+        except (OSError, ValueError) as err:
+            raise ToolError(f"str_replace_editor: cannot write {path}: {err}") from None
         return (
             f"Last edit to {path} undone successfully. Here's the result of running `cat -n` on {path}:\n"
             + (numbered(file_lines(previous)))

@@ -175,6 +175,12 @@ def _capped_client_class(client_class: type, cap_s: float) -> type:
         def _calculate_retry_timeout(self, *args: Any, **kwargs: Any) -> float:
             return min(super()._calculate_retry_timeout(*args, **kwargs), cap_s)
 
+        def _parse_retry_after_header(self, *args: Any, **kwargs: Any) -> float | None:
+            # Seen capped, so a long `retry-after` is waited out for `cap_s` and retried, not given up on
+            # (the openai SDK stops retrying past two minutes).
+            asked = super()._parse_retry_after_header(*args, **kwargs)
+            return None if asked is None else min(asked, cap_s)
+
     return Capped
 
 

@@ -38,11 +38,18 @@ def _anthropic(cfg: ProtegeConfig, script: str | None, store: Any) -> Any:
     return AnthropicPolicy(cfg.agent.policy, cfg.agent.policy.model or cfg.model.base)
 
 
+def _oracle(cfg: ProtegeConfig, script: str | None, store: Any) -> Any:
+    raise ValueError(
+        "the oracle policy acts on one task it knows the fix of: the eval phase builds one per episode"
+    )
+
+
 POLICY_BUILDERS = {
     "scripted": _scripted,
     "transformers": _transformers,
     "openai": _openai,
     "anthropic": _anthropic,
+    "oracle": _oracle,
 }
 
 

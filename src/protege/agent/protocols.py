@@ -41,9 +41,22 @@ class Sandbox(Protocol):
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult: ...
 
-    def read_file(self, path: str) -> str: ...
+    def read_file(self, path: str) -> str:
+        """A file's text (relative to workdir); FileNotFoundError, IsADirectoryError, OSError naming the path."""
+        ...
 
-    def write_file(self, path: str, content: str) -> None: ...
+    def read_path(self, path: str) -> tuple[str, str]:
+        """("file", its text) or ("dir", its listing two levels deep without hidden entries); errors as read_file."""
+        ...
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
+        """Create or replace a file, parents created; FileExistsError when `exclusive` and it exists."""
+        ...
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        """Apply `shell_server.apply_edit(text, old, new, line)` to the file and write the result back when
+        the edit applies: (the text before, whether it was written). Errors as read_file."""
+        ...
 
     def diff(self) -> str:
         """`git diff` of the work tree against base_commit (new files included)."""

@@ -1,13 +1,15 @@
-"""The Qwen2.5 tool-call format: render and parse `<tool_call>{json}</tool_call>` blocks.
+"""The Qwen tool-call format: render and parse `<tool_call>{json}</tool_call>` blocks.
 
-The Qwen2.5 chat template writes an assistant turn's calls as
+The Qwen2.5 and Qwen3 chat templates write an assistant turn's calls as
 
     <reasoning text>
     <tool_call>
     {"name": "bash", "arguments": {"command": "ls"}}
     </tool_call><|im_end|>
 
-and a model trained on it answers the same way. `split_completion` turns a decoded completion back into
+(Qwen3 opens the turn with a `<think>...</think>` block, which stays in the reasoning text: its template
+splits it back out) and a model trained on it answers the same way. protege.agent.chat_format refuses a
+base model whose template writes calls any other way. `split_completion` turns a decoded completion back into
 its reasoning text and its calls; a block that is not a well-formed call comes back as an error entry
 (never dropped, never raised) so the agent loop can count it as a format error and tell the model why.
 """

@@ -7,7 +7,9 @@ What the protégé reads at a turn is fixed by three things, and each lives here
   to `agent.observation_max_chars`); `collapsed` is METHOD §1's processing, tool observations older than the
   last `agent.keep_last_observations` become a one-line placeholder, expert guidance never does;
 - the chat template applied to `chat_messages` (HF chat dicts: tool-call arguments as dicts, which the
-  Qwen2.5 template writes with `tojson` in their own key order).
+  Qwen templates write with `tojson` in their own key order): the base tokenizer's own, or its
+  prefix-preserving training variant where the own one rewrites earlier turns (Qwen3;
+  protege.agent.chat_format decides, from the tokenizer, never from a flag).
 
 The default view is `full`, in both profiles. Why: a GRPO rollout is one append-only token sequence (each
 turn is generated from the sequence that holds every earlier turn, protege.rl.rollout), so its importance
@@ -24,6 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from protege.agent.chat_format import chat_format
 from protege.agent.tools import TOOL_SCHEMAS
 from protege.trajectory import Message
 
@@ -100,14 +103,15 @@ def render_text(
     generation_prompt: bool,
     template: str | None = None,
 ) -> str:
-    """The chat template's text for `chat` (HF chat dicts) with `tools`; `template` overrides the
-    tokenizer's own (SFT passes the training variant with generation markers, which renders the same text)."""
+    """The text of `chat` (HF chat dicts) with `tools` under the tokenizer's render template
+    (protege.agent.chat_format); `template` overrides it (SFT passes the training variant with generation
+    markers, which renders the same text)."""
     return tokenizer.apply_chat_template(
         chat,
         tools=tools or None,
         add_generation_prompt=generation_prompt,
         tokenize=False,
-        chat_template=template,
+        chat_template=template or chat_format(tokenizer).render_template,
     )
 
 

@@ -34,6 +34,7 @@ GROUPS = (
     "tasks",
     "model",
     "evaluate",
+    "compare",
     "services",
     "agent",
     "sft",

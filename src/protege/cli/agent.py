@@ -52,7 +52,7 @@ def render_summary(trajectory: Trajectory) -> str:
         "=" * RULE_WIDTH,
         f"status: {trajectory.status} ({trajectory.status_detail})",
         f"steps: {trajectory.steps}  expert calls: {len(trajectory.expert_calls)} "
-        f"({trajectory.expert_backend or 'none'})  cost: ${trajectory.policy_cost_usd + trajectory.expert_cost_usd:.4f}  "
+        f"({trajectory.expert_backend or 'none'})  cost: ${trajectory.cost_usd:.4f}  "
         f"policy tokens in/out: {trajectory.policy_input_tokens}/{trajectory.policy_output_tokens}",
         "patch:" if trajectory.patch.strip() else "patch: (empty)",
     ]
@@ -63,11 +63,11 @@ def render_summary(trajectory: Trajectory) -> str:
 
 def find_task(cfg, instance_id: str) -> tuple[TaskInstance, str]:
     """The task with this id from the profile's train or eval set, and the source it came from."""
-    from protege.tasksets import load_task_set
+    from protege.tasksets import load_task_set, split_of
 
     seen: list[str] = []
     for source in dict.fromkeys([cfg.tasks.train, cfg.tasks.eval]):
-        tasks = load_task_set(source, hf_split=cfg.tasks.hf_split)
+        tasks = load_task_set(source, split=split_of(cfg.tasks, source))
         for task in tasks:
             if task.instance_id == instance_id:
                 return task, source

@@ -14,12 +14,12 @@ from protege.docker_engine import (
     EngineError,
     _image_exists,
     base_tarball,
-    build_demo_images,
     build_images,
     engine_host,
     stop_daemon,
     up,
 )
+from protege.environment_images import build_demo_images
 from protege.image_refs import IMAGE_NAMES
 
 # --------------------------------------------------------------------------------------------------

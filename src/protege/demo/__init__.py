@@ -1,6 +1,9 @@
-"""The bundled demo task set: 12 small pure-Python repositories with one real bug each.
+"""The bundled demo task set: 12 small pure-Python repositories with one real bug each, and `deps`.
 
-Package data, one task per repository (8 train, 4 eval, no repository on both sides):
+Package data, one task per repository (8 train, 4 eval, no repository on both sides; `demo:all` is those
+12, which need nothing but pytest). `demo:deps` is one more, `pagination`, whose tests import a package
+from the index (more-itertools) and whose package sits under `src/`: its task.yaml's `environment` is the
+built-in spec that protege.environments builds it a venv (or Docker images) from.
 
     repos/<name>/              the repository's files at base_commit (the buggy state, its tests)
     tasks/<name>/task.yaml     instance id, split, bug kind, FAIL_TO_PASS / PASS_TO_PASS, history

@@ -8,7 +8,7 @@ at base_commit live in `demo/repos/<name>/`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,7 +18,9 @@ REPOS_DIR = DEMO_DIR / "repos"
 TASKS_DIR = DEMO_DIR / "tasks"
 JSONL_PATH = DEMO_DIR / "tasks.jsonl"
 DEMO_OWNER = "protege-demo"
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "deps")
+"""`deps` holds the tasks whose tests need packages from the index (their own environment); `all` is
+train + eval, which need nothing but protege's own environment."""
 
 
 def packaged_name(name: str) -> str:
@@ -61,8 +63,8 @@ class DemoTaskSpec(BaseModel):
     """SWE-bench instance id, `protege-demo__<name>-<n>`."""
     repo: str = Field(min_length=1)
     """`protege-demo/<name>`."""
-    split: Literal["train", "eval"]
-    """Which side of the demo set the task is on."""
+    split: Literal["train", "eval", "deps"]
+    """Which side of the demo set the task is on (`deps`: a set of its own, see SPLITS)."""
     bug_kind: str = Field(min_length=1)
     """What kind of bug it is (documentation; not exported to the JSONL)."""
     version: str = Field(min_length=1)
@@ -75,6 +77,8 @@ class DemoTaskSpec(BaseModel):
     """Tests the gold patch makes pass, as pytest node ids."""
     PASS_TO_PASS: list[str] = Field(min_length=3)
     """Tests that pass before and after the fix, as pytest node ids."""
+    environment: dict[str, Any] | None = None
+    """The repository's built-in environment spec (protege.environments); None = protege's own."""
 
     @property
     def task_dir(self) -> Path:

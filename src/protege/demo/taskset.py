@@ -136,11 +136,14 @@ def read_rows(path: Path = JSONL_PATH) -> list[dict[str, Any]]:
 
 
 def demo_tasks(split: str = "all") -> list[TaskInstance]:
-    """The bundled demo tasks of `split` ("train", "eval" or "all"), from the committed JSONL.
+    """The bundled demo tasks of `split` ("train", "eval", "all" = train + eval, or "deps": the tasks whose
+    tests need packages from the index), from the committed JSONL.
 
     The repositories they refer to are built with `build_demo_repos(tasks.repos_dir)`.
     """
     if split not in (*SPLITS, "all"):
-        raise ValueError(f"demo split must be one of train, eval, all; got {split!r}")
-    rows = [row for row in read_rows() if split == "all" or row["split"] == split]
+        raise ValueError(f"demo split must be one of train, eval, all or deps; got {split!r}")
+    rows = [
+        row for row in read_rows() if row["split"] == split or (split == "all" and row["split"] != "deps")
+    ]
     return [TaskInstance.model_validate(row) for row in rows]

@@ -211,14 +211,9 @@ Work = Callable[[Slot, ResultsWriter], dict[str, Any]]
 
 
 def _failed_trajectory(slot: Slot, status: str, detail: str) -> Trajectory:
-    return Trajectory(
-        instance_id=slot.task.instance_id,
-        attempt=slot.attempt,
-        phase=PHASE,
-        status=status,
-        status_detail=detail,
-        resolved=False,
-        wall_time_s=time.monotonic() - slot.started,
+    elapsed = time.monotonic() - slot.started
+    return Trajectory.failed(
+        slot.task.instance_id, slot.attempt, PHASE, status, detail, resolved=False, wall_time_s=elapsed
     )
 
 
@@ -357,6 +352,10 @@ def policy_source(cfg: ProtegeConfig, script: str | None = None, store: Any = No
     from protege.agent.policies import ScriptedPolicy
     from protege.agent.policy_choice import make_policy
 
+    if cfg.agent.policy.backend == "oracle":  # knows its task: one per episode, like a script
+        from protege.agent.teacher import OracleTeacher
+
+        return lambda task, attempt: OracleTeacher(task, attempt)
     if cfg.agent.policy.backend != "scripted":
         shared = make_policy(cfg, store=store)
         return lambda task, attempt: shared
@@ -383,14 +382,14 @@ def make_work(
     if open_sandbox is None:
         from protege.agent.sandbox import open_sandbox
 
-    expert = ExpertService(cfg.expert)
+    expert = ExpertService(cfg.expert) if cfg.agent.ask_expert else None  # off: the no-expert ablation
     repos_dir = Path(cfg.tasks.repos_dir)
 
     def work(slot: Slot, writer: ResultsWriter) -> dict[str, Any]:
         task, attempt = slot.task, slot.attempt
         trajectory = existing.get((task.instance_id, attempt))
         if trajectory is None:
-            session = expert.session(cfg.agent.expert_quota, cfg.agent.cost_limit_usd)
+            session = expert.session(cfg.agent.expert_quota, cfg.agent.cost_limit_usd) if expert else None
             with open_sandbox(cfg.agent.sandbox, task, repos_dir) as sandbox:
                 agent = Agent(
                     cfg.agent, policy_for(task, attempt), sandbox, task, session, phase=PHASE, attempt=attempt
@@ -548,7 +547,7 @@ def log_to_tracker(
             tracker.log_artifacts(phase.run_id, out_dir / name, "report")
         tracker.log_artifacts(phase.run_id, out_dir / PLOTS_DIR, f"report/{PLOTS_DIR}")
         if tasks:
-            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, list(tasks), "evaluation")
+            log_task_set(tracker, phase.run_id, "eval-tasks", cfg.tasks.eval, tasks, "evaluation")
         episodes = load_results(out_dir).episodes
         log_episode_traces(tracker, phase.run_id, episodes, model=cfg.model.base)
         if failure:

@@ -145,11 +145,6 @@ def longest_loop(trajectory: Trajectory) -> int:
     return loops.longest_run(action.base_command for action in trajectory.actions)
 
 
-def total_tokens(trajectory: Trajectory) -> int:
-    """Policy prompt + generated tokens + expert input + output tokens of one episode."""
-    return trajectory.policy_input_tokens + trajectory.policy_output_tokens + trajectory.expert_tokens
-
-
 def failure_reason(trajectory: Trajectory) -> str | None:
     """The failure-breakdown category of an unresolved episode; None for a resolved one.
 
@@ -184,9 +179,9 @@ def episode_row(trajectory: Trajectory) -> dict[str, Any]:
         "expert_calls": len(trajectory.expert_calls),
         "expert_calls_answered": sum(call.status == "ok" for call in trajectory.expert_calls),
         "expert_tokens": trajectory.expert_tokens,
-        "total_tokens": total_tokens(trajectory),
+        "total_tokens": trajectory.total_tokens,
         "expert_cost_usd": trajectory.expert_cost_usd,
-        "total_cost_usd": trajectory.expert_cost_usd + trajectory.policy_cost_usd,
+        "total_cost_usd": trajectory.cost_usd,
         "wall_time_s": trajectory.wall_time_s,
     }
 

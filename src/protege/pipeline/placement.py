@@ -15,14 +15,15 @@ from typing import Any
 from protege.config import PipelineConfig
 from protege.launch import S3_SECRET_KEYS
 
-STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "register", "close")
-"""The pipeline's steps in order; `close` is its exit handler (components/close_run)."""
-# eval serves the model it evaluates (protege.evaluate.serving), so it runs on the GPU pool too.
-GPU_STEPS = frozenset({"sft", "rl1", "rl2", "eval"})
+STEPS = ("verify", "synth", "sft", "rl1", "rl2", "eval", "baseline", "compare", "register", "close")
+"""The pipeline's steps in order; `close` is its exit handler (components/close_run); `baseline` and
+`compare` form the optional baselines branch (components/compare)."""
+# eval serves the model it evaluates (protege.evaluate.serving), so it runs on the GPU pool too, and so does a baseline.
+GPU_STEPS = frozenset({"sft", "rl1", "rl2", "eval", "baseline"})
 # verify and synth are pure functions of their inputs (task sets, config, expert): safe to reuse.
 CACHED_STEPS = frozenset({"verify", "synth"})
 # Steps that talk to sandboxes or the expert, where a retry can succeed after a transient failure.
-RETRIED_STEPS = frozenset({"verify", "synth", "rl1", "rl2", "eval"})
+RETRIED_STEPS = frozenset({"verify", "synth", "rl1", "rl2", "eval", "baseline"})
 
 # Secret (a PipelineConfig field naming it) -> {key in the Secret: env var the code reads}.
 SECRET_ENV: dict[str, dict[str, str]] = {
@@ -39,6 +40,8 @@ STEP_SECRETS: dict[str, tuple[str, ...]] = {
     "rl1": ("anthropic_secret", "s3_secret", "mlflow_secret"),
     "rl2": ("anthropic_secret", "s3_secret", "mlflow_secret"),
     "eval": ("anthropic_secret", "s3_secret", "mlflow_secret"),
+    "baseline": ("anthropic_secret", "s3_secret", "mlflow_secret"),
+    "compare": ("s3_secret", "mlflow_secret"),
     "register": ("s3_secret", "mlflow_secret"),
     "close": ("mlflow_secret",),
 }

@@ -207,10 +207,15 @@ def training_tasks(cfg: ProtegeConfig, store: Any) -> dict[str, Any]:
 
 
 def _load_policy_model(cfg: ProtegeConfig, model_dir: Path, gpu: bool) -> tuple[Any, Any]:
+    from protege.agent.chat_format import chat_format
     from protege.model import load_model_and_tokenizer
 
     dtype = cfg.model.dtype if gpu else "float32"
-    return load_model_and_tokenizer(model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(
+        model_dir, dtype, "cuda" if gpu else "cpu", cfg.model.attn_implementation
+    )
+    chat_format(tokenizer)  # a template protege cannot render or parse is refused before any rollout
+    return model, tokenizer
 
 
 @dataclasses.dataclass
@@ -283,6 +288,7 @@ def build_trainer(
         gate,
         out_dir / "grading",
         grade,
+        plan.phase,
     )
     rollout_step = RolloutStep(cfg, plan, tasks, ctx, flat, out_dir, tracker, run_id, store)
     if tracker is not None and run_id:

@@ -245,16 +245,12 @@ class RolloutContext:
     gate: Any  # SandboxGate, or a protege.agent.sandbox.warm_pool.WarmPool opening through one
     logs_dir: Path
     grader: Callable[..., Any]  # protege.grading.grade's signature
+    phase: str
+    """rl1 or rl2: every trajectory of the step records it."""
 
 
-def _failed_trajectory(task: TaskInstance, index: int, status: str, detail: str) -> Trajectory:
-    return Trajectory(
-        instance_id=task.instance_id,
-        attempt=index,
-        phase="rl",
-        status=status,  # type: ignore[arg-type]
-        status_detail=detail,
-    )
+def _failed_trajectory(phase: str, task: TaskInstance, index: int, status: str, detail: str) -> Trajectory:
+    return Trajectory.failed(task.instance_id, index, phase, status, detail)
 
 
 def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, Any]) -> Rollout:
@@ -284,7 +280,7 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
             task,
             index,
             policy.trace,
-            _failed_trajectory(task, index, "sandbox_error", detail),
+            _failed_trajectory(ctx.phase, task, index, "sandbox_error", detail),
             failure=detail,
             sandbox_start_s=time.monotonic() - started,
         )
@@ -292,7 +288,7 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
     holder["sandbox"] = sandbox
     try:
         session = ctx.expert.session(agent_cfg.expert_quota, agent_cfg.cost_limit_usd)
-        trajectory = Agent(agent_cfg, policy, sandbox, task, session, phase="rl", attempt=index).run()
+        trajectory = Agent(agent_cfg, policy, sandbox, task, session, phase=ctx.phase, attempt=index).run()
     finally:
         sandbox.close()
     rollout = Rollout(task, index, policy.trace, trajectory, sandbox_start_s=sandbox_start_s)
@@ -316,7 +312,7 @@ def play(ctx: RolloutContext, task: TaskInstance, index: int, holder: dict[str, 
     return rollout
 
 
-def _settled(future: Any, task: TaskInstance, index: int) -> Rollout:
+def _settled(phase: str, future: Any, task: TaskInstance, index: int) -> Rollout:
     try:
         return future.result()
     except Exception as err:  # noqa: BLE001 - one crashed rollout never fails the step
@@ -325,12 +321,12 @@ def _settled(future: Any, task: TaskInstance, index: int) -> Rollout:
             task,
             index,
             TokenTrace(),
-            _failed_trajectory(task, index, "sandbox_error", detail),
+            _failed_trajectory(phase, task, index, "sandbox_error", detail),
             failure=f"error: {detail}",
         )
 
 
-def _timed_out(holder: dict[str, Any], task: TaskInstance, index: int, limit_s: float) -> Rollout:
+def _timed_out(phase: str, holder: dict[str, Any], task: TaskInstance, index: int, limit_s: float) -> Rollout:
     if "policy" in holder:
         holder["policy"].stop.set()  # a turn being generated ends at its next token
     sandbox = holder.get("sandbox")
@@ -338,7 +334,7 @@ def _timed_out(holder: dict[str, Any], task: TaskInstance, index: int, limit_s: 
         sandbox.close()  # unblocks the episode thread: its next command fails and it ends
     detail = f"timeout: rollout still running after {limit_s:.0f} s"
     return Rollout(
-        task, index, TokenTrace(), _failed_trajectory(task, index, "timeout", detail), failure=detail
+        task, index, TokenTrace(), _failed_trajectory(phase, task, index, "timeout", detail), failure=detail
     )
 
 
@@ -373,9 +369,9 @@ def run_rollouts(ctx: RolloutContext, jobs: list[tuple[TaskInstance, int]], work
                 if n in results:
                     continue
                 if future.done():
-                    results[n] = _settled(future, *jobs[n])
+                    results[n] = _settled(ctx.phase, future, *jobs[n])
                 elif now - holders[n].get("started", now) > limit_s:
-                    results[n] = _timed_out(holders[n], *jobs[n], limit_s)
+                    results[n] = _timed_out(ctx.phase, holders[n], *jobs[n], limit_s)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         warm.close()

@@ -59,6 +59,10 @@ TAG_CHECKPOINT_URI = "protege.checkpoint_uri"
 TAG_MODEL_ID = "protege.model_id"
 TAG_SOURCE_RUN = "protege.source_run_id"
 TAG_ADOPTED_FROM = "protege.adopted_from_run_id"
+TAG_VARIANT = "protege.variant"
+"""On a comparison's child run (protege.compare): the variant it measured."""
+TAG_COMPARISON = "protege.comparison"
+"""On a comparison run (protege.compare): the digest of the task set it compared on."""
 _PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs
 _TRUNCATED = "...[truncated]"
 
@@ -180,8 +184,17 @@ class Tracker:
         """A nested run named `name` under the pipeline run; FAILED if the block raises."""
         if name not in PHASES:
             raise TrackingError(f"unknown phase '{name}' (phases: {', '.join(PHASES)})")
+        with self.child(name, params, {TAG_PHASE: name, **dict(tags or {})}) as run:
+            yield run
+
+    @contextmanager
+    def child(
+        self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+    ) -> Iterator[PhaseRun]:
+        """A nested run named `name` under the pipeline run (a phase, or a variant of a comparison run);
+        FAILED if the block raises."""
         parent = self._require_parent()
-        run_tags = {_PARENT_TAG: parent, TAG_PHASE: name, TAG_PIPELINE_RUN: parent, **dict(tags or {})}
+        run_tags = {_PARENT_TAG: parent, TAG_PIPELINE_RUN: parent, **dict(tags or {})}
         run = self._call(
             f"phase run '{name}' under {parent}",
             lambda: self.client.create_run(self.experiment_id, run_name=name, tags=run_tags),

@@ -1,4 +1,4 @@
-"""What every sandbox backend shares: the shell snippets that read, write and diff inside a sandbox, the
+"""What every sandbox backend shares: the shell snippets that read and diff inside a sandbox, the
 output cap, and the mapping of a failed read to the OSError a file API raises."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ if [ -n "$2" ] && size=$(stat -L -c %s -- "$1") && [ "$size" -gt "$2" ]; then
 fi
 exec cat -- "$1"
 """
-WRITE_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
 # The diff stages into a throwaway index so the agent's own index is untouched; byte-code caches
 # are never part of a patch.
 DIFF_SCRIPT = """\

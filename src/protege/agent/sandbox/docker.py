@@ -30,6 +30,7 @@ from typing import Any, Self, TypeVar
 
 from protege.agent.protocols import CommandResult, SandboxError
 from protege.agent.sandbox.common import DIFF_SCRIPT, READ_SCRIPT, OutputCap, raise_for_read
+from protege.agent.sandbox.shell_server import apply_edit
 from protege.config import SandboxConfig
 from protege.tasks import TaskInstance
 
@@ -57,6 +58,13 @@ git -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now -c gc.pruneExpire=n
 echo "$base"
 """
 WRITE_FIRST_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && printf %s "$2" | base64 -d > "$1"'
+CREATE_SCRIPT = 'if [ -e "$1" ]; then echo "file exists: $1" >&2; exit 17; fi; ' + WRITE_FIRST_SCRIPT
+# A directory's listing (exit 40) or READ_SCRIPT: the editor's `view` in one exec.
+LIST_OR_READ_SCRIPT = (
+    'if [ -d "$1" ]; then find "$1" -mindepth 1 -maxdepth 2 -name \'.*\' -prune -o -print | sort; exit 40; fi\n'
+    + READ_SCRIPT
+)
+_LISTED = 40
 WRITE_NEXT_SCRIPT = 'printf %s "$2" | base64 -d >> "$1"'
 WRITE_CHUNK_BYTES = 48 * 1024
 """Raw bytes per exec when writing a file: 64 KiB once base64-encoded, under the kernel's 128 KiB cap
@@ -119,16 +127,33 @@ class ContainerShell:
         result = self.script(READ_SCRIPT, [path], self.cfg.command_timeout_s, None, errors="surrogateescape")
         return raise_for_read(path, result)
 
-    def write_file(self, path: str, content: str) -> None:
+    def read_path(self, path: str) -> tuple[str, str]:
+        result = self.script(
+            LIST_OR_READ_SCRIPT, [path], self.cfg.command_timeout_s, None, errors="surrogateescape"
+        )
+        if result.exit_code == _LISTED:
+            return "dir", result.output
+        return "file", raise_for_read(path, result)
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
         data = content.encode(errors="surrogateescape")
         for offset in range(0, max(len(data), 1), WRITE_CHUNK_BYTES):
             piece = base64.b64encode(data[offset : offset + WRITE_CHUNK_BYTES]).decode()
-            script = WRITE_FIRST_SCRIPT if offset == 0 else WRITE_NEXT_SCRIPT
+            script = WRITE_NEXT_SCRIPT if offset else CREATE_SCRIPT if exclusive else WRITE_FIRST_SCRIPT
             result = self.script(
                 script, [path, piece], self.cfg.command_timeout_s, self.cfg.output_limit_chars
             )
             if result.exit_code != 0:
-                raise OSError(f"{path}: {result.output.strip()}")
+                error = FileExistsError if result.exit_code == 17 else OSError
+                raise error(f"{path}: {result.output.strip()}")
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        """A read and a write (two execs: the image may have no Python to do it in one)."""
+        text = self.read_file(path)
+        updated = apply_edit(text, old, new, line)
+        if updated is not None:
+            self.write_file(path, updated)
+        return text, updated is not None
 
     def diff(self, base_commit: str) -> str:
         result = self.script(DIFF_SCRIPT, [base_commit], self.cfg.setup_timeout_s, None)
@@ -248,9 +273,17 @@ class ContainerSandbox:
         """Whole file (relative to workdir); FileNotFoundError/IsADirectoryError/OSError naming the path."""
         return self._shell.read_file(path)
 
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a file, parents created; OSError naming the path."""
-        self._shell.write_file(path, content)
+    def read_path(self, path: str) -> tuple[str, str]:
+        """("file", text) or ("dir", listing two levels deep, hidden entries left out)."""
+        return self._shell.read_path(path)
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
+        """Create or replace a file, parents created; OSError naming the path (FileExistsError: exclusive)."""
+        self._shell.write_file(path, content, exclusive)
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        """`shell_server.apply_edit` on the file, written back when it applies: (text before, written)."""
+        return self._shell.edit_file(path, old, new, line)
 
     def diff(self) -> str:
         """`git diff` against base_commit, new files included, text only."""

@@ -1,20 +1,26 @@
-"""Kubernetes sandbox: one pod per episode from the task's instance image, commands through the exec stream.
+"""Kubernetes sandbox: one pod from the task's instance image, commands through the exec stream.
 
-The pod (`pod_manifest`) runs `sleep infinity` with resource requests = limits, no service-account
-token, no service links, `activeDeadlineSeconds` (the backstop if this process is SIGKILLed), and the
-`sandbox.pod_label` label that the namespace's deny-egress NetworkPolicy selects (the cluster, not
-this code, enforces "no network"). `harden` (shared with the grading pod) makes it non-root
-(`container_user`), without privilege escalation or capabilities, under the runtime's default seccomp
-profile, on a read-only root filesystem: the work tree and `pod_writable_paths` are emptyDirs
-(`disk_limit_mb` each, and as ephemeral-storage limit) that an init container fills from the image.
-Kubernetes has no per-pod process limit in the pod spec (that is the kubelet's `podPidsLimit`), so
-every exec runs under `ulimit -u max_processes` (RLIMIT_NPROC counts the uid's processes on the
-node). Creation holds a process-wide slot (`max_concurrent_starts`) until the pod is Running, and is
-retried with exponential backoff on 409/429/5xx. The pod is deleted on close, on garbage collection,
-at interpreter exit, and when the start itself fails.
+The one pod implementation, for the agent's episodes and for grading (`protege.grading.kubernetes`
+opens it with `role="grading"`). The pod (`pod_manifest`) runs `sleep infinity` with resource
+requests = limits, no service-account token, no service links, `activeDeadlineSeconds`
+(`pod_deadline_s`: the backstop if this process is SIGKILLed), and the `sandbox.pod_label` label that
+the namespace's deny-egress NetworkPolicies select: `"true"` on an agent's pod, the role (`grading`,
+also as `protege.ai/role`) on a grading pod (the cluster, not this code, enforces "no network").
+`harden` makes it non-root (`container_user`), without privilege escalation or capabilities, under the
+runtime's default seccomp profile, on a read-only root filesystem: the work tree and
+`pod_writable_paths` are emptyDirs (`disk_limit_mb` each, and as ephemeral-storage limit) that an init
+container fills from the image. Kubernetes has no per-pod process limit in the pod spec (that is the
+kubelet's `podPidsLimit`), so every exec runs under `ulimit -u max_processes` (RLIMIT_NPROC counts the
+uid's processes on the node). Creation holds a process-wide slot (`max_concurrent_starts`) until the
+pod is Running (or `start_timeout_s` passes), and is retried with exponential backoff on 409/429/5xx.
+The pod is deleted on close, on garbage collection, at interpreter exit, and when the start itself fails.
 
-Commands run as `bash -c` under `timeout -s KILL` (see `protege.agent.sandbox.docker.ContainerShell`), streamed
-through the exec websocket with a client-side deadline of timeout + `exec_grace_s`.
+An agent's pod then has its repository's history past base_commit stripped (`CLEANUP_SCRIPT`); a
+grading pod keeps the image's repository as it is, as swebench's harness does.
+
+Commands run as `bash -c` under `timeout -s KILL` (see `protege.agent.sandbox.docker.ContainerShell`,
+which also reads and writes files), streamed through the exec websocket with a client-side deadline of
+timeout + `exec_grace_s`.
 
 No cluster exists where this was written: it is tested at the API boundary (exact pod spec, exec
 calls, deletion, the concurrency cap) against a fake CoreV1Api and a fake stream function.
@@ -48,6 +54,7 @@ from protege.tasks import TaskInstance
 log = logging.getLogger(__name__)
 
 CONTAINER = "sandbox"
+ROLE_LABEL = "protege.ai/role"
 ERROR_CHANNEL = 3  # the exec websocket channel that carries the exit status
 _FATAL_WAITING = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
@@ -110,16 +117,19 @@ def limit_processes(cfg: SandboxConfig, argv: list[str]) -> list[str]:
     return ["bash", "-c", f'ulimit -u {cfg.max_processes} && exec "$@"', "protege-limits", *argv]
 
 
-def pod_manifest(cfg: SandboxConfig, task: TaskInstance, image: str, name: str) -> dict[str, Any]:
-    """The sandbox pod, as the dict `create_namespaced_pod` takes."""
+def pod_manifest(
+    cfg: SandboxConfig, task: TaskInstance, image: str, name: str, role: str | None = None
+) -> dict[str, Any]:
+    """The pod, as the dict `create_namespaced_pod` takes; `role` (e.g. `grading`) labels a non-agent pod."""
     resources = {"cpu": f"{cfg.cpu_limit:g}", "memory": f"{cfg.memory_limit_mb}Mi"}
+    labels = {cfg.pod_label: SANDBOX_LABEL_VALUE} if role is None else {cfg.pod_label: role, ROLE_LABEL: role}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": cfg.namespace,
-            "labels": {cfg.pod_label: SANDBOX_LABEL_VALUE},
+            "labels": labels,
             "annotations": {INSTANCE_ANNOTATION: task.instance_id},
         },
         "spec": harden(
@@ -179,17 +189,28 @@ def _default_clients() -> tuple[Any, Any]:
 
 
 class KubernetesSandbox(ContainerSandbox):
-    """One pod per episode; `core` is a CoreV1Api and `stream` is `kubernetes.stream.stream` unless given."""
+    """One pod per episode (or per graded instance); `core` is a CoreV1Api and `stream` is
+    `kubernetes.stream.stream` unless given. `role=None` is an agent's sandbox; a role (`grading`) labels
+    the pod with it and leaves the image's history alone (`diff` is then against HEAD)."""
 
-    def __init__(self, cfg: SandboxConfig, task: TaskInstance, core: Any = None, stream: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: SandboxConfig,
+        task: TaskInstance,
+        core: Any = None,
+        stream: Any = None,
+        *,
+        role: str | None = None,
+    ) -> None:
         self.cfg, self.task, self.workdir = cfg, task, cfg.workdir
-        self.what = f"kubernetes sandbox for {task.instance_id}"
+        kind = "sandbox" if role is None else f"{role} pod"
+        self.what = f"kubernetes {kind} for {task.instance_id}"
         image = image_for(cfg, task)
         if core is None or stream is None:
             core, stream = _default_clients()
         self._core, self._stream = core, stream
         self.name, self.namespace = sandbox_name(task), cfg.namespace
-        manifest = pod_manifest(cfg, task, image, self.name)
+        manifest = pod_manifest(cfg, task, image, self.name, role)
         self._release = weakref.finalize(self, _delete_pod, core, self.name, self.namespace)
         try:
             with start_slot(cfg.max_concurrent_starts):
@@ -198,7 +219,7 @@ class KubernetesSandbox(ContainerSandbox):
                 )
                 self._wait_running()
             self._shell = ContainerShell(cfg, self._exec, self.what)
-            self.base_commit = self._shell.clean_history(task.base_commit)
+            self.base_commit = self._shell.clean_history(task.base_commit) if role is None else "HEAD"
         except BaseException as err:
             self.close()
             if isinstance(err, Exception) and not isinstance(err, SandboxError):

@@ -4,10 +4,13 @@
   clean checkout cached by `checkouts.py`, overlaid as root, else copied) and every
   command run under bubblewrap: no network (new net, pid, ipc, uts namespaces), a read-only view of
   only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
-  tree read-write at `workdir`, private /tmp and HOME, never host root (see `LocalSandbox`), all
+  tree read-write at `workdir`, the task's environment read-only (its venv first on PATH, built once per
+  spec by protege.environments, the repository installed into the episode where the spec asks), private
+  /tmp and HOME, never host root (see `LocalSandbox`), all
   capabilities dropped, no_new_privs, the seccomp deny-list of `confinement.py`, limits on memory, CPU,
-  processes and disk, a per-command timeout that kills the whole process group. Host-side reads are
-  bounded (`read_limit_bytes`, `patch_limit_bytes`); a vanished work tree is a SandboxError.
+  processes and disk, a per-command timeout that kills everything the command started; one persistent
+  shell per sandbox (below). Host-side reads are bounded (`read_limit_bytes`, `patch_limit_bytes`); a
+  vanished work tree is a SandboxError.
   `allow_unsandboxed=true` runs the same commands without bubblewrap; that is the only way to get
   there: a missing or broken bubblewrap raises SandboxError.
 - `docker` (`docker.py`) and `kubernetes` (`kubernetes.py`): the instance image, commands
@@ -16,36 +19,54 @@
 Integrity (agents mine git history for the fix): inside every sandbox the repository holds no commit
 after base_commit, no remote, no ref past base_commit, no reflog and no object only a later commit
 reaches; the gold and test patches are never written anywhere the sandbox can read. Locally the cached
-clone (`checkouts.clone_at_base`) fetches only base_commit (and lightweight tags that are its ancestors;
-never a tag object, whose message may postdate the commit), so later objects are never copied; the
+clone (`checkouts.clone_at_base`) fetches only base_commit (and lightweight tags that are its ancestors; never a tag object, whose message
+may postdate the commit), so later objects are never copied; the
 source repositories, the project checkout and the installed `protege` package (its demo data holds
 gold patches) are not mounted. Container images get `docker.CLEANUP_SCRIPT` at start.
 
-Simplifications: each command is its own process tree (background jobs end with the command, as in
-mini-swe-agent); /tmp and HOME persist across commands of one sandbox because they are bind-mounted
-scratch directories beside the tree. A sandbox lives in `$TMPDIR/protege-sbx-*` with a lock file its
-owner holds; one whose owner died (kill -9) is removed, with its mount and cgroups, by the next sandbox
-opened on the host.
+The persistent shell (SWE-agent keeps one shell session per episode through SWE-ReX; so does this
+backend, differently): a command server (`shell_server.py`) starts with the sandbox, inside the same
+bubblewrap, uid, cgroup, seccomp filter and limits, and every command of the episode is one round trip
+to it (`shell.py` is the host's end). Opening a sandbox does not wait for the server to boot: its first
+job, a probe (is the tree there, does git run?), is answered at the first operation, which raises
+SandboxError if bubblewrap could not start; in a rollout the boot overlaps the policy's first turn.
+Each command is `bash -c` in a process of its own (a new session, a CPU limit of its own), so it can be
+timed out and killed without losing the shell.
+- What persists between commands, as in SWE-agent's session: the working directory (`cd`, `cd -`) and
+  exported environment variables (`export`, `unset`, what `source venv/bin/activate` exports).
+- What does not (SWE-ReX's single interactive bash keeps these; here they end with the command): shell
+  variables that are not exported, functions, aliases, `set` options, and background jobs: once a
+  command returns, every process it started is killed (as in mini-swe-agent).
+- A command killed at its timeout (with everything it started) leaves the directory and environment as
+  they were before it; the shell serves on. So does one that replaces the EXIT trap or `exec`s.
+- If the server itself dies (killed from inside, or by the memory limit), that command's output says so
+  and the next command starts a fresh server in the work tree with the initial environment.
+- File reads and writes and the editor's edits are done by the server itself (one round trip, no
+  process); they and the diff run in the work tree with the initial environment, whatever the agent's
+  `cd` or `export`.
+- Unsandboxed (`allow_unsandboxed`), there is no pid namespace to sweep: a command's process group is
+  killed, a daemon that left it (setsid) is not.
+/tmp and HOME persist across commands of one sandbox because they are bind-mounted scratch directories
+beside the tree. A sandbox lives in `$TMPDIR/protege-sbx-*` with a lock file its owner holds; one whose
+owner died (kill -9) is removed, with its mount and cgroups, by the next sandbox opened on the host.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib.util
 import logging
+import marshal
 import math
 import os
 import secrets
-import select
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from protege.agent.protocols import CommandResult, PatchTooLarge, SandboxError
@@ -57,7 +78,7 @@ from protege.agent.sandbox.checkouts import (
     place_checkout,
 )
 from protege.agent.sandbox.checkouts import force_rmtree as _force_rmtree
-from protege.agent.sandbox.common import DIFF_SCRIPT, READ_SCRIPT, WRITE_SCRIPT, OutputCap, raise_for_read
+from protege.agent.sandbox.common import DIFF_SCRIPT, OutputCap
 from protege.agent.sandbox.confinement import (
     Cgroup,
     chown_tree,
@@ -69,13 +90,21 @@ from protege.agent.sandbox.confinement import (
     tree_bytes,
     unmount,
 )
+from protege.agent.sandbox.shell import ShellClient, ShellGone, server_command
 from protege.config import SandboxConfig
+from protege.environments import (
+    EnvironmentBuildError,
+    EnvironmentSpecError,
+    LocalEnvironment,
+    environment_for,
+    episode_setup_script,
+    find_uv,
+    sandbox_variables,
+)
 from protege.tasks import TaskInstance
 
 log = logging.getLogger(__name__)
 
-_READ_CHUNK = 1 << 16
-_REAP_POLL_S = 0.02  # how often to look whether the leader exited (not a tunable: only latency)
 _SANDBOX_HOME = "/home/agent"
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -90,111 +119,6 @@ _DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", 
 _ENV = {"LANG": "C.UTF-8", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _child_pidfds(pid: int) -> list[int]:
-    """pidfds of pid's direct children (bwrap's pid-1 of the sandbox runs in a session of its own)."""
-    fds = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                fds.append(os.pidfd_open(int(stat_file.parent.name)))
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-    return fds
-
-
-def _kill_group(pgid: int, leader_alive: bool, grace_s: float) -> None:
-    """SIGKILL the group; if the leader was still alive, return once its children are gone too (or after grace_s).
-
-    A sandbox's pid-1 dies with its parent (--die-with-parent) and takes the whole pid namespace with it,
-    asynchronously: waiting for it means no process of a killed command outlives `run`.
-    """
-    children = _child_pidfds(pgid) if leader_alive else []
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_s
-    for fd in children:
-        select.select([fd], [], [], max(0.0, deadline - time.monotonic()))  # readable once it exited
-        os.close(fd)
-
-
-def _wait_unreaped(pid: int, deadline: float) -> bool:
-    # WNOWAIT leaves the leader a zombie, so its pid (= the group id) cannot be reused before killpg.
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_REAP_POLL_S)
-    return True
-
-
-def _feed_stdin(pipe: object, data: bytes) -> None:
-    try:
-        pipe.write(data)  # type: ignore[attr-defined]
-        pipe.close()  # type: ignore[attr-defined]
-    except BrokenPipeError:
-        return
-
-
-def run_process(
-    argv: list[str],
-    *,
-    cwd: str,
-    env: dict[str, str],
-    timeout: float,
-    limit: int | None,
-    stdin: bytes | None = None,
-    grace_s: float,
-    errors: str = "replace",
-    pass_fds: tuple[int, ...] = (),
-) -> CommandResult:
-    """Run argv in its own session; at `timeout` (or once it exits) its whole process group is killed.
-
-    Output (stdout and stderr interleaved) is read incrementally through an `OutputCap(limit)` and
-    decoded as UTF-8 with `errors` (`surrogateescape` keeps file contents byte-exact). A killed
-    command's processes are waited for up to `grace_s`. `pass_fds` are inherited by the command
-    and closed here once it has started.
-    """
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        pass_fds=pass_fds,
-    )
-    for fd in pass_fds:
-        os.close(fd)
-    if stdin is not None:
-        threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True).start()
-    cap, deadline, timed_out = OutputCap(limit, errors), start + timeout, False
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            if not sel.select(remaining):
-                continue
-            chunk = os.read(proc.stdout.fileno(), _READ_CHUNK)
-            if not chunk:
-                break
-            cap.feed(chunk)
-    if not timed_out:
-        timed_out = not _wait_unreaped(proc.pid, deadline)
-    _kill_group(proc.pid, timed_out, grace_s)  # also ends background jobs the command left behind
-    proc.stdout.close()
-    code = proc.wait()
-    output, truncated = cap.text()
-    return CommandResult(output, code, truncated, timed_out, time.monotonic() - start)
-
-
 def _python_dirs() -> list[str]:
     """Directories a `python -m pytest` inside needs: the venv, its base, the interpreter's own prefix
     (those this process cannot open are left out: bubblewrap, run as this user, could not bind them)."""
@@ -202,6 +126,17 @@ def _python_dirs() -> list[str]:
     dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(real_exe.parent.parent)]
     unique = dict.fromkeys(os.path.realpath(d) for d in dirs)
     return [d for d in unique if os.access(d, os.R_OK | os.X_OK)]
+
+
+def _server_python() -> str:
+    """An interpreter for the shell server that this user can run and the sandbox binds: the real one
+    behind this process's (a venv's link may point into a home this user cannot enter), else the
+    system's. `-I -S` needs only the standard library."""
+    candidates = [os.path.realpath(sys.executable), shutil.which("python3", path=_SYSTEM_PATH)]
+    usable = [c for c in candidates if c and os.access(c, os.X_OK)]
+    if not usable:
+        raise SandboxError(f"no Python interpreter this user can run for the sandbox's shell: {candidates}")
+    return usable[0]
 
 
 def _protected_paths(repos_dir: Path, cache_dir: str) -> list[str]:
@@ -234,10 +169,13 @@ class _Resources:
         self.root, self.lock = root, lock
         self.mounted = False
         self.cgroup: Cgroup | None = None
+        self.shell: ShellClient | None = None
         self.checkout: Checkout | None = None
         self.placed = ""  # how the checkout is in the tree: "overlay", "copy" or "" (not yet)
 
     def release(self) -> None:
+        if self.shell is not None:
+            self.shell.close()
         if self.cgroup is not None:
             self.cgroup.remove()
         if self.placed == "overlay":
@@ -292,21 +230,48 @@ class LocalSandbox:
             scratch_tmp.mkdir()
             scratch_home.mkdir()
             self._place_checkout(Path(repos_dir) / task.repo_dirname, what)
+            self.environment = self._environment(Path(repos_dir))
             if bwrap is None:
                 log.warning("%s: running commands WITHOUT isolation (sandbox.allow_unsandboxed=true)", what)
                 self.workdir, self._cwd = str(self._tree), str(self._tree)
                 self._prefix: list[str] = []
-                self._env = {**_ENV, "PATH": os.environ.get("PATH", ""), "HOME": str(scratch_home)}
-                self._env["TMPDIR"] = str(scratch_tmp)
+                path = os.environ.get("PATH", "")
+                if self.environment is not None:
+                    path = f"{self.environment.bin_dir}:{path}"
+                self._env = {**_ENV, "PATH": path, "HOME": str(scratch_home), "TMPDIR": str(scratch_tmp)}
+                self._env.update(sandbox_variables(self.environment, str(scratch_tmp)))
+                episode_tmp = str(scratch_tmp)
             else:
                 self._confine(what)
                 self.workdir, self._cwd = cfg.workdir, "/"
                 self._prefix = self._bwrap_prefix(bwrap, scratch_tmp, scratch_home, Path(repos_dir))
                 self._env = {**_ENV, "PATH": self._path(), "HOME": _SANDBOX_HOME, "TMPDIR": "/tmp"}
-                self._probe(what)
+                self._env.update(sandbox_variables(self.environment, "/tmp"))
+                episode_tmp = "/tmp"
+            self._held.shell = ShellClient(self._launcher(), cfg.exec_grace_s)
+            self._start_shell(bwrap is not None)
+            self._install(episode_tmp)  # through the shell: its first operation also checks the probe
         except BaseException:
             self.close()
             raise
+
+    def _environment(self, repos_dir: Path) -> LocalEnvironment | None:
+        """The task's environment (protege.environments), built on first use; None: protege's own."""
+        try:
+            self.environment_spec, env = environment_for(self.cfg.environments, self.task, repos_dir)
+        except (EnvironmentBuildError, EnvironmentSpecError) as err:
+            raise SandboxError(f"{self.what}: {err}") from err
+        return env
+
+    def _install(self, tmp: str) -> None:
+        """The spec's pre-install and install lines, in this episode's copy (no network)."""
+        script = episode_setup_script(self.environment_spec, self.environment, tmp)
+        if not script:
+            return
+        result = self._exec(script, [], self.cfg.setup_timeout_s, self.cfg.output_limit_chars)
+        if result.exit_code != 0:
+            tail = " | ".join(result.output.strip().splitlines()[-3:])
+            raise SandboxError(f"{self.what}: installing {self.environment_spec.label()} failed: {tail}")
 
     def _place_checkout(self, source: Path, what: str) -> None:
         """The cached clean checkout at base_commit (built on first use) overlaid or copied at the tree."""
@@ -362,7 +327,7 @@ class LocalSandbox:
         for path in _KERNEL_INTERFACES:
             args += ["--ro-bind-try", path, path]
         args += ["--bind", str(tmp), "/tmp", *_parent_dirs(_SANDBOX_HOME), "--bind", str(home), _SANDBOX_HOME]
-        for path in _python_dirs():
+        for path in _python_dirs() + self._environment_dirs():
             if not any(_under(path, b) for b in bound):
                 args += [*_parent_dirs(path), "--ro-bind", path, path]
                 bound.append(path)
@@ -376,82 +341,71 @@ class LocalSandbox:
         args += ["--bind", str(self._tree), self.workdir, "--remount-ro", "/"]
         return [*args, "--chdir", self.workdir]
 
+    def _environment_dirs(self) -> list[str]:
+        """The task's venv, the installation its interpreter comes from, and uv (for the editable install)."""
+        env = self.environment
+        if env is None:
+            return []
+        dirs = [str(env.path), str(env.base_python_dir)]
+        if self.environment_spec.install_repo:
+            dirs.append(os.path.dirname(find_uv()))
+        return [os.path.realpath(d) for d in dirs]
+
     def _path(self) -> str:
+        if self.environment is not None:
+            return ":".join([str(self.environment.bin_dir), _SYSTEM_PATH])
         venv_bin = [f"{sys.prefix}/bin"] if sys.prefix != sys.base_prefix else []
         return ":".join([*venv_bin, _SYSTEM_PATH])
 
-    def _probe(self, what: str) -> None:
-        result = self._exec("git rev-parse HEAD", [], self.cfg.setup_timeout_s, None)
-        if result.exit_code != 0 or result.output.strip() != self.base_commit:
-            raise SandboxError(
-                f"{what}: bubblewrap could not start a sandbox (user namespaces disabled?): {result.output.strip()!r}; "
-                "set sandbox.allow_unsandboxed=true to run commands without isolation"
-            )
+    def _start_shell(self, probe: bool) -> None:
+        """Start the shell server without waiting for it; under bubblewrap its first job is a probe (is the
+        tree there, does git run?) whose answer the first operation checks (SandboxError if wrong)."""
+        operation = {"op": "run", "script": "git rev-parse HEAD", "args": [], "session": False}
+        operation |= {"timeout": self.cfg.setup_timeout_s, "cpu_s": math.ceil(self.cfg.setup_timeout_s)}
+        if not probe:
+            operation |= {"script": "true"}
+        check = functools.partial(_check_probe, self.what, self.base_commit if probe else "", self._root)
+        assert self._held.shell is not None
+        self._held.shell.send_ahead(
+            operation, self.cfg.setup_timeout_s + 2 * self.cfg.exec_grace_s + 5, check
+        )
 
-    def _argv(self, script: str, args: list[str], timeout: float) -> tuple[list[str], tuple[int, ...]]:
-        # ulimit sets soft and hard limits, so the command cannot raise them again.
+    def _launcher(self) -> Callable[[], subprocess.Popen]:
+        """What starts the shell server (again after it is lost); it holds no reference to the sandbox,
+        so a dropped sandbox is still collected."""
         cfg = self.cfg
-        limits = f"ulimit -v {cfg.memory_limit_mb * 1024} && ulimit -t {math.ceil(cfg.cpu_limit * timeout)}"
-        limits += f" && ulimit -f {cfg.disk_limit_mb * 1024}"
+        # ulimit sets soft and hard limits, so nothing inside can raise them again; the CPU limit is per
+        # command (the server sets it in each command's bash).
+        limits = f"ulimit -v {cfg.memory_limit_mb * 1024} && ulimit -f {cfg.disk_limit_mb * 1024}"
         if self._prefix:  # RLIMIT_NPROC counts per uid: only meaningful for the sandbox's own uid
             limits += f" && ulimit -u {cfg.max_processes}"
-        argv = [
-            "/bin/bash",
-            "-c",
-            limits + ' && exec /bin/bash -c "$@"',
-            "protege-sandbox",
-            script,
-            "protege-sandbox",
-            *args,
-        ]
-        if not self._prefix:
-            return argv, ()
-        if self._uid is not None:
-            argv = ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}", *_DROP_PRIVILEGES, *argv]
-        fds = (seccomp_fd(self._seccomp),) if self._seccomp is not None else ()
-        argv = [*self._prefix, *(arg for fd in fds for arg in ("--seccomp", str(fd))), "--", *argv]
-        if self._held.cgroup is not None:
-            argv = [
-                "/bin/sh",
-                "-c",
-                _JOIN_CGROUP,
-                "protege-cgroup",
-                *map(str, self._held.cgroup.procs),
-                "--",
-                *argv,
-            ]
-        return argv, fds
+        config = {"workdir": self.workdir, "contain": bool(self._prefix), "grace_s": cfg.exec_grace_s}
+        server = [*server_command(_server_python()), marshal.dumps(config, 4).hex()]
+        argv = ["/bin/bash", "-c", limits + ' && exec "$@"', "protege-sandbox", *server]
+        head: list[str] = []
+        if self._prefix:
+            if self._uid is not None:
+                argv = ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}", *_DROP_PRIVILEGES, *argv]
+            if self._held.cgroup is not None:
+                head = ["/bin/sh", "-c", _JOIN_CGROUP, "protege-cgroup", *map(str, self._held.cgroup.procs)]
+                head.append("--")
+            head += self._prefix
+        log_path = self._root / "shell.log"  # the server's own stderr (outside the box: host only)
+        return functools.partial(_start_server, head, argv, self._seccomp, self._cwd, self._env, log_path)
 
-    def _exec(
-        self,
-        script: str,
-        args: list[str],
-        timeout: float,
-        limit: int | None,
-        stdin: bytes | None = None,
-        errors: str = "replace",
-    ) -> CommandResult:
+    def _request(self, operation: dict, blob: bytes, wait_s: float, cap: OutputCap) -> dict | None:
+        """One operation on the shell server; None when the server was lost (killed, restarted next time)."""
         if not self._tree.is_dir():
             raise SandboxError(
                 f"{self.what}: the work tree {self._tree} is gone (deleted from outside the sandbox?)"
             )
-        argv, fds = self._argv(script, args, timeout)
+        assert self._held.shell is not None
         try:
-            result = run_process(
-                argv,
-                cwd=self._cwd,
-                env=self._env,
-                timeout=timeout,
-                limit=limit,
-                stdin=stdin,
-                errors=errors,
-                grace_s=self.cfg.exec_grace_s,
-                pass_fds=fds,
-            )
+            reply = self._held.shell.request(operation, blob, wait_s, cap.feed)
+        except ShellGone as gone:
+            log.warning("%s: %s (restarting it; see %s)", self.what, gone, self._root / "shell.log")
+            return {"exit_code": -9, "timed_out": gone.deadline_passed, "lost": True}
         except OSError as err:
-            for fd in fds:
-                with contextlib.suppress(OSError):  # already closed if the command had started
-                    os.close(fd)
             raise SandboxError(f"{self.what}: cannot run a command: {err}") from err
         if self._prefix and not self._held.mounted:
             used = tree_bytes(self._box)
@@ -460,31 +414,85 @@ class LocalSandbox:
                     f"{self.what}: the work tree, /tmp and HOME use {used // 2**20} MiB, over "
                     f"sandbox.disk_limit_mb={self.cfg.disk_limit_mb}"
                 )
-        return result
+        return reply
+
+    def _exec(
+        self,
+        script: str,
+        args: list[str],
+        timeout: float,
+        limit: int | None,
+        session: bool = False,
+    ) -> CommandResult:
+        """Run a bash script (its $1.. = args) through the shell; `session`: in the agent's persistent
+        directory and environment (module docstring), else in workdir with the initial environment."""
+        cap = OutputCap(limit)
+        operation = {"op": "run", "script": script, "args": args, "timeout": timeout, "session": session}
+        operation["cpu_s"] = math.ceil(self.cfg.cpu_limit * timeout)
+        # the server kills at `timeout`, then waits up to exec_grace_s for the rest to die and to drain
+        reply = self._request(operation, b"", timeout + 2 * self.cfg.exec_grace_s + 5, cap)
+        if reply.get("lost"):
+            cap.feed(
+                f"\n[the sandbox's shell was killed; the next command starts a fresh one in {self.workdir} "
+                "with the initial environment]\n".encode()
+            )
+        output, truncated = cap.text()
+        return CommandResult(output, reply["exit_code"], truncated, reply.get("timed_out", False))
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        """Run a bash command in workdir; output capped at output_limit_chars, killed at the timeout."""
-        return self._exec(command, [], timeout or self.cfg.command_timeout_s, self.cfg.output_limit_chars)
+        """Run a bash command in the agent's session (module docstring: what persists); output capped at
+        output_limit_chars, killed with everything it started at the timeout."""
+        started = time.monotonic()
+        result = self._exec(
+            command, [], timeout or self.cfg.command_timeout_s, self.cfg.output_limit_chars, session=True
+        )
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _file_request(self, operation: dict, blob: bytes = b"") -> tuple[str, dict]:
+        """A file operation (read/write/edit), answered by the server itself: (decoded bytes, reply).
+        A server lost during it is restarted and the operation tried once more."""
+        for _ in range(2):
+            cap = OutputCap(None, errors="surrogateescape")
+            reply = self._request(operation, blob, self.cfg.command_timeout_s, cap)
+            if not reply.get("lost"):
+                return cap.text()[0], reply
+        raise SandboxError(f"{self.what}: the sandbox's shell died twice during a file operation")
+
+    def _raise_for(self, path: str, reply: dict) -> None:
+        errors = {2: FileNotFoundError, 21: IsADirectoryError, 17: FileExistsError}
+        if reply["exit_code"] != 0:  # 27: over the read limit, a plain OSError
+            raise errors.get(reply["exit_code"], OSError)(f"{path}: {reply.get('error', '')}")
 
     def read_file(self, path: str) -> str:
         """Whole file as the sandbox sees it (relative to workdir); FileNotFoundError/IsADirectoryError/OSError,
         the last also for a file over `read_limit_bytes` (refused before it is read)."""
-        limit = self.cfg.read_limit_bytes
-        result = self._exec(
-            READ_SCRIPT, [path, str(limit)], self.cfg.command_timeout_s, limit, errors="surrogateescape"
-        )
-        if result.truncated:  # it grew past the limit after the size check
-            raise OSError(f"{path}: over the limit of {limit} bytes read back from the sandbox")
-        return raise_for_read(path, result)
+        text, reply = self._file_request({"op": "read", "path": path, "limit": self.cfg.read_limit_bytes})
+        self._raise_for(path, reply)
+        return text
 
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a file (parents created) as the sandbox sees it; OSError naming the path."""
-        data = content.encode(errors="surrogateescape")
-        result = self._exec(
-            WRITE_SCRIPT, [path], self.cfg.command_timeout_s, self.cfg.output_limit_chars, data
-        )
-        if result.exit_code != 0:
-            raise OSError(f"{path}: {result.output.strip()}")
+    def read_path(self, path: str) -> tuple[str, str]:
+        """("file", its text) or ("dir", its listing two levels deep without hidden entries); errors as read_file."""
+        operation = {"op": "read", "path": path, "limit": self.cfg.read_limit_bytes, "listing": True}
+        text, reply = self._file_request(operation)
+        self._raise_for(path, reply)
+        return reply.get("kind", "file"), text
+
+    def write_file(self, path: str, content: str, exclusive: bool = False) -> None:
+        """Create or replace a file (parents created) as the sandbox sees it; OSError naming the path,
+        FileExistsError when `exclusive` and it exists."""
+        operation = {"op": "write", "path": path, "exclusive": exclusive}
+        _, reply = self._file_request(operation, content.encode(errors="surrogateescape"))
+        self._raise_for(path, reply)
+
+    def edit_file(self, path: str, old: str | None, new: str, line: int | None) -> tuple[str, bool]:
+        """`shell_server.apply_edit` on the file, written back when it applies, in one round trip:
+        (the text before, whether it was written). Errors as read_file and write_file."""
+        operation = {"op": "edit", "path": path, "limit": self.cfg.read_limit_bytes}
+        operation.update(old=old, new=new, line=line)
+        text, reply = self._file_request(operation)
+        self._raise_for(path, reply)
+        return text, bool(reply.get("applied"))
 
     def diff(self) -> str:
         """`git diff` of the work tree against base_commit, new files included, text only; PatchTooLarge
@@ -506,3 +514,41 @@ class LocalSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_probe(what: str, base_commit: str, root: Path, output: bytes, reply: dict | None) -> None:
+    """SandboxError unless the probe printed base_commit (nothing to check unsandboxed: base_commit "")."""
+    if not base_commit:
+        return
+    if reply is None or reply.get("exit_code") != 0 or output.decode(errors="replace").strip() != base_commit:
+        said = (root / "shell.log").read_text(errors="replace").strip()[-1000:] or output.decode(
+            errors="replace"
+        )
+        raise SandboxError(
+            f"{what}: bubblewrap could not start a sandbox (user namespaces disabled?): {said.strip()!r}; "
+            "set sandbox.allow_unsandboxed=true to run commands without isolation"
+        )
+
+
+def _start_server(
+    head: list[str], argv: list[str], seccomp: bytes | None, cwd: str, env: dict[str, str], log_path: Path
+) -> subprocess.Popen:
+    """Start the shell server: `head` (cgroup join, bubblewrap) + the seccomp filter's fd + `argv`."""
+    fds = (seccomp_fd(seccomp),) if seccomp is not None else ()
+    if head:
+        argv = [*head, *(arg for fd in fds for arg in ("--seccomp", str(fd))), "--", *argv]
+    try:
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                pass_fds=fds,
+            )
+    finally:
+        for fd in fds:
+            os.close(fd)
