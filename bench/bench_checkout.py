@@ -68,29 +68,35 @@ def _task(repo: str, base: str) -> Any:
     )
 
 
-def _timed_open(cfg: Any, task: Any, repos: Path) -> tuple[float, float, Any]:
+def _timed_open(cfg: Any, task: Any, repos: Path) -> tuple[float, float, str, float]:
+    """(open s, close s, placement, open-to-first-command s): the persistent shell boots in the
+    background, so a sandbox is usable at its first command's answer, which the last figure includes."""
     from protege.agent.sandbox import open_sandbox
 
     started = time.perf_counter()
     sandbox = open_sandbox(cfg, task, repos)
     opened = time.perf_counter() - started
+    sandbox.run("true")
+    usable = time.perf_counter() - started
     placement = sandbox._held.placed
     started = time.perf_counter()
     sandbox.close()
-    return opened, time.perf_counter() - started, placement
+    return opened, time.perf_counter() - started, placement, usable
 
 
 def open_series(cfg: Any, task: Any, repos: Path, opens: int) -> dict[str, Any]:
     """First open (cache miss), one warm-up, then `opens` measured opens."""
-    first, _, placement = _timed_open(cfg, task, repos)
-    warmup, _, _ = _timed_open(cfg, task, repos)
+    first, _, placement, first_usable = _timed_open(cfg, task, repos)
+    warmup, _, _, _ = _timed_open(cfg, task, repos)
     timed = [_timed_open(cfg, task, repos) for _ in range(opens)]
     return {
         "placement": placement,
         "first_open_cache_miss_s": round(first, 3),
         "warmup_open_s": round(warmup, 4),
+        "open_to_first_command_ms": percentiles([t[3] for t in timed]),
         "open_ms": percentiles([t[0] for t in timed]),
         "close_ms": percentiles([t[1] for t in timed]),
+        "first_open_to_first_command_s": round(first_usable, 3),
         "warm_vs_miss": round(statistics.median(t[0] for t in timed) / first, 4),
     }
 
@@ -137,12 +143,17 @@ def demo_opens(root: Path, cfg: Any) -> dict[str, Any]:
     rows = {}
     for task in load_task_set("demo:all"):
         series = open_series(cfg, task, root / "demo-repos", 3)
-        rows[task.repo] = {k: series[k] for k in ("first_open_cache_miss_s", "open_ms")}
+        rows[task.repo] = {
+            k: series[k] for k in ("first_open_cache_miss_s", "open_ms", "open_to_first_command_ms")
+        }
     medians = [row["open_ms"]["p50"] for row in rows.values()]
     misses = [row["first_open_cache_miss_s"] for row in rows.values()]
     return {
         "per_repo": rows,
         "warm_open_ms_median": round(statistics.median(medians), 2),
+        "warm_open_to_first_command_ms_median": round(
+            statistics.median(row["open_to_first_command_ms"]["p50"] for row in rows.values()), 2
+        ),
         "cache_miss_open_s_median": round(statistics.median(misses), 3),
     }
 
@@ -259,8 +270,13 @@ def run() -> dict[str, Any]:
         result["grading"] = grading_vs_tests(root, full, root / "demo-repos", tasks)
     result["must_show"] = {
         "open_10k_files_warm_p50_s": result["by_size"]["files=10000"]["open_ms"]["p50"] / 1000,
+        "open_10k_files_to_first_command_p50_s": result["by_size"]["files=10000"]["open_to_first_command_ms"][
+            "p50"
+        ]
+        / 1000,
         "open_10k_files_cache_miss_s": result["by_size"]["files=10000"]["first_open_cache_miss_s"],
         "open_demo_warm_median_ms": result["demo_repos"]["warm_open_ms_median"],
+        "open_demo_to_first_command_median_ms": result["demo_repos"]["warm_open_to_first_command_ms_median"],
         "open_demo_cache_miss_median_s": result["demo_repos"]["cache_miss_open_s_median"],
         "grading_over_test_command_median": result["grading"]["ratio_median"],
         "grading_over_test_command_max": result["grading"]["ratio_max"],
