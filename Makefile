@@ -75,8 +75,8 @@ learn: setup ## a tiny protégé that measurably learns: curves in bench/results
 	$(BIN)/protege tasks generate demo:all --n $(LEARN_TASKS) --out .protege/tasks/generated
 	$(BIN)/python -m bench.learning --profile learn
 
-bench: setup ## benchmarks; results land in bench/results/
-	$(BIN)/python -m bench
+bench: setup ## benchmarks; results land in bench/results/ (BENCH="checkout episode" runs some; python -m bench --help)
+	$(BIN)/python -m bench $(BENCH)
 
 lint: setup ## ruff lint + format check
 	$(BIN)/ruff check src tests pipelines components bench

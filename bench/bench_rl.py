@@ -36,9 +36,10 @@ STAGE_STEPS = 3
 """Optimizer steps of the timed stage-1 run."""
 WORKERS = (1, 2)
 """`rl.rollout_workers` values the rollout throughput is measured with."""
-REPEATS = {"model": 1, "scripted": 2}
-"""Rollout measurements per (generator, workers), the worker order reversed at each repeat (the CPU is
-shared); the model's generation is the slow one, so it is measured once to keep the benchmark ~3 minutes."""
+REPEATS = {"model": 2, "scripted": 2}
+"""Rollout measurements per (generator, workers), the worker order reversed at each repeat (1, 2 then 2, 1),
+after one warm-up episode per generator that is reported apart (`rollouts_warmup`): the first measurement
+no longer pays the cold start (allocator, first generate) that made 1 worker look 6x slower than 2."""
 SCRIPTED_COMMANDS = (
     "grep -rn def . | head -5",
     "git ls-files | head -20",
@@ -178,8 +179,11 @@ class ScriptedGenerator:
 # --------------------------------------------------------------------------------------------------
 
 
-def measure_rollouts(built: Any, generator: Any, workers: int, logs_dir: Path) -> dict[str, Any]:
-    """One step's rollouts with `generator` and `workers` threads, through run_rollouts and step_metrics."""
+def measure_rollouts(
+    built: Any, generator: Any, workers: int, logs_dir: Path, limit: int | None = None
+) -> dict[str, Any]:
+    """One step's rollouts (the first `limit` of them) with `generator` and `workers` threads, through
+    run_rollouts and step_metrics."""
     from protege.rl.rollout import SandboxGate, run_rollouts
     from protege.rl.step import step_metrics
 
@@ -193,7 +197,7 @@ def measure_rollouts(built: Any, generator: Any, workers: int, logs_dir: Path) -
     )
     prompts = [iid for iid in sorted(step.tasks)[: r.tasks_per_step] for _ in range(r.group_size)]
     started = time.monotonic()
-    rollouts = run_rollouts(ctx, step.jobs(prompts, 1, 0), workers)  # step 1, one rank
+    rollouts = run_rollouts(ctx, step.jobs(prompts, 1, 0)[:limit], workers)  # step 1, one rank
     seconds = time.monotonic() - started
     metrics = step_metrics(rollouts, step.plan.reward.loop, seconds)
     episodes = len(rollouts)
@@ -366,7 +370,9 @@ def run() -> dict:
 
         rollouts: dict[str, list[dict[str, Any]]] = {"model": [], "scripted": []}
         scripted = ScriptedGenerator(built.rollout_step.ctx.tokenizer, SCRIPTED_COMMANDS)
+        warmup = {}
         for name, generator in (("model", model_generator), ("scripted", scripted)):
+            warmup[name] = measure_rollouts(built, generator, 1, root / f"grade-{name}-warmup", limit=1)
             for repeat in range(REPEATS[name]):
                 for workers in WORKERS if repeat % 2 == 0 else WORKERS[::-1]:
                     logs = root / f"grade-{name}-{workers}-{repeat}"
@@ -395,11 +401,13 @@ def run() -> dict:
         "build_trainer_s": round(build_s, 1),
         "rollouts_median_episodes_per_min": _rollout_summary(rollouts),
         "rollouts": rollouts,
+        "rollouts_warmup": warmup,
         "grpo": {
             "steps": STAGE_STEPS,
             "generator": f"model ({type(model_generator).__name__}, rollout_workers={r.rollout_workers})",
             "train_call_s": round(train_s, 1),
             "per_step": steps,
+            "first_step_warmup": steps[0] if steps else None,
             "median_after_first": {
                 k: _median(steps, k)
                 for k in (

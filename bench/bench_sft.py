@@ -92,6 +92,7 @@ def run() -> dict:
         "batch": PER_DEVICE_BATCH,
         "tokens_per_step": result["data"]["tokens"] * PER_DEVICE_BATCH // RECORDS,
         "tokens_per_s_median": round(statistics.median(steady), 1),
+        "warmup_tokens_per_s": round(steps[0]["tokens_per_s"], 1) if steps else None,
         "tokens_per_s_per_step": [round(s, 1) for s in steady],
         "loss_first": result["metrics"]["loss_first"],
         "loss_last": result["metrics"]["loss_last"],

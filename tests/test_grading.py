@@ -219,3 +219,25 @@ def test_grading_parity_on_a_demo_task_whose_fix_touches_two_files(tmp_path):
         "tests/test_format.py::test_format_negative"
     ]
     assert results["breaks_p2p"].tests_status["FAIL_TO_PASS"]["failure"] == []
+
+
+@pytest.mark.parametrize("inline_write", [False, True])
+@pytest.mark.parametrize("size", [100, 200_000])
+def test_the_diff_before_and_the_test_log_come_back_whole_inline_or_read_back(tmp_path, size, inline_write):
+    """Small logs ride back on the eval command's own output, a log over the inline limit is read back;
+    the eval script arrives whole either way (written first, or inside the command)."""
+    from protege.agent.sandbox import open_sandbox
+    from protege.config import SandboxConfig
+    from protege.grading.harness import INLINE_LOG_BYTES, diff_and_eval
+    from tests.agent.test_sandbox_escape import _make_repo, _task
+
+    base = _make_repo(tmp_path / "repos" / "owner__calc")
+    cfg = SandboxConfig(checkout_cache_dir=str(tmp_path / "cache"))
+    with open_sandbox(cfg, _task(base), tmp_path / "repos") as sandbox:
+        sandbox.run("echo changed >> README.md")
+        script = f"python3 -c \"print('y' * {size})\"\necho done\n"
+        diff, output, timed_out = diff_and_eval(sandbox, script, 60, inline_write)
+        written = sandbox.read_file(".git/protege-grading/eval.sh")
+    assert (size > INLINE_LOG_BYTES) == (size == 200_000)
+    assert output == "y" * size + "\ndone\n" and not timed_out and written == script
+    assert diff.startswith("diff --git a/README.md b/README.md") and "+changed" in diff

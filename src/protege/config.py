@@ -350,6 +350,14 @@ class SandboxConfig(Strict):
     """Docker/kubernetes: how long past a command's timeout the client waits for the exec stream to end."""
     setup_timeout_s: float = Field(default=600.0, gt=0)
     """Timeout of the sandbox's own setup steps (clone at base_commit, history cleanup, `git gc`)."""
+    checkout_cache_dir: str = ""
+    """Local: where clean checkouts at base_commit are built once and placed into sandboxes from
+    (protege.agent.sandbox.checkouts); empty = `$TMPDIR/protege-checkouts-<uid>`. Never mounted into a sandbox."""
+    checkout_cache_entries: int = Field(default=256, ge=1)
+    """Local: cached checkouts kept; past it the least recently used one that no sandbox holds is removed."""
+    prepare_ahead: int = Field(default=1, ge=0)
+    """Sandboxes the RL, eval and synth episode loops open ahead of need, for the episodes next in line,
+    while the running ones generate (protege.agent.sandbox.warm_pool; 0 = open each when its episode starts)."""
     shell_init: str = (
         "if [ -f /opt/miniconda3/etc/profile.d/conda.sh ]; then "
         ". /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed; fi"

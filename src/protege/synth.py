@@ -284,6 +284,7 @@ class SynthRun:
         """Recorded episodes whose upload waits for the store to come back."""
         self.skipped: Counter[str] = Counter()
         self.clock = time.monotonic()
+        self.open_sandbox: Any = None  # set by `run`: a WarmPool's open
 
     def spent(self, instance_id: str | None = None) -> float:
         return sum(t.cost_usd for (i, _), t in self.recorded.items() if instance_id in (None, i))
@@ -330,7 +331,8 @@ class SynthRun:
 
         agent_cfg = self.cfg.agent.model_copy(update={"cost_limit_usd": cap})
         session = self.expert.session(agent_cfg.expert_quota, cap)
-        with open_sandbox(agent_cfg.sandbox, task, Path(self.cfg.tasks.repos_dir)) as sandbox:
+        opener = self.open_sandbox or open_sandbox
+        with opener(agent_cfg.sandbox, task, Path(self.cfg.tasks.repos_dir)) as sandbox:
             policy = self.policy_for(task, attempt)
             return Agent(agent_cfg, policy, sandbox, task, session, phase=PHASE, attempt=attempt).run()
 
@@ -410,7 +412,16 @@ class SynthRun:
     def run(self, pairs: Sequence[tuple[TaskInstance, int]]) -> None:
         """All pairs through the pool; an exception (e.g. from `progress`) stops scheduling, lets the
         episodes in flight finish and be recorded, and propagates."""
-        pool = ThreadPoolExecutor(max_workers=self.cfg.synth.concurrency, thread_name_prefix=PHASE)
+        from protege.agent.sandbox import open_sandbox
+        from protege.agent.sandbox.warm_pool import WarmPool
+
+        workers = self.cfg.synth.concurrency
+        # the sandboxes of the episodes waiting for a worker are opened while the running ones work
+        warm = WarmPool(open_sandbox, self.cfg.agent.sandbox.prepare_ahead)
+        repos_dir = Path(self.cfg.tasks.repos_dir)
+        warm.expect(*((self.cfg.agent.sandbox, task, repos_dir) for task, _ in pairs[workers:]))
+        self.open_sandbox = warm.open
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=PHASE)
         try:
             futures = [pool.submit(self.episode, task, attempt) for task, attempt in pairs]
             for future in as_completed(futures):
@@ -421,6 +432,7 @@ class SynthRun:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            warm.close()
 
 
 def summary_of(cfg: ProtegeConfig, recorded: dict[Key, Trajectory]) -> dict[str, Any]:

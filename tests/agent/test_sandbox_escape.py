@@ -91,6 +91,23 @@ def _task(base: str) -> object:
     )
 
 
+def _delete_from_outside(tree: Path) -> None:
+    """What a host-side cleaner does: as root the tree is an overlay mount (protege.agent.sandbox.checkouts), which
+    `rm -rf` would only empty, as an agent's own `rm -rf` inside does; unmount it, then remove it."""
+    if os.path.ismount(tree):
+        subprocess.run(["umount", "--lazy", str(tree)], check=True)
+    shutil.rmtree(tree)
+
+
+def _stored_bytes(box: Path) -> int:
+    """Bytes stored under box, an overlay mounted inside it counted once: in its upper layer, in box."""
+    used = 0
+    for dirpath, dirnames, filenames in os.walk(box):
+        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
+        used += sum(os.lstat(os.path.join(dirpath, f)).st_blocks * 512 for f in filenames)
+    return used
+
+
 def _host_leftovers(marker: str) -> list[int]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -333,7 +350,7 @@ class Attempts:
                 result = sandbox.run(command, timeout=120)  # type: ignore[attr-defined]
             except SandboxError as err:
                 return True, f"SandboxError: {err}"
-            used = sum(f.stat().st_blocks * 512 for f in Path(sandbox._box).rglob("*") if f.is_file())  # type: ignore[attr-defined]
+            used = _stored_bytes(Path(sandbox._box))  # type: ignore[attr-defined]
             return used <= DISK_MB * 2**20, f"{used} bytes used; {result.output}"
 
         self.record(name, check)
@@ -400,7 +417,7 @@ class Attempts:
 
                 def delete_then_generate(messages: list, tools: list) -> object:
                     if policy._next == 1:
-                        shutil.rmtree(sandbox._tree)  # type: ignore[attr-defined]
+                        _delete_from_outside(sandbox._tree)  # type: ignore[attr-defined]
                     return generate(messages, tools)
 
                 policy.generate = delete_then_generate  # type: ignore[method-assign]

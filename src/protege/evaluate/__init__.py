@@ -367,13 +367,20 @@ def policy_source(cfg: ProtegeConfig, script: str | None = None, store: Any = No
 
 
 def make_work(
-    cfg: ProtegeConfig, policy_for: PolicyFor, out_dir: Path, existing: dict[Key, Trajectory]
+    cfg: ProtegeConfig,
+    policy_for: PolicyFor,
+    out_dir: Path,
+    existing: dict[Key, Trajectory],
+    open_sandbox: Callable[..., Any] | None = None,
 ) -> Work:
-    """The worker of one pair: its episode (unless already written) and its grading."""
+    """The worker of one pair: its episode (unless already written) and its grading. `open_sandbox`
+    replaces protege.agent.sandbox.open_sandbox (a WarmPool's `open`)."""
     from protege.agent.agent import Agent
     from protege.agent.expert import ExpertService
-    from protege.agent.sandbox import open_sandbox
     from protege.grading import GradeJob, grade_batch
+
+    if open_sandbox is None:
+        from protege.agent.sandbox import open_sandbox
 
     expert = ExpertService(cfg.expert) if cfg.agent.ask_expert else None  # off: the no-expert ablation
     repos_dir = Path(cfg.tasks.repos_dir)
@@ -408,6 +415,17 @@ def make_work(
         )
 
     return work
+
+
+def opening_ahead(cfg: ProtegeConfig, episodes: Sequence[TaskInstance]) -> Any:
+    """A WarmPool opening the sandboxes of the episodes after the first `eval.workers` ahead of need."""
+    from protege.agent.sandbox import open_sandbox
+    from protege.agent.sandbox.warm_pool import WarmPool
+
+    warm = WarmPool(open_sandbox, cfg.agent.sandbox.prepare_ahead)
+    repos_dir = Path(cfg.tasks.repos_dir)
+    warm.expect(*((cfg.agent.sandbox, task, repos_dir) for task in episodes[cfg.eval.workers :]))
+    return warm
 
 
 def write_run_info(cfg: ProtegeConfig, model: str, out_dir: Path) -> dict[str, Any]:
@@ -470,11 +488,13 @@ def run(
         f"eval: {len(pairs)} episode(s) to run{again}, {skipped} already graded, {cfg.eval.workers} worker(s)"
     )
     if pairs:
-        work = make_work(
-            cfg, policy_for or policy_source(cfg, script, store), out_dir, ungraded_trajectories(out_dir)
-        )
-        writer = ResultsWriter(out_dir, info["model_name"])
-        run_pairs(pairs, work, writer, cfg.eval.workers, cfg.eval.instance_timeout_s, progress)
+        existing = ungraded_trajectories(out_dir)
+        with opening_ahead(cfg, [t for t, a in pairs if (t.instance_id, a) not in existing]) as warm:
+            work = make_work(
+                cfg, policy_for or policy_source(cfg, script, store), out_dir, existing, warm.open
+            )
+            writer = ResultsWriter(out_dir, info["model_name"])
+            run_pairs(pairs, work, writer, cfg.eval.workers, cfg.eval.instance_timeout_s, progress)
     paths = write_report(out_dir, confidence=cfg.eval.confidence, loop=cfg.rl.stage1.loop)
     summary = json.loads(paths["report_json"].read_text())["summary"]
     result = {

@@ -3,6 +3,7 @@ on disk into a GradeResult; shared by every grading backend (see protege.grading
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import threading
@@ -28,6 +29,13 @@ RESET_TREE_CMD = "git checkout -- . ; git clean -fd"
 LOG_INSTANCE = "run_instance.log"
 LOG_TEST_OUTPUT = "test_output.txt"
 LOG_REPORT = "report.json"
+# Test logs (with the diff before) up to this size come back in the eval command's own output (under
+# every backend's output cap).
+INLINE_LOG_BYTES = 32 * 1024
+INLINE_LOG_MARK = "=== protege: test output follows ==="
+# Files (patch, eval script) up to this size travel inside the command that first needs them (base64 grows
+# them by a third; a command, one argument of bubblewrap's, must stay under the kernel's 128 KiB).
+INLINE_WRITE_BYTES = 64 * 1024
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -186,9 +194,23 @@ def _in_workdir(sandbox: Sandbox, command: str) -> str:
     return f"cd {shlex.quote(sandbox.workdir)} && {command}"
 
 
-def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str]) -> bool:
+def writing_first(path: str, content: str, inline: bool) -> str:
+    """A shell prefix writing content to path (byte-exact, through base64) ahead of the command it
+    precedes, so the file costs no sandbox call of its own; "" when not `inline` or when it is over
+    INLINE_WRITE_BYTES (a command is one argument, which the kernel caps at 128 KiB)."""
+    data = content.encode(errors="surrogateescape")
+    if not inline or len(data) > INLINE_WRITE_BYTES:
+        return ""
+    folder, target = shlex.quote(path.rsplit("/", 1)[0]), shlex.quote(path)
+    return f"mkdir -p {folder} && printf %s {base64.b64encode(data).decode()} | base64 -d > {target} && "
+
+
+def apply_patch(
+    sandbox: Sandbox, patch_file: str, timeout: float, log: list[str], write_first: str = ""
+) -> bool:
     """swebench's apply sequence (run_instance): each of GIT_APPLY_CMDS on a pristine tree, then the
-    reverse check for a chain that left the patch applied while every command exited non-zero."""
+    reverse check for a chain that left the patch applied while every command exited non-zero.
+    `write_first` (`writing_first`) runs ahead of the first attempt."""
     from swebench.harness.constants import APPLY_PATCH_FAIL, APPLY_PATCH_PASS
     from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 
@@ -197,7 +219,8 @@ def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str
         if attempt:
             # a failed attempt (notably --reject) leaves partial state behind
             sandbox.run(_in_workdir(sandbox, RESET_TREE_CMD), timeout)
-        result = sandbox.run(_in_workdir(sandbox, f"{apply_cmd} {shlex.quote(patch_file)}"), timeout)
+        prefix = "" if attempt else write_first
+        result = sandbox.run(_in_workdir(sandbox, f"{prefix}{apply_cmd} {shlex.quote(patch_file)}"), timeout)
         if result.exit_code == 0:
             log.append(f"{APPLY_PATCH_PASS}:\n{result.output}")
             return True
@@ -213,20 +236,45 @@ def apply_patch(sandbox: Sandbox, patch_file: str, timeout: float, log: list[str
 
 
 def run_eval_script(sandbox: Sandbox, eval_script: str, timeout: float) -> tuple[str, bool]:
-    """Run the eval script; return (its interleaved stdout+stderr, timed_out).
+    """Run the eval script; return (its interleaved stdout+stderr, timed_out)."""
+    _, output, timed_out = diff_and_eval(sandbox, eval_script, timeout)
+    return output, timed_out
 
-    The output goes to a file in the sandbox rather than through `run`'s captured output, which the
-    sandbox truncates for the agent; a grading log must be whole.
+
+def diff_and_eval(
+    sandbox: Sandbox, eval_script: str, timeout: float, inline_write: bool = False
+) -> tuple[str, str, bool]:
+    """The harness's "git diff before", then the eval script: (the diff, the eval output, timed_out).
+
+    Both go to files in the sandbox rather than through `run`'s captured output, which the sandbox
+    truncates for the agent; a grading log must be whole. One command runs both and prints the two files
+    back when together they are under INLINE_LOG_BYTES (sandbox calls are the grading's overhead over the
+    tests themselves); larger ones, or output that is not valid UTF-8 (`run` decodes lossily), are read
+    back byte-exact with `read_file`.
     """
     folder = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}"
-    script, output = f"{folder}/eval.sh", f"{folder}/{LOG_TEST_OUTPUT}"
-    sandbox.write_file(script, eval_script)
-    result = sandbox.run(f"/bin/bash {shlex.quote(script)} > {shlex.quote(output)} 2>&1", timeout)
+    script = f"{folder}/eval.sh"
+    before, output = (shlex.quote(f"{folder}/{name}") for name in ("diff_before.txt", LOG_TEST_OUTPUT))
+    write_first = writing_first(script, eval_script, inline_write)
+    if not write_first:
+        sandbox.write_file(script, eval_script)
+    result = sandbox.run(
+        f"{write_first}(cd {shlex.quote(sandbox.workdir)} && git -c core.fileMode=false diff) > {before} 2>&1; "
+        f"/bin/bash {shlex.quote(script)} > {output} 2>&1; "
+        f'if [ "$(cat {before} {output} | wc -c)" -le {INLINE_LOG_BYTES} ]; then '
+        f"echo {INLINE_LOG_MARK}; cat {before}; echo; echo {INLINE_LOG_MARK}; cat {output}; fi",
+        timeout,
+    )
+    head, mark, inline = result.output.partition(INLINE_LOG_MARK + "\n")
+    diff, mark_two, text = inline.partition("\n" + INLINE_LOG_MARK + "\n")
+    if mark and mark_two and not head and not result.truncated and "\ufffd" not in inline:
+        return diff, text, result.timed_out
     try:
-        text = sandbox.read_file(output)
+        diff = sandbox.read_file(f"{folder}/diff_before.txt")
+        text = sandbox.read_file(f"{folder}/{LOG_TEST_OUTPUT}")
     except (OSError, SandboxError):
         text = result.output
-    return text, result.timed_out
+    return diff, text, result.timed_out
 
 
 def _patch_and_test(
@@ -236,21 +284,23 @@ def _patch_and_test(
     from swebench.harness.constants import TESTS_TIMEOUT
 
     command_timeout = cfg.agent.sandbox.command_timeout_s
-    sandbox.run(_in_workdir(sandbox, f"mkdir -p {SANDBOX_GRADING_DIR}"), command_timeout)
-    hint: FailureReason = "none"
+    # locally a command is an argument of bubblewrap's; a pod's travels in a URL: only inline writes here
+    inline = cfg.agent.sandbox.backend == "local"
+    hint: FailureReason = "none"  # the grading directory is made by the first write
     if is_empty_patch(job.patch):
         # the harness's skip_patch mode: the tests run on the unpatched tree
         hint = "empty_patch"
         instance_log.append(f"Skipping model patch for {job.task.instance_id} (empty patch)")
     else:
         patch_file = f"{sandbox.workdir}/{SANDBOX_GRADING_DIR}/patch.diff"
-        sandbox.write_file(patch_file, job.patch or "")
-        if not apply_patch(sandbox, patch_file, command_timeout, instance_log):
+        write_first = writing_first(patch_file, job.patch or "", inline)
+        if not write_first:
+            sandbox.write_file(patch_file, job.patch or "")
+        if not apply_patch(sandbox, patch_file, command_timeout, instance_log, write_first):
             return instance_log[-1] + "\n", "patch_apply_failed", instance_log[-1]
-    before = sandbox.run(_in_workdir(sandbox, "git -c core.fileMode=false diff"), command_timeout)
-    instance_log.append(f"Git diff before:\n{before.output.strip()}")
     limit = cfg.eval.grade_timeout_s
-    output, timed_out = run_eval_script(sandbox, eval_script, limit)
+    before, output, timed_out = diff_and_eval(sandbox, eval_script, limit, inline)
+    instance_log.append(f"Git diff before:\n{before.strip()}")
     if timed_out:
         # the harness appends this line and refuses to grade; TESTS_TIMEOUT makes get_eval_report
         # refuse too, whatever partial output came before

@@ -18,6 +18,7 @@ completion zero advantage and leaves it out of its group's baseline) and contrib
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from protege.agent.policies import ContextOverflow, PolicyError, parse_completion
 from protege.agent.protocols import PolicyTurn, Sandbox, SandboxError
 from protege.agent.render import chat_messages, render_text
+from protege.agent.sandbox.warm_pool import WarmPool
 from protege.config import ProtegeConfig, RewardConfig
 from protege.rl.generation import Generator
 from protege.tasks import TaskInstance
@@ -240,7 +242,7 @@ class RolloutContext:
     model_id: str
     expert: Any  # protege.agent.expert.ExpertService
     judge: Any  # protege.rl.judge.Judge
-    gate: SandboxGate
+    gate: Any  # SandboxGate, or a protege.agent.sandbox.warm_pool.WarmPool opening through one
     logs_dir: Path
     grader: Callable[..., Any]  # protege.grading.grade's signature
     phase: str
@@ -342,6 +344,11 @@ def run_rollouts(ctx: RolloutContext, jobs: list[tuple[TaskInstance, int]], work
     makes that rollout failed with its reason, and the others go on."""
     limit_s = ctx.cfg.rl.rollout_timeout_s
     holders: list[dict[str, Any]] = [{} for _ in jobs]
+    # the sandboxes of the rollouts waiting for a worker are opened while the running ones generate
+    warm = WarmPool(ctx.gate.open, ctx.cfg.agent.sandbox.prepare_ahead)
+    sandbox_cfg, repos_dir = ctx.cfg.agent.sandbox, Path(ctx.cfg.tasks.repos_dir)
+    warm.expect(*((sandbox_cfg, task, repos_dir) for task, _ in jobs[workers:]))
+    ctx = dataclasses.replace(ctx, gate=warm)
 
     def timed_play(n: int) -> Rollout:
         holders[n]["started"] = time.monotonic()
@@ -367,4 +374,5 @@ def run_rollouts(ctx: RolloutContext, jobs: list[tuple[TaskInstance, int]], work
                     results[n] = _timed_out(ctx.phase, holders[n], *jobs[n], limit_s)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        warm.close()
     return [results[n] for n in range(len(jobs))]

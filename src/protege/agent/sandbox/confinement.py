@@ -22,6 +22,7 @@ import fcntl
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -314,15 +315,33 @@ def mount_tmpfs(path: Path, size_mb: int, uid: int, gid: int) -> str:
     return ""
 
 
+def mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> str:
+    """Mount an overlay of the read-only `lower` with writes going to `upper` at `merged` (root only);
+    "" or why it could not. A write to a lower file copies it up first: `lower` is never modified."""
+    paths = [str(p) for p in (lower, upper, work)]
+    if any(c in p for p in paths for c in ",:\\"):  # the option string's separators
+        return f"a path holds one of ',:\\': {paths}"
+    options = f"lowerdir={paths[0]},upperdir={paths[1]},workdir={paths[2]}".encode()
+    flags = _MS_NOSUID | _MS_NODEV
+    if _libc().mount(b"protege-checkout", str(merged).encode(), b"overlay", flags, options) != 0:
+        return os.strerror(ctypes.get_errno())
+    return ""
+
+
 def unmount(path: Path) -> None:
     if os.path.ismount(path) and _libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
         log.warning("could not unmount %s: %s", path, os.strerror(ctypes.get_errno()))
 
 
 def hold_lock(root: Path) -> int:
-    """Create and lock root/LOCK_NAME; the fd keeps the lock until it is closed or this process dies."""
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    """Create and lock root/LOCK_NAME; the fd keeps the lock until it is closed or this process dies.
+
+    The file is locked before it takes its name: a sweep in another thread or process that opened it
+    between its creation and its lock would take the lock and remove a live sandbox."""
+    partial = root / f".{LOCK_NAME}-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(partial, root / LOCK_NAME)
     return fd
 
 
@@ -404,6 +423,7 @@ __all__ = [
     "Cgroup",
     "chown_tree",
     "hold_lock",
+    "mount_overlay",
     "mount_tmpfs",
     "seccomp_fd",
     "seccomp_program",

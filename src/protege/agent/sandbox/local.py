@@ -1,6 +1,7 @@
 """The local sandbox backend (`sandbox.backend: local`): bubblewrap on this host.
 
-- `local` (this module): a private work tree cloned from `<repos_dir>/<task.repo_dirname>` and every
+- `local` (this module): a private work tree of `<repos_dir>/<task.repo_dirname>` at base_commit (the
+  clean checkout cached by `checkouts.py`, overlaid as root, else copied) and every
   command run under bubblewrap: no network (new net, pid, ipc, uts namespaces), a read-only view of
   only the system and Python directories, /proc/sys and the other kernel interfaces read-only, the work
   tree read-write at `workdir`, the task's environment read-only (its venv first on PATH, built once per
@@ -17,8 +18,8 @@
 
 Integrity (agents mine git history for the fix): inside every sandbox the repository holds no commit
 after base_commit, no remote, no ref past base_commit, no reflog and no object only a later commit
-reaches; the gold and test patches are never written anywhere the sandbox can read. Locally the clone
-fetches only base_commit (and lightweight tags that are its ancestors; never a tag object, whose message
+reaches; the gold and test patches are never written anywhere the sandbox can read. Locally the cached
+clone (`checkouts.clone_at_base`) fetches only base_commit (and lightweight tags that are its ancestors; never a tag object, whose message
 may postdate the commit), so later objects are never copied; the
 source repositories, the project checkout and the installed `protege` package (its demo data holds
 gold patches) are not mounted. Container images get `docker.CLEANUP_SCRIPT` at start.
@@ -60,7 +61,6 @@ import math
 import os
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -70,6 +70,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protege.agent.protocols import CommandResult, PatchTooLarge, SandboxError
+from protege.agent.sandbox.checkouts import (
+    Checkout,
+    CheckoutCache,
+    default_cache_dir,
+    owned_paths,
+    place_checkout,
+)
+from protege.agent.sandbox.checkouts import force_rmtree as _force_rmtree
 from protege.agent.sandbox.common import DIFF_SCRIPT, OutputCap
 from protege.agent.sandbox.confinement import (
     Cgroup,
@@ -111,66 +119,6 @@ _DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", 
 _ENV = {"LANG": "C.UTF-8", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _force_rmtree(path: Path) -> None:
-    def make_writable(func: Callable[[str], object], target: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(target), stat.S_IRWXU)
-        if os.path.isdir(target) and not os.path.islink(target):
-            os.chmod(target, stat.S_IRWXU)
-        func(target)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=make_writable)
-
-
-def _git(args: list[str], cwd: Path, timeout: float, what: str, check: bool = True) -> str:
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        raise SandboxError(f"{what}: git {args[0]} took longer than {timeout:g}s") from err
-    if check and done.returncode != 0:
-        raise SandboxError(f"{what}: git {' '.join(args[:2])} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def clone_at_base(source: Path, base_commit: str, tree: Path, timeout: float, what: str) -> str:
-    """Make `tree` a fresh repository holding only base_commit's history, checked out (detached) there.
-
-    Returns the full sha. Only base_commit and lightweight tags that are its ancestors are fetched (over
-    the pack protocol, so nothing is hard-linked or shared), hence later commits' objects never arrive.
-    Annotated tags are never copied: a tag object can be written at any time after its commit, and its
-    message may describe the fix.
-    """
-    if not source.is_dir():
-        raise SandboxError(f"{what}: source repository {source} does not exist (sandbox.repos_dir?)")
-    sha = _git(
-        ["rev-parse", "--verify", "--quiet", f"{base_commit}^{{commit}}"], source, timeout, what, check=False
-    ).strip()
-    if not sha:
-        raise SandboxError(f"{what}: base_commit {base_commit} is not in {source}")
-    refs = _git(
-        ["for-each-ref", "--merged", sha, "--format=%(objecttype) %(refname)", "refs/tags"],
-        source,
-        timeout,
-        what,
-    ).splitlines()
-    tags = [ref.split(" ", 1)[1] for ref in refs if ref.startswith("commit ")]
-    tree.mkdir(parents=True)
-    _git(["init", "--quiet", "--template="], tree, timeout, what)
-    upload = "git -c uploadpack.allowAnySHA1InWant=true upload-pack"
-    refspecs = [sha, *(f"{tag}:{tag}" for tag in tags)]
-    _git(
-        ["fetch", "--quiet", "--no-tags", "--upload-pack", upload, source.resolve().as_uri(), *refspecs],
-        tree,
-        timeout,
-        what,
-    )
-    _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha], tree, timeout, what)
-    _git(["config", "core.logAllRefUpdates", "false"], tree, timeout, what)
-    _force_rmtree(tree / ".git" / "logs")
-    (tree / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
-    return sha
-
-
 def _python_dirs() -> list[str]:
     """Directories a `python -m pytest` inside needs: the venv, its base, the interpreter's own prefix
     (those this process cannot open are left out: bubblewrap, run as this user, could not bind them)."""
@@ -191,9 +139,10 @@ def _server_python() -> str:
     return usable[0]
 
 
-def _protected_paths(repos_dir: Path) -> list[str]:
-    """Paths that hold gold patches: the source repositories and the installed protege package."""
-    paths = [os.path.realpath(repos_dir)]
+def _protected_paths(repos_dir: Path, cache_dir: str) -> list[str]:
+    """Paths that hold gold patches or later history: the source repositories, the checkout cache and the
+    installed protege package."""
+    paths = [os.path.realpath(repos_dir), os.path.realpath(cache_dir or default_cache_dir())]
     spec = importlib.util.find_spec("protege")
     if spec is not None and spec.submodule_search_locations:
         paths += [os.path.realpath(p) for p in spec.submodule_search_locations]
@@ -221,15 +170,21 @@ class _Resources:
         self.mounted = False
         self.cgroup: Cgroup | None = None
         self.shell: ShellClient | None = None
+        self.checkout: Checkout | None = None
+        self.placed = ""  # how the checkout is in the tree: "overlay", "copy" or "" (not yet)
 
     def release(self) -> None:
         if self.shell is not None:
             self.shell.close()
         if self.cgroup is not None:
             self.cgroup.remove()
+        if self.placed == "overlay":
+            unmount(self.root / _BOX / "testbed")
         if self.mounted:
             unmount(self.root / _BOX)
         _force_rmtree(self.root)
+        if self.checkout is not None:
+            self.checkout.release()
         os.close(self.lock)
 
 
@@ -274,9 +229,7 @@ class LocalSandbox:
             scratch_tmp, scratch_home = self._box / "tmp", self._box / "home"
             scratch_tmp.mkdir()
             scratch_home.mkdir()
-            self.base_commit = clone_at_base(
-                Path(repos_dir) / task.repo_dirname, task.base_commit, self._tree, cfg.setup_timeout_s, what
-            )
+            self._place_checkout(Path(repos_dir) / task.repo_dirname, what)
             self.environment = self._environment(Path(repos_dir))
             if bwrap is None:
                 log.warning("%s: running commands WITHOUT isolation (sandbox.allow_unsandboxed=true)", what)
@@ -320,10 +273,29 @@ class LocalSandbox:
             tail = " | ".join(result.output.strip().splitlines()[-3:])
             raise SandboxError(f"{self.what}: installing {self.environment_spec.label()} failed: {tail}")
 
+    def _place_checkout(self, source: Path, what: str) -> None:
+        """The cached clean checkout at base_commit (built on first use) overlaid or copied at the tree."""
+        cfg = self.cfg
+        cache = CheckoutCache(
+            Path(cfg.checkout_cache_dir or default_cache_dir()),
+            cfg.checkout_cache_entries,
+            cfg.setup_timeout_s,
+        )
+        self._held.checkout = checkout = cache.acquire(source, self.task.base_commit, what)
+        self.base_commit = checkout.sha
+        self.checkout_built = checkout.built
+        self._held.placed = place_checkout(checkout, self._box, self._tree, overlay=self._held.mounted)
+
     def _confine(self, what: str) -> None:
         """The uid owns the tree; the cgroup and the seccomp filter are made once per sandbox."""
         if self._uid is not None:
-            chown_tree(self._box, self._uid, self._uid)
+            if self._held.placed == "overlay":  # the overlay's lower files stay root's (and a+rw)
+                for path in (self._box, *owned_paths(self._tree)):
+                    os.lchown(path, self._uid, self._uid)
+                for scratch in ("tmp", "home"):
+                    chown_tree(self._box / scratch, self._uid, self._uid)
+            else:
+                chown_tree(self._box, self._uid, self._uid)
         memory = self.cfg.memory_limit_mb * 1024 * 1024
         self._held.cgroup, why = Cgroup.create(self._root.name, memory, self.cfg.max_processes)
         if why:
@@ -362,7 +334,8 @@ class LocalSandbox:
         if os.path.realpath(sys.prefix) != sys.prefix and not any(_under(sys.prefix, b) for b in bound):
             # a venv reached through a symlink: the same path inside, so PATH and sys.prefix match the host's
             args += _parent_dirs(sys.prefix) + ["--symlink", os.path.realpath(sys.prefix), sys.prefix]
-        for secret in _protected_paths(repos_dir):  # e.g. a non-editable install inside the venv
+        # e.g. a non-editable install inside the venv
+        for secret in _protected_paths(repos_dir, self.cfg.checkout_cache_dir):
             if any(_under(secret, b) for b in bound):
                 args += ["--tmpfs", secret]
         args += ["--bind", str(self._tree), self.workdir, "--remount-ro", "/"]
