@@ -105,6 +105,8 @@ def test_published_columns_are_kept_or_derived():
         and reversed_patch(smith.patch) == smith_row["patch"]
     )
     assert smith.image == smith_row["image_name"] and smith.test_patch == ""
+    # the bug commit's parent is the fix: its sandbox keeps base_commit alone; real repositories keep theirs
+    assert smith.history == "none" and chart.history == "full" and "history" not in chart.to_swebench()
     # only the FAIL_TO_PASS files run: PASS_TO_PASS keeps the tests in them
     assert smith.PASS_TO_PASS == ["tests/test_ssm/test_ssm_utils.py::test_convert_to_params"]
     gym = load_task_set(str(PUBLISHED / "swe_gym.jsonl"))[1]

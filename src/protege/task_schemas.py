@@ -212,6 +212,8 @@ def _swe_smith(row: dict[str, Any], env: EvalCommands) -> dict[str, Any]:
     # SWE-smith's harness checks out the branch named like the instance (the bug applied) in its mirror
     # repository, and grades a fix by reverting the bug patch.
     out["base_commit"] = instance_id
+    # The bug commit's parent is the fixed code: the agent must not be able to `git show HEAD^` it.
+    out["history"] = "none"
     try:
         out["patch"] = reversed_patch(bug_patch)
     except PatchError as err:

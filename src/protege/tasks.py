@@ -118,6 +118,10 @@ class TaskInstance(BaseModel):
     """Key of swebench's PARSER_REGISTRY that parses the test log (5.x)."""
     eval_type: Literal["pass_and_fail", "fail_only"] = "pass_and_fail"
     """swebench EvalType (5.x)."""
+    history: Literal["full", "none"] = "full"
+    """Git history the agent's sandbox keeps before base_commit: `full` (a real repository's past, as
+    SWE-bench's images have it) or `none` (base_commit alone, no parent: for a synthetic bug commit whose
+    parent is the fix, as in SWE-smith)."""
     environment: EnvironmentSpec | None = None
     """The environment the tests need (protege.environments); None = resolved from elsewhere."""
 
@@ -149,7 +153,8 @@ class TaskInstance(BaseModel):
 
     def to_swebench(self) -> dict[str, Any]:
         """The row as swebench expects it (FAIL_TO_PASS / PASS_TO_PASS as JSON strings)."""
-        row = self.model_dump(exclude={"environment"} if self.environment is None else set())
+        unset = {"environment"} if self.environment is None else set()
+        row = self.model_dump(exclude=unset | ({"history"} if self.history == "full" else set()))
         row["FAIL_TO_PASS"] = json.dumps(self.FAIL_TO_PASS)
         row["PASS_TO_PASS"] = json.dumps(self.PASS_TO_PASS)
         return row

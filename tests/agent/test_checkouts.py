@@ -140,3 +140,43 @@ def test_eviction_removes_the_least_recently_used_entry_that_no_sandbox_holds(tm
     latest = cache.acquire(source, third, "test")
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [latest.tree.name]
     latest.release()
+
+
+@BWRAP
+def test_history_none_keeps_base_commit_alone_with_no_parent_to_read(tmp_path: Path, repos: tuple[Path, str]):
+    # A SWE-smith-style task: base_commit's parent is the fixed code, so the sandbox must not hold it.
+    repos_dir, base = repos
+    task = _task(base).model_copy(update={"history": "none"})  # type: ignore[attr-defined]
+    with open_sandbox(_cfg(tmp_path), task, repos_dir) as sandbox:
+        log = sandbox.run("git log --all --format=%s; git for-each-ref --format='%(refname)'").output
+        parent = sandbox.run("git show --stat HEAD^").exit_code
+        assert sandbox.run("git rev-parse HEAD").output.strip() == base
+        entry = sandbox._held.checkout.tree  # type: ignore[attr-defined]
+    assert log.splitlines() == ["base"] and parent != 0
+    objects = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch-check"],
+        cwd=entry,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert sum(line.split()[1] == "commit" for line in objects.splitlines()) == 1
+    with open_sandbox(_cfg(tmp_path), _task(base), repos_dir) as full:  # the same commit, full history
+        assert full.run("git log --format=%s").output.split() == ["base", "c1"]
+
+
+def test_container_cleanup_with_history_none_cuts_the_history_at_base(tmp_path: Path):
+    from protege.agent.sandbox.docker import CLEANUP_SCRIPT
+
+    base = _make_repo(tmp_path / "image")
+    repo = tmp_path / "image"
+    _git(repo, "checkout", "-q", "--detach", base)
+    done = subprocess.run(
+        ["bash", "-c", CLEANUP_SCRIPT, "cleanup", base, "none"], cwd=repo, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == base, done.stderr
+    commits = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch-check"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    assert sum(line.split()[1] == "commit" for line in commits.splitlines()) == 1
+    assert subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD^"], cwd=repo).returncode != 0
+    assert _git(repo, "for-each-ref", "--format=%(refname)") == ""

@@ -17,7 +17,8 @@ and `place_checkout` puts it in the sandbox:
   shared inode; a hardlink would be a write path into the cache.
 
 Integrity is the clone's (`clone_at_base`): the cache entry holds base_commit's history only, no tag
-object, note, other ref or reflog. The cache directory is mode 0700 and never mounted into a sandbox
+object, note, other ref or reflog; for a task with `history: none` (SWE-smith: the bug commit's parent is
+the fix) base_commit alone, a depth-1 clone. The cache directory is mode 0700 and never mounted into a sandbox
 (it holds other tasks' base commits, some later than this one's).
 
 Concurrency: a build takes an exclusive flock on `<entry>.build` and renames the finished clone into
@@ -85,8 +86,11 @@ def resolve_commit(source: Path, base_commit: str, timeout: float, what: str) ->
     return sha
 
 
-def clone_at_base(source: Path, base_commit: str, tree: Path, timeout: float, what: str) -> str:
-    """Make `tree` a fresh repository holding only base_commit's history, checked out (detached) there.
+def clone_at_base(
+    source: Path, base_commit: str, tree: Path, timeout: float, what: str, history: str = "full"
+) -> str:
+    """Make `tree` a fresh repository holding only base_commit's history, checked out (detached) there;
+    with `history="none"` base_commit alone (a shallow clone of depth 1: no parent, no tag, no older object).
 
     Returns the full sha. Only base_commit and lightweight tags that are its ancestors are fetched (over
     the pack protocol, so nothing is hard-linked or shared), hence later commits' objects never arrive.
@@ -100,13 +104,21 @@ def clone_at_base(source: Path, base_commit: str, tree: Path, timeout: float, wh
         timeout,
         what,
     ).splitlines()
-    tags = [ref.split(" ", 1)[1] for ref in refs if ref.startswith("commit ")]
+    tags = [ref.split(" ", 1)[1] for ref in refs if ref.startswith("commit ")] if history == "full" else []
     tree.mkdir(parents=True)
     _git(["init", "--quiet", "--template="], tree, timeout, what)
     upload = "git -c uploadpack.allowAnySHA1InWant=true upload-pack"
     refspecs = [sha, *(f"{tag}:{tag}" for tag in tags)]
     _git(
-        ["fetch", "--quiet", "--no-tags", "--upload-pack", upload, source.resolve().as_uri(), *refspecs],
+        [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            *(["--depth=1"] if history == "none" else []),
+            "--upload-pack",
+            upload,
+        ]
+        + [source.resolve().as_uri(), *refspecs],
         tree,
         timeout,
         what,
@@ -154,23 +166,24 @@ class CheckoutCache:
     def __init__(self, directory: Path, max_entries: int, timeout: float) -> None:
         self.directory, self.max_entries, self.timeout = directory, max_entries, timeout
 
-    def _entry_name(self, source: Path, sha: str) -> str:
+    def _entry_name(self, source: Path, sha: str, history: str) -> str:
         where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
-        return f"{source.name}-{where}-{sha}"
+        return f"{source.name}-{where}-{sha}" + ("-alone" if history == "none" else "")
 
-    def acquire(self, source: Path, base_commit: str, what: str) -> Checkout:
-        """The entry for (source, base_commit), built if missing; raises SandboxError naming what is wrong."""
+    def acquire(self, source: Path, base_commit: str, what: str, history: str = "full") -> Checkout:
+        """The entry for (source, base_commit, history), built if missing; raises SandboxError naming what is
+        wrong."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if _FULL_SHA.fullmatch(base_commit):
             sha = base_commit  # the entry's name proves it was built from this commit; no git call
         else:
             sha = resolve_commit(source, base_commit, self.timeout, what)
-        name = self._entry_name(source, sha)
+        name = self._entry_name(source, sha, history)
         entry = self.directory / name
         while True:
             built = False
             if not entry.is_dir():
-                built = self._build(source, sha, entry, what)
+                built = self._build(source, sha, entry, what, history)
             lock = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock, fcntl.LOCK_SH)
             if entry.is_dir():  # else evicted between the build and the lock: build again
@@ -178,7 +191,7 @@ class CheckoutCache:
                 return Checkout(entry, sha, built, lock)
             os.close(lock)
 
-    def _build(self, source: Path, sha: str, entry: Path, what: str) -> bool:
+    def _build(self, source: Path, sha: str, entry: Path, what: str, history: str) -> bool:
         build_lock = os.open(entry.with_name(f"{entry.name}.build"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(build_lock, fcntl.LOCK_EX)
@@ -186,7 +199,7 @@ class CheckoutCache:
                 return False
             partial = entry.with_name(f".{entry.name}.partial")
             force_rmtree(partial)  # a builder that died: it held the build lock we now hold
-            clone_at_base(source, sha, partial, self.timeout, what)
+            clone_at_base(source, sha, partial, self.timeout, what, history)
             _open_to_all(partial)
             os.rename(partial, entry)
         finally:

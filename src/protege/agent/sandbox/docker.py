@@ -53,6 +53,10 @@ git for-each-ref --format='%(refname)' | while read -r ref; do
 done
 gitdir=$(git rev-parse --git-dir)
 rm -rf "$gitdir/logs" "$gitdir/FETCH_HEAD" "$gitdir/ORIG_HEAD" "$gitdir/lost-found"
+if [ "${2:-full}" = none ]; then  # base alone: drop every tag, cut the history at base (no parent left)
+  git for-each-ref --format='%(refname)' refs/tags | while read -r ref; do git update-ref -d "$ref"; done
+  echo "$base" > "$gitdir/shallow"
+fi
 git config core.logAllRefUpdates false
 git -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now -c gc.pruneExpire=now gc --quiet --prune=now
 echo "$base"
@@ -161,10 +165,11 @@ class ContainerShell:
             raise SandboxError(f"{self.what}: git diff failed: {result.output.strip()}")
         return result.output
 
-    def clean_history(self, base_commit: str) -> str:
-        """Run CLEANUP_SCRIPT; returns the full base sha, SandboxError when the image is not at base_commit."""
+    def clean_history(self, base_commit: str, history: str = "full") -> str:
+        """Run CLEANUP_SCRIPT (`history="none"`: keep base_commit alone); returns the full base sha,
+        SandboxError when the image is not at base_commit."""
         result = self.script(
-            CLEANUP_SCRIPT, [base_commit], self.cfg.setup_timeout_s, self.cfg.output_limit_chars
+            CLEANUP_SCRIPT, [base_commit, history], self.cfg.setup_timeout_s, self.cfg.output_limit_chars
         )
         if result.exit_code != 0:
             raise SandboxError(
@@ -328,7 +333,7 @@ class DockerSandbox(ContainerSandbox):
         self._release = weakref.finalize(self, _remove_container, self._container)
         self._shell = ContainerShell(cfg, self._exec, what)
         try:
-            self.base_commit = self._shell.clean_history(task.base_commit)
+            self.base_commit = self._shell.clean_history(task.base_commit, task.history)
         except BaseException:
             self.close()
             raise

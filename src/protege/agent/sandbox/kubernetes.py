@@ -219,7 +219,9 @@ class KubernetesSandbox(ContainerSandbox):
                 )
                 self._wait_running()
             self._shell = ContainerShell(cfg, self._exec, self.what)
-            self.base_commit = self._shell.clean_history(task.base_commit) if role is None else "HEAD"
+            self.base_commit = (
+                self._shell.clean_history(task.base_commit, task.history) if role is None else "HEAD"
+            )
         except BaseException as err:
             self.close()
             if isinstance(err, Exception) and not isinstance(err, SandboxError):

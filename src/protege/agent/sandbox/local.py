@@ -281,7 +281,7 @@ class LocalSandbox:
             cfg.checkout_cache_entries,
             cfg.setup_timeout_s,
         )
-        self._held.checkout = checkout = cache.acquire(source, self.task.base_commit, what)
+        self._held.checkout = checkout = cache.acquire(source, self.task.base_commit, what, self.task.history)
         self.base_commit = checkout.sha
         self.checkout_built = checkout.built
         self._held.placed = place_checkout(checkout, self._box, self._tree, overlay=self._held.mounted)
