@@ -74,6 +74,12 @@ def load_cfg(args: argparse.Namespace):
     return load_config(args.profile, args.config_file, args.overrides)
 
 
+def io_args(parser: argparse.ArgumentParser) -> None:
+    """`--no-track` / `--no-upload`: the phase commands' switches for the two I/O edges of `tracker_and_store`."""
+    parser.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    parser.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+
+
 def tracker_and_store(cfg, track: bool, upload: bool) -> tuple:
     """The phase CLIs' I/O edges: an MLflow Tracker if `track`, an S3 store if `upload` (else None)."""
     tracker = store = None

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from protege.cli.common import CLIError, load_cfg, profile_args, tracker_and_store
+from protege.cli.common import CLIError, io_args, load_cfg, profile_args, tracker_and_store
 
 
 def _compare_cli(args: argparse.Namespace) -> int:
@@ -63,9 +63,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--run-name", help="name of the comparison run (default: <run_name>-compare-<UTC time>)"
     )
-    compare.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    compare.add_argument(
-        "--no-upload", dest="upload", action="store_false", help="do not upload to the store"
-    )
+    io_args(compare)
     profile_args(compare)
     compare.set_defaults(func=_compare_cli)

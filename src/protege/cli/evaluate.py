@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from protege.cli.common import CLIError, load_cfg, profile_args, tracker_and_store
+from protege.cli.common import CLIError, io_args, load_cfg, profile_args, tracker_and_store
 from protege.evaluate import PHASE, EvalError, run, write_report
 
 # --------------------------------------------------------------------------------------------------
@@ -73,10 +73,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--out", help="results directory (default: <services.data_dir>/runs/<run_name>/eval)"
     )
-    evaluate.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    evaluate.add_argument(
-        "--no-upload", dest="upload", action="store_false", help="do not upload to the store"
-    )
+    io_args(evaluate)
     profile_args(evaluate)
     evaluate.set_defaults(func=_eval_cli)
     report = sub.add_parser("report", help="re-render report.json and report.md from a results directory")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from protege.cli.common import CLIError, load_cfg, profile_args, tracker_and_store
+from protege.cli.common import CLIError, io_args, load_cfg, profile_args, tracker_and_store
 from protege.rl import RLError, run
 from protege.rl.plan import PHASES
 
@@ -48,7 +48,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "--model", required=True, help="stage 1: the SFT model; stage 2: rl1's final model (dir or s3://)"
     )
     rl.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/rl<stage>)")
-    rl.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    rl.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    io_args(rl)
     profile_args(rl)
     rl.set_defaults(func=_rl_cli)

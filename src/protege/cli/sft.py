@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from protege.cli.common import CLIError, load_cfg, profile_args, tracker_and_store
+from protege.cli.common import CLIError, io_args, load_cfg, profile_args, tracker_and_store
 from protege.sft import PHASE, SFTError, run
 
 # --------------------------------------------------------------------------------------------------
@@ -44,8 +44,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     sft = sub.add_parser("sft", help="supervised fine-tuning of the protégé on the synth export")
     sft.add_argument("--dataset", required=True, help="the synth SFT export: a .jsonl, a directory, or s3://")
     sft.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/sft)")
-    sft.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    sft.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    io_args(sft)
     sft.add_argument("--emit-trainjob", metavar="FILE", help="write a Kubeflow TrainJob manifest and exit")
     profile_args(sft)
     sft.set_defaults(func=_sft_cli)

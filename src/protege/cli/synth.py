@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from protege.cli.common import CLIError, count, load_cfg, profile_args, tracker_and_store
+from protege.cli.common import CLIError, count, io_args, load_cfg, profile_args, tracker_and_store
 from protege.synth import PHASE, SynthError, run
 
 # --------------------------------------------------------------------------------------------------
@@ -41,7 +41,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--ids", help="comma-separated instance ids to keep (overrides tasks.train_ids)")
     synth.add_argument("--out", help="output directory (default: <services.data_dir>/runs/<run_name>/synth)")
     synth.add_argument("--max-episodes", type=count(1), help="stop after N new episodes (resume later)")
-    synth.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
-    synth.add_argument("--no-upload", dest="upload", action="store_false", help="do not upload to the store")
+    io_args(synth)
     profile_args(synth)
     synth.set_defaults(func=_synth_cli)
