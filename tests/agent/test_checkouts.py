@@ -142,6 +142,30 @@ def test_eviction_removes_the_least_recently_used_entry_that_no_sandbox_holds(tm
     latest.release()
 
 
+def test_an_entry_another_evictor_removed_first_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Two evictors (threads of one eval, or two processes) can list the same stale entry; the second one to
+    # take its lock finds it gone, and that must not fail the episode that happened to trigger eviction.
+    from protege.agent.sandbox import checkouts
+
+    source = tmp_path / "repos" / "owner__calc"
+    _make_repo(source)
+    first, second, _ = _git(source, "rev-list", "--reverse", "HEAD").splitlines()
+    cache = CheckoutCache(tmp_path / "cache", max_entries=1, timeout=60)
+    cache.acquire(source, first, "test").release()
+    rename = os.rename
+
+    def raced(src: object, dst: object) -> None:
+        if ".evicted-" in str(dst):
+            shutil.rmtree(src)  # the other evictor got there between our listing and our rename
+        rename(src, dst)
+
+    monkeypatch.setattr(checkouts.os, "rename", raced)
+    kept = cache.acquire(source, second, "test")  # builds the second entry, then evicts the first
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [kept.tree.name]
+    kept.release()
+
+
 @BWRAP
 def test_history_none_keeps_base_commit_alone_with_no_parent_to_read(tmp_path: Path, repos: tuple[Path, str]):
     # A SWE-smith-style task: base_commit's parent is the fixed code, so the sandbox must not hold it.

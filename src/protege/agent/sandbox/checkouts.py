@@ -227,7 +227,10 @@ class CheckoutCache:
                 continue  # in use by a live sandbox
             try:
                 doomed = entry.with_name(f".{entry.name}.evicted-{os.getpid()}-{threading.get_ident()}")
-                os.rename(entry, doomed)
+                try:
+                    os.rename(entry, doomed)
+                except FileNotFoundError:
+                    continue  # another evictor listed it too and removed it first
                 force_rmtree(doomed)
             finally:
                 os.close(lock)
