@@ -142,6 +142,25 @@ def test_eviction_removes_the_least_recently_used_entry_that_no_sandbox_holds(tm
     latest.release()
 
 
+def test_an_entry_evicted_earlier_is_rebuilt_and_kept_when_the_cache_is_full(tmp_path: Path):
+    # Its lock file outlives an eviction; a rebuilt entry must not count as used when it was first evicted,
+    # or its own builder evicts it again, round after round (an eval hung on this once past 256 entries).
+    source = tmp_path / "repos" / "owner__calc"
+    _make_repo(source)
+    first, second, _ = _git(source, "rev-list", "--reverse", "HEAD").splitlines()
+    cache = CheckoutCache(tmp_path / "cache", max_entries=1, timeout=60)
+    cache.acquire(source, first, "test").release()
+    cache.acquire(source, second, "test").release()  # evicts the first
+    again: list = []
+    worker = threading.Thread(target=lambda: again.append(cache.acquire(source, first, "test")), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert again, "acquiring an entry evicted earlier did not return"
+    assert again[0].built
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [again[0].tree.name]
+    again[0].release()
+
+
 def test_an_entry_another_evictor_removed_first_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Two evictors (threads of one eval, or two processes) can list the same stale entry; the second one to
     # take its lock finds it gone, and that must not fail the episode that happened to trigger eviction.

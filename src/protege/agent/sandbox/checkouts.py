@@ -202,15 +202,20 @@ class CheckoutCache:
             clone_at_base(source, sha, partial, self.timeout, what, history)
             _open_to_all(partial)
             os.rename(partial, entry)
+            # A rebuilt entry's lock file is as old as its previous life: it counts as used now.
+            entry.with_name(f"{entry.name}.lock").touch(mode=0o600)
         finally:
             os.close(build_lock)
-        self._evict()
+        self._evict(keep=entry)
         return True
 
-    def _evict(self) -> None:
-        """Remove the least recently used entries past max_entries that no sandbox holds."""
-        entries = [p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        if len(entries) <= self.max_entries:
+    def _evict(self, keep: Path) -> None:
+        """Remove the least recently used entries past max_entries that no sandbox holds, never `keep` (the
+        entry just built, which its builder has not locked yet)."""
+        entries = [
+            p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep
+        ]
+        if len(entries) < self.max_entries:
             return
 
         def last_used(entry: Path) -> float:
@@ -218,7 +223,7 @@ class CheckoutCache:
                 return entry.with_name(f"{entry.name}.lock").stat().st_mtime
             return 0.0
 
-        for entry in sorted(entries, key=last_used)[: len(entries) - self.max_entries]:
+        for entry in sorted(entries, key=last_used)[: len(entries) + 1 - self.max_entries]:
             lock = os.open(entry.with_name(f"{entry.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
