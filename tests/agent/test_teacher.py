@@ -115,7 +115,7 @@ def make_task(base_commit: str) -> TaskInstance:
     )
 
 
-def run_episode(tmp_path: Path, area: str = AREA, attempt: int = 0) -> tuple:
+def run_episode(tmp_path: Path, area: str = AREA, attempt: int = 0, reasoning: bool = True) -> tuple:
     """One teacher episode; returns (trajectory, final area.py, units.py exists)."""
     repos = tmp_path / f"repos-{attempt}"
     task = make_task(make_repo(repos, area))
@@ -124,7 +124,14 @@ def run_episode(tmp_path: Path, area: str = AREA, attempt: int = 0) -> tuple:
         ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", gold_patch=True, cache_mode="off")
     )
     with open_sandbox(cfg.sandbox, task, repos) as sandbox:
-        agent = Agent(cfg, OracleTeacher(task, attempt), sandbox, task, expert.session(6, 2.0), phase="synth")
+        agent = Agent(
+            cfg,
+            OracleTeacher(task, attempt, reasoning=reasoning),
+            sandbox,
+            task,
+            expert.session(6, 2.0),
+            phase="synth",
+        )
         trajectory = agent.run()
         return trajectory, sandbox.read_file("shapes/area.py"), sandbox.read_file("shapes/units.py")
 
@@ -151,6 +158,11 @@ def test_task_reading_helpers():
     assert repro_script(ISSUE) == "from shapes.area import rect_area\nprint(repr(rect_area(2, 3)))"
     assert pytest_counts(".F.                [100%]\nFAILED x") == (2, 1)
     assert pytest_counts("...   [100%]") == (3, 0)
+    assert pytest_counts("no tests ran in 0.01s\n[exit code 4]\nERROR: file not found") == (0, 1)
+    assert pytest_counts("warnings summary\nPytestConfigWarning: No files were found\n[exit code 5]") == (
+        0,
+        0,
+    )
 
 
 def test_episode_fixes_the_task_through_the_tools_and_asks_once(tmp_path):
@@ -191,10 +203,10 @@ def test_episode_is_deterministic_and_attempts_vary(tmp_path):
     assert texts(first) != texts(other)
 
 
-def test_failed_replacement_is_followed_by_a_look_and_a_smaller_retry(tmp_path):
-    # The repository's docstring differs from the gold patch's context: the full hunk cannot apply.
-    drifted = AREA.replace("negative sizes are rejected", "negative sides raise")
-    trajectory, area, _ = run_episode(tmp_path, area=drifted)
+def test_failed_replacement_is_followed_by_a_look_and_a_wider_retry(tmp_path):
+    # The changed line also appears elsewhere in the file: the changed line alone is not a unique snippet.
+    twice = AREA + "\n\ndef perimeter(w, h):\n    return w + h\n"
+    trajectory, area, _ = run_episode(tmp_path, area=twice)
     assert trajectory.status == "submitted"
     assert "return w * h" in area
     edits = [
@@ -205,7 +217,8 @@ def test_failed_replacement_is_followed_by_a_look_and_a_smaller_retry(tmp_path):
     assert commands[failed + 1] == ("view", False)
     assert ("str_replace", False) in commands[failed + 2 :]
     retry = next(a for a in edits[failed + 2 :] if a.arguments["command"] == "str_replace" and not a.error)
-    assert len(retry.arguments["old_str"]) < len(edits[failed].arguments["old_str"])
+    assert retry.arguments["old_str"].count("\n") > edits[failed].arguments["old_str"].count("\n")
+    assert area.count("return w + h") == 1
 
 
 @pytest.mark.parametrize("attempt", [0, 1])
@@ -218,3 +231,14 @@ def test_teacher_raises_policy_error_after_submitting(tmp_path, attempt):
     teacher._script.close()
     with pytest.raises(PolicyError, match="nothing left"):
         teacher.generate([], [])
+
+
+def test_teacher_without_reasoning_makes_the_same_calls_with_no_text(tmp_path):
+    reasoned, _, _ = run_episode(tmp_path / "a")
+    bare, _, _ = run_episode(tmp_path / "b", reasoning=False)
+    turns = lambda t: [m for m in t.messages if m.provenance == "policy"]  # noqa: E731
+    calls = lambda t: [[(c.name, c.arguments) for c in m.tool_calls] for m in turns(t)]  # noqa: E731
+    assert bare.status == "submitted"
+    assert calls(bare) == calls(reasoned)
+    assert all(m.content for m in turns(reasoned))
+    assert not any(m.content for m in turns(bare))

@@ -18,7 +18,8 @@ followed by a look at the file and a retry with a smaller snippet (changed lines
 context, then the changed lines alone); failing tests after the edit lead to a second question.
 Each turn carries reasoning text built from the task (file, function and the issue's own words), with
 phrasing varied deterministically by (instance, attempt), so trajectories have the shape of real
-ones. Everything it does is deterministic: the same task and attempt give the same turns.
+ones (`reasoning=False`: the tool calls alone, the same ones). Everything it does is deterministic: the
+same task and attempt give the same turns.
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ def pytest_counts(output: str) -> tuple[int, int]:
         line.split("[")[0] for line in output.splitlines() if re.match(r"^[.FEsxX]+\s*(\[|$)", line)
     )
     failed = dots.count("F") + dots.count("E")
-    if not dots and ("error" in output.lower() or "exit code" in output):
+    # Exit code 5 is pytest's "no tests collected": nothing ran, so nothing failed.
+    collected = "[exit code 5]" not in output
+    if not dots and collected and ("error" in output.lower() or "exit code" in output):
         failed = 1
     return dots.count("."), failed
 
@@ -221,9 +224,13 @@ class OracleTeacher:
 
     name = NAME
 
-    def __init__(self, task: TaskInstance, attempt: int = 0, model: str = "oracle") -> None:
+    def __init__(
+        self, task: TaskInstance, attempt: int = 0, model: str = "oracle", reasoning: bool = True
+    ) -> None:
         self.task = task
         self.model = model
+        self.reasoning = reasoning
+        """False: each turn is the tool call alone, no sentence of reasoning before it."""
         self.files = parse_patch(task.patch)
         if not self.files:
             raise ValueError(f"{task.instance_id}: the gold patch has no file to change")
@@ -243,6 +250,7 @@ class OracleTeacher:
         except StopIteration:
             raise PolicyError(f"{NAME}: nothing left to do after submitting") from None
         self._calls += 1
+        thought = thought if self.reasoning else ""
         call = ToolCall(id=f"call_{self._calls}", name=tool, arguments=arguments)
         prompt = sum(estimate_tokens(m.content) for m in messages)
         return PolicyTurn(
@@ -471,9 +479,10 @@ class OracleTeacher:
                 what=what,
                 path=file.path,
             )
-        candidates = [(hunk.side(" -"), hunk.side(" +")), (hunk.side(" -", 1), hunk.side(" +", 1))]
-        if hunk.removed:
-            candidates.append((hunk.side("-", 0), hunk.side("+", 0)))
+        # The smallest snippet first, from the first changed line to the last (the shortest text to copy, and
+        # usually unique), widened on failure to one line of context, then to the whole hunk.
+        candidates = [(hunk.side(" -", 0), hunk.side(" +", 0))] if hunk.removed else []
+        candidates += [(hunk.side(" -", 1), hunk.side(" +", 1)), (hunk.side(" -"), hunk.side(" +"))]
         for old, new in dict.fromkeys(candidates):
             if not old.strip():
                 line = hunk.new_start - 1 if hunk.old_count == 0 else hunk.new_start
@@ -513,4 +522,4 @@ class OracleTeacher:
                     "str_replace_editor",
                     {"command": "view", "path": file.path},
                 )
-            thought = "I'll retry with a smaller, unique snippet around the lines that change."
+            thought = "I'll retry with a snippet that takes in more of the lines around the change."
