@@ -548,3 +548,24 @@ def test_mock_serves_tool_use_then_end_turn_to_the_real_sdk(server):
     assert second.stop_reason == "end_turn" and second.content[0].text == "Done."
     assert server.requests[1].body["messages"][2]["content"][0]["tool_use_id"] == "toolu_1"
     assert server.requests[0].body["tools"][0]["name"] == "bash"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "piece"),
+    [
+        ("    return w + h", "    return w * h", "`+` should be `*`"),
+        ("    if len(row) != header:", "    if len(row) != len(header):", "`header` should be `len(header)`"),
+        ("    return pick(a, b)", "    return pick(b, a)", "`a, b` should be `b, a`"),
+        ("        if not ok:", "        if ok:", "`not` should go (after `if`)"),
+        ("    end = start", "    end = start + 1", "`+ 1` is missing after `start`"),
+        ("    total = compute_everything(a)", "    total = something_else_entirely(b, c)", ""),
+    ],
+)
+def test_oracle_names_the_changed_piece_of_a_one_line_change(task, before, after, piece):
+    patch = (
+        "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n"
+        f"@@ -10,3 +10,3 @@ def load(path):\n     data = read(path)\n-{before}\n+{after}\n     return data\n"
+    )
+    text = oracle_guidance(task.model_copy(update={"patch": patch}))
+    assert (piece in text) if piece else ("should be" not in text and "is missing" not in text)
+    assert after not in text

@@ -24,6 +24,7 @@ import keyword
 import os
 import re
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any, Protocol
 
 from protege import patches
@@ -38,6 +39,9 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 ERROR_BODY_CHARS = 300
 # The oracle names at most this many identifiers per change (more reads as a paste).
 ORACLE_MAX_NAMES = 6
+# For a one-line change, the oracle names the changed piece of code when each side is at most this long (a
+# strong expert points at `<` versus `<=`; a longer piece would read as a paste of the line).
+ORACLE_MAX_PIECE_CHARS = 24
 
 
 class ExpertBackendError(RuntimeError):
@@ -259,6 +263,9 @@ _NAME = re.compile(r"[A-Za-z_]\w*")
 _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
 _ASSIGN = re.compile(r"^([A-Za-z_][\w.]*)\s*(?:[-+*/%|&^]|//|\*\*)?=(?!=)")
 _IGNORED_NAMES = frozenset(keyword.kwlist) | {"self", "cls"}
+# Code tokens of one line, for the oracle's piece-level diff: strings, names and numbers, two-character
+# operators, then any other single character.
+_TOKEN = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|\w+|[=!<>/*+\-%&|^]=|//|\*\*|->|\S")
 # How the oracle names the statement a change is about: (when existing code changes, when code is added).
 _KIND_PHRASES = {
     "if": ("the `if` condition", "an `if` check"),
@@ -380,7 +387,34 @@ def describe_hunk(hunk: Hunk) -> str:
             sentence += f" (it uses {_quote(removed_names)})"
     if raised:
         sentence += f"; it should raise {_quote(raised)} in the bad case"
+    if (
+        len(hunk.removed) == 1
+        and len(hunk.added) == 1
+        and (piece := changed_piece(*hunk.removed, *hunk.added))
+    ):
+        sentence += f"; {piece}"
     return sentence + "."
+
+
+def changed_piece(before: str, after: str) -> str:
+    """The short piece of code that differs between two versions of a line, in words (`<` should be `<=`):
+    from the first to the last differing token; '' when that piece is long on either side."""
+    old, new = list(_TOKEN.finditer(before)), list(_TOKEN.finditer(after))
+    matcher = SequenceMatcher(None, [m[0] for m in old], [m[0] for m in new], autojunk=False)
+    blocks = [b for b in matcher.get_opcodes() if b[0] != "equal"]
+    if not blocks:
+        return ""
+    (_, i1, _, j1, _), (_, _, i2, _, j2) = blocks[0], blocks[-1]
+    gone = before[old[i1].start() : old[i2 - 1].end()] if i2 > i1 else ""
+    put = after[new[j1].start() : new[j2 - 1].end()] if j2 > j1 else ""
+    if max(len(gone), len(put)) > ORACLE_MAX_PIECE_CHARS:
+        return ""
+    if gone and put:
+        return f"`{gone}` should be `{put}`"
+    if gone:
+        return f"`{gone}` should go" + (f" (after `{old[i1 - 1][0]}`)" if i1 else "")
+    anchor = f" after `{new[j1 - 1][0]}`" if j1 else f" before `{new[j2][0]}`" if j2 < len(new) else ""
+    return f"`{put}` is missing{anchor}"
 
 
 def oracle_guidance(task: TaskInstance) -> str:
