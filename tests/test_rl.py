@@ -165,7 +165,12 @@ def test_interrupted_stage_resumes_to_the_same_weights(repos, tiny_dir, tokenize
     )
     resumed = rl.run(cfg, 1, str(tiny_dir), tmp_path / "cut", generator=AlternatingGenerator(tokenizer))
 
-    assert resumed["resumed_from"].endswith("checkpoint-1") and [h["step"] for h in resumed["history"]] == [2]
+    assert resumed["resumed_from"].endswith("checkpoint-1")
+    # Step 1's figures come from the cut run's history file, step 2's from the resumed run.
+    assert [h["step"] for h in resumed["history"]] == [1, 2] == [h["step"] for h in whole["history"]]
+    assert (
+        resumed["history"][0]["rollout/format_valid_rate"] == whole["history"][0]["rollout/format_valid_rate"]
+    )
     start = load_file(str(tiny_dir / "model.safetensors"))
     a = load_file(str(Path(whole["model_dir"]) / "model.safetensors"))
     b = load_file(str(Path(resumed["model_dir"]) / "model.safetensors"))

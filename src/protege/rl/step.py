@@ -8,6 +8,7 @@ returns the token batch with `env_mask` and the per-rollout R_total (None for a 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -110,6 +111,24 @@ def _training_trace(rollout: Rollout, eos_id: int) -> TokenTrace:
     return trace.silenced() if rollout.failed or not trace.completion_ids else trace
 
 
+HISTORY_FILE = "history.jsonl"
+"""In a stage's directory: one line of figures per GRPO step, so a resumed stage still reports them all."""
+
+
+def read_history(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / HISTORY_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    path = out_dir / HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(h, default=str) + "\n" for h in history))
+    partial.replace(path)
+
+
 class RolloutStep:
     """trl's rollout_func: plays the step's rollouts, scores them, logs them and returns the token batch."""
 
@@ -127,7 +146,8 @@ class RolloutStep:
     ) -> None:
         self.cfg, self.plan, self.tasks, self.ctx, self.flat = cfg, plan, tasks, ctx, flat
         self.out_dir, self.tracker, self.run_id, self.store = out_dir, tracker, run_id, store
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = read_history(out_dir)
+        """Every step's figures, the steps of an earlier, resumed run of this stage included."""
 
     def jobs(self, prompts: list[str], step: int, offset: int) -> list[tuple[Any, int]]:
         """(task, rollout index in the step's whole batch) per prompt; `offset`: this rank's first index."""
@@ -161,6 +181,8 @@ class RolloutStep:
         )
         self.write(rollouts, step, rank)
         self.report(everyone, step, metrics, newly_dropped)
+        if rank == 0:
+            write_history(self.out_dir, self.history)
         eos = self.ctx.tokenizer.eos_token_id
         traces = [_training_trace(r, eos) for r in rollouts]
         return {
@@ -215,6 +237,8 @@ class RolloutStep:
             if dropped:
                 self.tracker.set_tags(self.run_id, {"protege.dropped_tasks": ",".join(self.flat.dropped)})
         failures = [f"{r.task.instance_id}#{r.index}: {r.failure}" for r in rollouts if r.failed]
+        # A step replayed after a resume replaces what the cut run recorded for it.
+        self.history = [h for h in self.history if h["step"] < step]
         self.history.append({"step": step, **metrics, "failures": failures, "dropped": dropped})
         print(
             f"[{self.plan.phase}] step {step}/{self.plan.max_steps}: {len(rollouts)} rollouts in "
