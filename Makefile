@@ -68,11 +68,13 @@ demo: setup ## start local services and run the whole KFP pipeline locally (kfp.
 
 # The learning run (issue 16, bench/learning.py): generated tasks (resumable; kept across runs), then synth ->
 # sft -> rl1 -> rl2 and eval of base, sft, rl1 and rl2 under the `learn` profile; curves and the table land in
-# bench/results/learning.{json,png} and on the MLflow run. LEARN_TASKS: instances per bundled repository.
+# bench/results/learning.{json,png} and on the MLflow run. LEARN_TASKS: instances per bundled repository. Eval
+# holds out whole functions: a 1M-parameter student cannot read an unseen repository's layout (it recalls the
+# paths it was trained on), so held-out bugs sit in functions it never saw, in repositories it did.
 LEARN_TASKS ?= 30
 learn: setup ## a tiny protégé that measurably learns: curves in bench/results/learning.{json,png}
 	$(BIN)/protege services up
-	$(BIN)/protege tasks generate demo:all --n $(LEARN_TASKS) --out .protege/tasks/generated
+	$(BIN)/protege tasks generate demo:all --n $(LEARN_TASKS) --split function --out .protege/tasks/generated
 	$(BIN)/python -m bench.learning --profile learn
 
 bench: setup ## benchmarks; results land in bench/results/ (BENCH="checkout episode" runs some; python -m bench --help)

@@ -48,10 +48,12 @@ FORMAT_TURNS = 16
 
 def torch_threads(requested: int) -> int:
     """`requested`, or (0) one thread when the machine is oversubscribed, else one per core. Under a 1-minute
-    load above the core count, torch's OpenMP threads spin against other processes: a training step of the
-    tiny model on a 3.3k-token sequence took 13 s with 2 threads and 4.5 s with 1 (load 21 on 2 cores)."""
+    load of twice the core count, torch's OpenMP threads spin against other processes: a training step of the
+    tiny model on a 3.3k-token sequence took 13 s with 2 threads and 4.5 s with 1 (load 21 on 2 cores). A
+    load just above the core count is what `make learn`'s own task generation leaves behind; on an otherwise
+    quiet machine two threads train a step in 0.65 s."""
     cores = os.cpu_count() or 1
-    return requested or (1 if os.getloadavg()[0] > cores else cores)
+    return requested or (1 if os.getloadavg()[0] > 2 * cores else cores)
 
 
 def format_valid_rate(trajectories_file: Path) -> float:

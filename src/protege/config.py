@@ -622,6 +622,10 @@ class SynthConfig(Strict):
     """The strong model acting as the agent; `oracle` is the offline scripted teacher."""
     teacher_model: str = "claude-sonnet-4-5"
     """Model id of the acting teacher."""
+    teacher_reasoning: bool = True
+    """The oracle teacher writes a sentence of reasoning before each tool call. Off (the learn profile): its
+    turns are the tool calls alone, for a student too small to model free prose (its greedy decoding of the
+    teacher's varied sentences and quoted guidance falls into repetition and never reaches the tool call)."""
     attempts: int = Field(default=1, ge=1)
     """Attempts per training task."""
     concurrency: int = Field(default=8, ge=1)

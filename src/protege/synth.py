@@ -165,7 +165,8 @@ def verdict(trajectory: Trajectory) -> dict[str, Any]:
 def _oracle_teacher(cfg: ProtegeConfig) -> PolicyFor:
     from protege.agent.teacher import OracleTeacher
 
-    return lambda task, attempt: OracleTeacher(task, attempt, model=cfg.synth.teacher_model)
+    model, reasoning = cfg.synth.teacher_model, cfg.synth.teacher_reasoning
+    return lambda task, attempt: OracleTeacher(task, attempt, model=model, reasoning=reasoning)
 
 
 def _anthropic_teacher(cfg: ProtegeConfig) -> PolicyFor:
