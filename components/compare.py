@@ -21,18 +21,12 @@ def baseline(
     kfp_run_id: str,
 ) -> str:
     """Outputs the variant's eval results URI in the artifact store."""
-    import json
-
     from protege.compare import steps
     from protege.pipeline import steps as kfp_steps
 
-    base = kfp_steps.parse_overrides(overrides)
-
-    def config_for(extra: list) -> object:
-        return kfp_steps.step_config(
-            profile, json.dumps(base + extra), kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
-        )
-
+    config_for = kfp_steps.step_configs(
+        profile, overrides, kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
+    )
     models = {"base": base_model or config_for([]).model.base, "sft": sft_uri, "rl1": rl1_uri, "rl2": rl2_uri}
     return steps.baseline_step(config_for, variant, models, kfp_steps.open_store(config_for([])))
 
@@ -48,19 +42,13 @@ def compare(
     kfp_run_id: str,
 ) -> str:
     """Outputs the URI of the comparison table (compare.md) in the artifact store."""
-    import json
-
     from protege.compare import steps
     from protege.pipeline import steps as kfp_steps
     from protege.tracking import Tracker
 
-    base = kfp_steps.parse_overrides(overrides)
-
-    def config_for(extra: list) -> object:
-        return kfp_steps.step_config(
-            profile, json.dumps(base + extra), kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
-        )
-
+    config_for = kfp_steps.step_configs(
+        profile, overrides, kfp_run_id, tasks__eval=eval_tasks, expert__model=expert_model
+    )
     cfg = config_for([])
     store = kfp_steps.open_store(cfg)
     return steps.compare_step(config_for, model_results_uri, baseline_uris, store, Tracker(cfg.tracking))

@@ -492,6 +492,15 @@ def test_step_config_scopes_the_run_name_to_the_kfp_run_on_clusters_only() -> No
     assert kfp_steps.step_config("local", '["run_name=demo-1"]', "kfp-123").run_name == "demo-1"
 
 
+def test_step_configs_put_each_variant_s_overrides_after_the_list_and_before_named_parameters() -> None:
+    configs = kfp_steps.step_configs(
+        "local", '["agent.step_limit=7", "tasks.eval=a.jsonl"]', tasks__eval="s3://b/eval.jsonl"
+    )
+    plain, variant = configs([]), configs(["agent.step_limit=3", "tasks.eval=c.jsonl"])
+    assert (plain.agent.step_limit, variant.agent.step_limit) == (7, 3)
+    assert plain.tasks.eval == variant.tasks.eval == "s3://b/eval.jsonl"
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [

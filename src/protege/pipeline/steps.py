@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,20 @@ def step_config(profile: str, overrides: str, kfp_run_id: str = "", **dotted: st
     if kfp_run_id and cfg.pipeline.scope_to_kfp_run:
         cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-{kfp_run_id}"})
     return cfg
+
+
+def step_configs(
+    profile: str, overrides: str, kfp_run_id: str = "", **dotted: str
+) -> Callable[[list[str]], ProtegeConfig]:
+    """`step_config` with room for more overrides per call: `configs(["agent.step_limit=5"])` is the step's
+    config with that override after the `overrides` list (and before the named parameters). Steps that
+    evaluate several variants (baseline, compare) make one config per variant this way."""
+    base = parse_overrides(overrides)
+
+    def config_for(extra: list[str]) -> ProtegeConfig:
+        return step_config(profile, json.dumps(base + extra), kfp_run_id, **dotted)
+
+    return config_for
 
 
 def work_dir(cfg: ProtegeConfig, phase: str) -> Path:
