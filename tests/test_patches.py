@@ -35,3 +35,31 @@ def test_dropping_files_keeps_the_rest_and_no_drop_is_byte_identical():
 def test_text_that_is_no_diff_is_a_one_line_patch_error():
     with pytest.raises(patches.PatchError, match="not a readable unified diff"):
         patches.parse("@@ -1 +1 @@\n-x\n+y\n")  # a hunk of no file
+
+
+def _first_hunk(body: str, header: str = "def sort_by(table, name):"):
+    diff = f"diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -20,5 +20,5 @@ {header}\n{body}"
+    return next(iter(next(iter(patches.parse(diff)))))
+
+
+def test_hunk_scope_skips_a_nested_def_whose_body_ends_before_the_change():
+    body = (
+        "     def key(row):\n"
+        "         return row[index]\n"
+        " \n"
+        "-    return Table(sorted(rows, key=key), header)\n"
+        "+    return Table(header, sorted(rows, key=key))\n"
+    )
+    assert patches.hunk_scope(_first_hunk(body)) == "sort_by"
+
+
+def test_hunk_scope_takes_the_closest_enclosing_def_in_the_context():
+    body = (
+        "     def key(row):\n"
+        "         value = row[index]\n"
+        "-        return value\n"
+        "+        return float(value)\n"
+        " \n"
+    )
+    assert patches.hunk_scope(_first_hunk(body)) == "key"
+    assert patches.hunk_scope(_first_hunk(body.replace("def key", "x = key"), header="")) == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from unidiff import PatchedFile, PatchSet, UnidiffParseError
 
@@ -84,6 +85,29 @@ def without_files(patch: str, paths: Iterable[str]) -> str:
     if not drop & {changed.path for changed in files}:
         return patch
     return "".join(str(changed) for changed in files if changed.path not in drop)
+
+
+_DEF = re.compile(r"^(\s*)(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
+
+
+def hunk_scope(hunk: Any) -> str:
+    """The `def`/`class` a hunk's first change is in ('' at module level): the innermost one among the
+    context lines before the change that encloses it (indented less than the changed line), else the one git
+    named in the `@@` header. A `def` in the context whose body ends before the change (a nested helper
+    above the changed line) is not the scope."""
+    defs: list[tuple[int, str]] = []
+    for line in hunk:
+        text = line.value.rstrip("\n")
+        if line.line_type in "+-":
+            indent = len(text) - len(text.lstrip())
+            enclosing = [name for depth, name in defs if depth < indent]
+            if enclosing:
+                return enclosing[-1]
+            break
+        if line.line_type == " " and (match := _DEF.match(text)):
+            defs.append((len(match.group(1)), match.group(2)))
+    header = _DEF.match(hunk.section_header)
+    return header.group(2) if header else ""
 
 
 def changed_lines(changed: PatchedFile) -> list[tuple[str, str]]:

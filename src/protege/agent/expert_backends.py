@@ -258,7 +258,6 @@ class OpenAIBackend:
 # Oracle
 # --------------------------------------------------------------------------------------------------
 
-_DEF = re.compile(r"^\s*(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
 _ASSIGN = re.compile(r"^([A-Za-z_][\w.]*)\s*(?:[-+*/%|&^]|//|\*\*)?=(?!=)")
@@ -303,7 +302,7 @@ def parse_hunks(patch: str) -> list[Hunk]:
     hunks: list[Hunk] = []
     for changed in patches.parse(patch):
         for body in changed:
-            hunk = Hunk(changed.path, body.target_start, _scope_of(body.section_header), [], [])
+            hunk = Hunk(changed.path, body.target_start, patches.hunk_scope(body), [], [])
             new_line = body.target_start
             for line in body:
                 text = line.value.rstrip("\n")
@@ -313,17 +312,10 @@ def parse_hunks(patch: str) -> list[Hunk]:
                     hunk.added.append(text)
                 elif line.is_removed:
                     hunk.removed.append(text)
-                elif line.is_context and not hunk.removed and not hunk.added and _scope_of(text):
-                    hunk.scope = _scope_of(text)
                 new_line += 0 if line.is_removed or line.line_type not in " +" else 1
             if hunk.removed or hunk.added:
                 hunks.append(hunk)
     return hunks
-
-
-def _scope_of(text: str) -> str:
-    match = _DEF.match(text)
-    return match.group(2) if match else ""
 
 
 def _names(lines: list[str]) -> list[str]:

@@ -112,17 +112,9 @@ def parse_patch(patch: str) -> list[FilePatch]:
 
 
 def _hunk(hunk: Any) -> PatchHunk:
-    """A unidiff hunk as a PatchHunk; its scope: the `def`/`class` of the `@@` header or, closer, of a
-    context line before the first change."""
-    header = _DEF.match(hunk.section_header)
-    scope = header.group(1) if header else ""
+    """A unidiff hunk as a PatchHunk, with its scope (protege.patches.hunk_scope)."""
     body = [(line.line_type, line.value.rstrip("\n")) for line in hunk if line.line_type in " -+"]
-    for tag, text in body:
-        if tag != " ":
-            break
-        if match := _DEF.match(text):
-            scope = match.group(1)
-    return PatchHunk(hunk.source_start, hunk.source_length, hunk.target_start, scope, body)
+    return PatchHunk(hunk.source_start, hunk.source_length, hunk.target_start, patches.hunk_scope(hunk), body)
 
 
 # --------------------------------------------------------------------------------------------------
