@@ -8,7 +8,6 @@ returns the token batch with `env_mask` and the per-rollout R_total (None for a 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 from protege.config import LoopConfig, ProtegeConfig
 from protege.rl.rollout import Rollout, RolloutContext, TokenTrace, run_rollouts
+from protege.taskgen.core import read_rows, write_rows
 
 # --------------------------------------------------------------------------------------------------
 # Flat tasks
@@ -115,20 +115,6 @@ HISTORY_FILE = "history.jsonl"
 """In a stage's directory: one line of figures per GRPO step, so a resumed stage still reports them all."""
 
 
-def read_history(out_dir: Path) -> list[dict[str, Any]]:
-    path = out_dir / HISTORY_FILE
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    path = out_dir / HISTORY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(h, default=str) + "\n" for h in history))
-    partial.replace(path)
-
-
 class RolloutStep:
     """trl's rollout_func: plays the step's rollouts, scores them, logs them and returns the token batch."""
 
@@ -146,7 +132,7 @@ class RolloutStep:
     ) -> None:
         self.cfg, self.plan, self.tasks, self.ctx, self.flat = cfg, plan, tasks, ctx, flat
         self.out_dir, self.tracker, self.run_id, self.store = out_dir, tracker, run_id, store
-        self.history: list[dict[str, Any]] = read_history(out_dir)
+        self.history: list[dict[str, Any]] = read_rows(out_dir / HISTORY_FILE)
         """Every step's figures, the steps of an earlier, resumed run of this stage included."""
 
     def jobs(self, prompts: list[str], step: int, offset: int) -> list[tuple[Any, int]]:
@@ -182,7 +168,7 @@ class RolloutStep:
         self.write(rollouts, step, rank)
         self.report(everyone, step, metrics, newly_dropped)
         if rank == 0:
-            write_history(self.out_dir, self.history)
+            write_rows(self.out_dir / HISTORY_FILE, self.history)
         eos = self.ctx.tokenizer.eos_token_id
         traces = [_training_trace(r, eos) for r in rollouts]
         return {
