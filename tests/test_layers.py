@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("grading", ("protege.grading",)),
     # The SFT dataset written by synth and read by sft: a format shared by two phases, built on the agent's
     # renderer, so it sits below both.
-    ("datasets", ("protege.sft_data",)),
+    ("datasets", ("protege.sft_data", "protege.sft_augment")),
     (
         "phases",
         (

@@ -250,6 +250,22 @@ def test_collapsed_view_trains_one_example_per_policy_turn(tokenizer, template):
     assert "Old environment output" in tokenizer.decode(examples[-1]["input_ids"])
 
 
+def test_renamed_copies_are_trained_beside_their_originals(tiny_dir, tokenizer, template, tmp_path):
+    records = [chat_record(0), chat_record(1)]
+    for index, record in enumerate(records):  # a grep for a symbol: a name of the episode, renamed in copies
+        record["messages"][2]["tool_calls"][0]["function"]["arguments"]["command"] = (
+            f"git grep -n adder{index}"
+        )
+    data = sft.SFTDataset(records, "digest", "test")
+    cfg = sft_cfg(tiny_dir, tmp_path, "sft.rename_copies=2")
+    examples, report = sft.prepare_examples(cfg, tokenizer, template, data, tmp_path, main=True)
+    assert (len(examples), report["records"], report["rename_copies"]) == (6, 6, 2)
+    decoded = [tokenizer.decode(e["input_ids"]) for e in examples]
+    assert "adder0" in decoded[0] and not any("adder0" in text for text in decoded[1:3])
+    assert "adder1" in decoded[3] and not any("adder1" in text for text in decoded[4:6])
+    assert json.loads((tmp_path / sft.DATA_REPORT).read_text())["rename_copies"] == 2
+
+
 def test_dataset_digest_is_checked_against_the_card(tmp_path: Path):
     root = write_dataset(tmp_path / "ds", [chat_record(0)])
     data = sft.load_dataset(str(root), tmp_path / "work")

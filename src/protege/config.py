@@ -655,6 +655,9 @@ class SFTConfig(Strict):
     """If > 0, stop after this many optimizer steps (overrides epochs)."""
     max_length: int = Field(default=32768, ge=64)
     """Longest training sequence in tokens (paper: 32,768)."""
+    rename_copies: int = Field(default=0, ge=0)
+    """Renamed copies of each trajectory trained on beside it (protege.sft_augment: the repository's names
+    replaced consistently, so a small student must copy them from its context rather than recall them)."""
     truncation: Literal["drop", "error"] = "drop"
     """A trajectory longer than max_length is dropped and reported (`drop`) or fails the phase (`error`)."""
     global_batch_size: int = Field(default=32, ge=1)

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import ProtegeConfig
+from protege.sft_augment import with_renamed_copies
 from protege.training import (
     CHECKPOINTS,
     DEEPSPEED_DIR,
@@ -515,17 +516,19 @@ def _peft_config(cfg: ProtegeConfig) -> Any:
 def prepare_examples(
     cfg: ProtegeConfig, tokenizer: Any, template: str, data: SFTDataset, out_dir: Path, main: bool
 ) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
-    """The training examples under `agent.history_view` and their report; the main process writes the report
-    (`sft_data.json`) and the dataset card with SFT's section (`dataset_card.json`) into `out_dir`."""
+    """The training examples under `agent.history_view` (each trajectory followed by `sft.rename_copies` renamed
+    copies, protege.sft_augment) and their report; the main process writes the report (`sft_data.json`) and the
+    dataset card with SFT's section (`dataset_card.json`) into `out_dir`."""
     examples, report = build_examples(
         tokenizer,
         template,
-        data.records,
+        with_renamed_copies(data.records, cfg.sft.rename_copies, cfg.sft.seed),
         cfg.sft.max_length,
         cfg.sft.truncation,
         view=cfg.agent.history_view,
         keep_last=cfg.agent.keep_last_observations,
     )
+    report["rename_copies"] = cfg.sft.rename_copies
     if main:
         (out_dir / DATA_REPORT).write_text(json.dumps({**report, "digest": data.digest}, indent=2) + "\n")
         write_card(out_dir, data.file, report)
