@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "protege.store",
             "protege.tracking",
             "protege.model",
+            "protege.tiny_warmup",
             "protege.services",
             "protege.docker_engine",
             "protege.environments",

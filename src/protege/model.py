@@ -292,6 +292,13 @@ def _build(cfg: TinyModelConfig, out_dir: Path, files: list[tuple[str, str]]) ->
         model_max_length=cfg.max_position_embeddings,
     )
     model = _build_model(cfg, tokenizer)
+    warm_start = {}
+    if cfg.copy_warmup_steps:
+        from protege.tiny_warmup import copy_warm_start
+
+        # Ordinary tokens only: the special and added (tool-call) tokens take the last ids.
+        ordinary = min(tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS))
+        warm_start = copy_warm_start(model, ordinary, cfg.copy_warmup_steps, cfg.seed)
     _prepare_out_dir(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -302,6 +309,7 @@ def _build(cfg: TinyModelConfig, out_dir: Path, files: list[tuple[str, str]]) ->
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "chat_template": f"trl/chat_templates/{cfg.family.replace('.', '_')}.jinja",
+        **({"copy_warm_start": warm_start} if warm_start else {}),
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
