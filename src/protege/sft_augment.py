@@ -30,7 +30,6 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PIECE = re.compile(r"(?<![A-Za-z])[a-z]{3,10}(?![A-Za-z])")
 _DEF = re.compile(r"^\s*(?:\d+\t)?\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.MULTILINE)
 _GREP = re.compile(r"\bgrep\b.*?\s-n\s+(?:-\w+\s+)*['\"]?([A-Za-z_]\w*)")
-_PATH_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_PART = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 """snake_case and CamelCase parts of a name."""
 MIN_NAME_CHARS = 3
@@ -52,13 +51,10 @@ KEEP = frozenset(
 """Never renamed: Python's own words and the scaffold's fixed paths."""
 
 
-def _rename_sources(record: dict[str, Any]) -> list[str]:
-    """Every text of the record a rename applies to: message contents (the system prompt excepted: it holds the
-    scaffold's instructions, never the repository's names) and tool-call argument strings."""
+def _texts(record: dict[str, Any]) -> list[str]:
+    """Every text of the record: message contents and tool-call argument strings."""
     texts = []
     for message in record["messages"]:
-        if message.get("role") == "system":
-            continue
         texts.append(message.get("content") or "")
         for call in message.get("tool_calls") or []:
             texts.extend(_strings(call.get("function", {}).get("arguments")))
@@ -90,7 +86,7 @@ def episode_names(record: dict[str, Any]) -> list[str]:
             if isinstance(arguments, dict):
                 path = arguments.get("path")
                 if isinstance(path, str):
-                    names.update(part.removesuffix(".py") for part in _PATH_PART.findall(path))
+                    names.update(part.removesuffix(".py") for part in _WORD.findall(path))
                 command = arguments.get("command")
                 if isinstance(command, str):
                     names.update(_GREP.findall(command))
@@ -126,8 +122,7 @@ def rename_map(record: dict[str, Any], pieces: list[str], rng: random.Random) ->
     """Each of the episode's names to a fresh one that is no word of the episode and no other fresh name, made
     of pieces that are no part of a renamed name (else `week_end` could become `end_weeks`, where `weeks` was
     renamed too)."""
-    taken = {w for text in _rename_sources(record) for w in _WORD.findall(text)}
-    taken |= {w for m in record["messages"] if m.get("role") == "system" for w in _WORD.findall(m["content"])}
+    taken = {w for text in _texts(record) for w in _WORD.findall(text)}
     names = episode_names(record)
     parts = {part.lower() for name in names for part in _NAME_PART.findall(name)}
     usable = [piece for piece in pieces if piece not in parts]
