@@ -550,6 +550,33 @@ def test_mock_serves_tool_use_then_end_turn_to_the_real_sdk(server):
     assert server.requests[0].body["tools"][0]["name"] == "bash"
 
 
+def one_line_patch(before: str, after: str) -> str:
+    return (
+        "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n"
+        f"@@ -10,3 +10,3 @@ def load(path):\n     data = read(path)\n-{before}\n+{after}\n     return data\n"
+    )
+
+
+def test_oracle_quotes_a_one_line_change_only_when_asked(tmp_path, task, history):
+    one_line = task.model_copy(update={"patch": one_line_patch('    key = "a" - b', '    key = "a" + b')})
+    cfg = ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", cache_dir=str(tmp_path))
+    quoting = cfg.model_copy(update={"oracle_quotes_line": True})
+
+    def reply(config: ExpertConfig, on: TaskInstance) -> str:
+        return ExpertService(config).session(6, 2.0).ask("What should I change?", history, on, step=2).reply
+
+    # The line as it is and as it should be, indentation kept, so an edit can take them as they stand.
+    assert (
+        '  Line 11 reads:\n```\n    key = "a" - b\n```\n  and should read:\n```\n    key = "a" + b\n```'
+        in (reply(quoting, one_line))
+    )
+    assert '"a" + b' not in reply(cfg, one_line)
+    # A change of several lines is never quoted: that would be pasting the fix.
+    assert reply(quoting, task) == reply(cfg, task)
+    for line in added_lines(GOLD_PATCH):
+        assert line not in reply(quoting, task)
+
+
 @pytest.mark.parametrize(
     ("before", "after", "piece"),
     [
@@ -562,10 +589,6 @@ def test_mock_serves_tool_use_then_end_turn_to_the_real_sdk(server):
     ],
 )
 def test_oracle_names_the_changed_piece_of_a_one_line_change(task, before, after, piece):
-    patch = (
-        "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n"
-        f"@@ -10,3 +10,3 @@ def load(path):\n     data = read(path)\n-{before}\n+{after}\n     return data\n"
-    )
-    text = oracle_guidance(task.model_copy(update={"patch": patch}))
+    text = oracle_guidance(task.model_copy(update={"patch": one_line_patch(before, after)}))
     assert (piece in text) if piece else ("should be" not in text and "is missing" not in text)
     assert after not in text

@@ -409,15 +409,34 @@ def changed_piece(before: str, after: str) -> str:
     return f"`{put}` is missing{anchor}"
 
 
-def oracle_guidance(task: TaskInstance) -> str:
-    """Guidance derived from the gold patch: files, functions and the change in words, no patch lines."""
+def quoted_line_change(hunk: Hunk) -> list[str]:
+    """A one-line change as an expert who has the fix would quote it: the line as it is and as it should be,
+    each in a fenced block with its indentation ([] for any other change: more than one line reads as a paste)."""
+    if len(hunk.removed) != 1 or len(hunk.added) != 1:
+        return []
+    return [
+        f"  Line {hunk.line} reads:",
+        "```",
+        hunk.removed[0],
+        "```",
+        "  and should read:",
+        "```",
+        hunk.added[0],
+        "```",
+    ]
+
+
+def oracle_guidance(task: TaskInstance, quote_line: bool = False) -> str:
+    """Guidance derived from the gold patch: files, functions and the change in words, no patch lines;
+    `quote_line`: a one-line change also quoted before and after (`quoted_line_change`)."""
     hunks = parse_hunks(task.patch)
     files = list(dict.fromkeys(h.path for h in hunks))
     lines = [
         "(oracle guidance, derived offline from the reference fix)",
         f"The fix touches {len(files)} file(s): {_quote(files)}.",
-        *(f"- {describe_hunk(h)}" for h in hunks),
     ]
+    for hunk in hunks:
+        lines += [f"- {describe_hunk(hunk)}", *(quoted_line_change(hunk) if quote_line else [])]
     scopes = list(dict.fromkeys(h.scope for h in hunks if h.scope))
     target = f"`{scopes[0]}` in `{hunks[0].path}`" if scopes else f"`{files[0]}`" if files else "the code"
     tests = ", ".join(task.FAIL_TO_PASS)
@@ -443,7 +462,7 @@ class OracleBackend:
         return {"model": cfg.model, "system": request.system, "user": request.user}
 
     def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
-        text = oracle_guidance(task)
+        text = oracle_guidance(task, quote_line=self.cfg.oracle_quotes_line)
         return BackendReply(text, estimate_tokens(request.system + request.user), estimate_tokens(text))
 
 
