@@ -250,6 +250,10 @@ def tiny_digest(cfg: TinyModelConfig, files: list[tuple[str, str]]) -> str:
     """sha256 over the build recipe version, the tiny config, the chat template and the corpus: equal
     digests, equal builds."""
     recipe = {"format": BUILD_FORMAT, "tiny": cfg.model_dump(), "chat_template": chat_template(cfg.family)}
+    if cfg.copy_warmup_steps:  # only warm-started builds change with the warm start's recipe
+        from protege.tiny_warmup import RECIPE
+
+        recipe["copy_warm_start"] = RECIPE
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for name, text in files:
         h.update(f"\0{name}\0{len(text)}\0".encode())
