@@ -13,15 +13,15 @@ import torch
 
 from protege.config import TinyModelConfig
 from protege.model import build_tiny_model, read_manifest
-from protege.tiny_warmup import FAR, NEAR, CopyPhase, _batch, copy_loss, copy_warm_start
+from protege.tiny_warmup import FAR, LONG, NEAR, CopyPhase, _batch, copy_loss, copy_warm_start
 from tests.test_model import TINY, corpus  # noqa: F401  (the module-scoped corpus fixture)
 
 
-@pytest.mark.parametrize("phase", [NEAR, FAR], ids=lambda p: p.name)
+@pytest.mark.parametrize("phase", [NEAR, FAR, LONG], ids=lambda p: p.name)
 def test_every_labelled_token_is_a_copy_of_an_earlier_one(phase: CopyPhase):
     generator = torch.Generator().manual_seed(3)
-    for _ in range(20):
-        ids, labels = _batch(generator, 50, phase)
+    for step in range(20):
+        ids, labels = _batch(generator, 50, phase, progress=step / 19)
         assert ids.shape[0] == phase.batch and ids.min() >= 0 and ids.max() < 50
         labelled = labels != -100
         run = int(labelled[0].sum()) + 1  # the repeat's first token is not labelled
@@ -36,10 +36,26 @@ def test_every_labelled_token_is_a_copy_of_an_earlier_one(phase: CopyPhase):
         assert torch.equal(labels[:, -run + 1 :], repeat[:, 1:])
 
 
-def test_far_reaches_back_further_than_near():
-    # NEAR alone is learnt as "look back by up to 80 tokens"; FAR's offsets leave only a lookup by content.
+def test_each_phase_reaches_further_back_and_long_grows_into_its_length():
+    # NEAR alone is learnt as "look back by up to 80 tokens"; FAR's offsets leave only a lookup by content;
+    # LONG carries it to trajectory lengths, reached gradually.
     most = lambda p: p.run_tokens[1] + p.gap_tokens[1]  # noqa: E731
     assert most(FAR) >= 4 * most(NEAR) and FAR.prefix_tokens[1] > NEAR.prefix_tokens[1]
+    assert LONG.prefix_tokens[1] >= 2000 and abs(NEAR.share + FAR.share + LONG.share - 1) < 1e-9
+    generator = torch.Generator().manual_seed(0)
+    longest = lambda progress: max(  # noqa: E731
+        _batch(generator, 50, LONG, progress)[0].shape[1] for _ in range(30)
+    )
+    assert longest(0.0) <= LONG.prefix_tokens[0] + 2 * LONG.run_tokens[1] + LONG.gap_tokens[1]
+    assert longest(1.0) > 1500
+
+
+def test_sequences_are_cut_to_the_model_positions():
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        ids, labels = _batch(generator, 50, LONG, progress=1.0, longest=256)
+        run = int((labels[0] != -100).sum()) + 1
+        assert ids.shape[1] <= 256 and torch.equal(labels[:, -run + 1 :], ids[:, -run + 1 :])
 
 
 def _model(seed: int = 0):
@@ -67,11 +83,10 @@ def test_warm_start_is_seeded_reported_and_logged_with_an_eta():
     weights = [m.model.embed_tokens.weight for m in (first, second, reseeded)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     assert not torch.equal(weights[0], _model().model.embed_tokens.weight)  # it trained
-    assert (
-        report["steps"] == 4 and report["near_steps"] == 2 and report["chance_loss"] == round(math.log(64), 4)
-    )
+    assert report["steps"] == 4 and report["chance_loss"] == round(math.log(64), 4)
+    assert report["phase_steps"] == {"near": 2, "far": 1, "long": 1}
     assert 0 < report["last_loss"] < 10 and 0 < report["first_loss"] < 10
-    assert lines == ["tiny: copy warm start step 4/4 (far) loss " + lines[0].split("loss ")[1]]
+    assert lines == ["tiny: copy warm start step 4/4 (long) loss " + lines[0].split("loss ")[1]]
     assert "ETA 0s" in lines[0]
     # Probes longer than the model's 256 positions are left out rather than measured past them.
     assert set(report["copy_loss_by_context"]) == {"short"}
