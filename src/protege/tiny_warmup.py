@@ -36,7 +36,8 @@ from typing import Any
 @dataclass(frozen=True)
 class CopyPhase:
     """One phase of the warm start: its share of the steps, learning rate, and the shape of its sequences
-    (random prefix, run, random gap, the run again; each length drawn per step within its bounds)."""
+    (random prefix, run, random gap, the run again; each length drawn per step: run and gap within their bounds,
+    the prefix from 0 to its upper bound)."""
 
     name: str
     share: float
@@ -46,7 +47,7 @@ class CopyPhase:
     prefix_tokens: tuple[int, int]
     gap_tokens: tuple[int, int]
     prefix_ramp: float = 0.0
-    """> 0: the prefix's upper bound grows from its lower bound to prefix_tokens[1] over this share of the
+    """> 0: the prefix's upper bound grows from prefix_tokens[0] to prefix_tokens[1] over this share of the
     phase (a lookup learnt on short sequences breaks on long ones if they come all at once)."""
 
 
@@ -68,7 +69,8 @@ PHASES = (NEAR, FAR, LONG)
 WARMUP_STEPS = 20
 LOG_EVERY = 100
 PROBES = {"short": (0, 50), "medium": (200, 400), "long": (2000, 400)}
-"""Copy-loss probes after training, (prefix, gap) around a 32-token run: up to 130, 680 and 2,460 tokens long."""
+"""Copy-loss probes after training, (prefix, gap) around a PROBE_RUN-token run: 114, 664 and 2,464 tokens long."""
+PROBE_RUN = 32
 
 
 def _batch(
@@ -104,16 +106,24 @@ def _sequences(generator: Any, vocab: int, batch: int, prefix: int, run: int, ga
 
 
 def _train(
-    model: Any, vocab: int, phase: CopyPhase, steps: int, done: int, total: int, generator: Any, log: Any
+    model: Any,
+    vocab: int,
+    phase: CopyPhase,
+    steps: int,
+    done: int,
+    total: int,
+    generator: Any,
+    longest: int,
+    log: Any,
 ) -> list[float]:
     """`steps` steps of `phase`, with its own optimiser and learning rate (as measured: the phases were run as
-    separate trainings); `done`/`total` place them in the whole warm start for the log."""
+    separate trainings); `done`/`total` place them in the whole warm start for the log; `longest`: the
+    model's positions (0: no bound)."""
     import torch
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=phase.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
     losses: list[float] = []
-    longest = getattr(model.config, "max_position_embeddings", 0) or 0
     started = time.monotonic()
     for step in range(1, steps + 1):
         ids, labels = _batch(generator, vocab, phase, step / steps, longest)
@@ -135,7 +145,7 @@ def _train(
 
 
 def copy_loss(
-    model: Any, vocab: int, prefix: int, gap: int, seed: int, batch: int = 4, run: int = 32
+    model: Any, vocab: int, prefix: int, gap: int, seed: int, batch: int = 4, run: int = PROBE_RUN
 ) -> float:
     """The model's loss on the repeat of a `run`-token run, `prefix` random tokens in and `gap` tokens on."""
     import torch
@@ -153,19 +163,19 @@ def copy_warm_start(model: Any, vocab: int, steps: int, seed: int, log: Any = pr
     import torch
 
     generator = torch.Generator().manual_seed(seed)
+    longest = getattr(model.config, "max_position_embeddings", 0) or 0
     counts = [round(steps * phase.share) for phase in PHASES[:-1]]
     counts.append(steps - sum(counts))
     model.train()
     losses: list[float] = []
     for phase, count in zip(PHASES, counts, strict=True):
-        losses += _train(model, vocab, phase, count, len(losses), steps, generator, log)
+        losses += _train(model, vocab, phase, count, len(losses), steps, generator, longest, log)
     model.eval()
     head, tail = losses[: min(10, steps)], losses[-min(10, steps) :]
-    longest = getattr(model.config, "max_position_embeddings", None) or math.inf
     probes = {  # a probe longer than the model's positions would measure nothing the model is meant for
         name: round(copy_loss(model, vocab, prefix, gap, seed=seed + 1), 4)
         for name, (prefix, gap) in PROBES.items()
-        if prefix + gap + 64 <= longest
+        if not longest or prefix + gap + 2 * PROBE_RUN <= longest
     }
     return {
         "steps": steps,
