@@ -545,10 +545,16 @@ def test_global_batch_must_split_over_devices(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_deepspeed_zero3_two_steps_on_cpu(tiny_dir, dataset_dir, tmp_path, monkeypatch):
-    """ZeRO-3 with the shipped config, one process on the gloo backend (the first run JIT-compiles ~1 min)."""
+    """ZeRO-3 with the shipped config, one process on the gloo backend.
+
+    DeepSpeed JIT-compiles its CPU shared-memory op (~30 s) into TORCH_EXTENSIONS_DIR under a lock file that a
+    killed run leaves behind, and every later build then waits on it forever (a CI run hung here for an hour).
+    The build goes to this test's own directory, so no earlier run can block it.
+    """
     from protege.services import free_port
 
     env = {
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
         "RANK": "0",
