@@ -17,6 +17,9 @@ MAX_TEST_LINES = 40
 MAX_OTHERS = 5
 _SECTION = re.compile(r"^_{3,} (?P<name>\S+) _{3,}$", re.M)
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")  # object reprs: the same failure reads the same every run
+# pytest shortens a long repr in the middle ("<object obje...7f00f3d4d790>"), which can cut the 0x off: the
+# hex tail after the ellipsis is the address all the same.
+_CUT_ADDRESS = re.compile(r"\.\.\.[0-9a-fA-F]{8,}\b")
 _END = re.compile(r"^(={3,} .* ={3,}|-{3,} .* -{3,})$", re.M)
 
 
@@ -32,6 +35,11 @@ def changed_lines(patch: str) -> list[str]:
     return lines
 
 
+def _unaddressed(line: str) -> str:
+    """`line` with object addresses masked, so the same failure reads the same on every run."""
+    return _CUT_ADDRESS.sub("...", _ADDRESS.sub("0x...", line))
+
+
 def error_lines(output: str, test: str) -> list[str]:
     """pytest's `E` lines for `test` (a node id) from a `-rA` run's failure section, else its summary."""
     name = test.split("::", 1)[1].replace("::", ".") if "::" in test else test
@@ -40,7 +48,7 @@ def error_lines(output: str, test: str) -> list[str]:
             continue
         rest = output[match.end() :]
         end = min((m.start() for m in (_SECTION.search(rest), _END.search(rest)) if m), default=len(rest))
-        lines = [_ADDRESS.sub("0x...", line) for line in rest[:end].splitlines() if line.startswith("E ")]
+        lines = [_unaddressed(line) for line in rest[:end].splitlines() if line.startswith("E ")]
         if lines:
             return lines[:MAX_ERROR_LINES]
     summary = [
