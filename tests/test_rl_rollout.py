@@ -101,7 +101,9 @@ def test_trace_holds_exactly_the_generated_ids_and_masks_every_observation(repos
 
 
 def test_killed_sandbox_fails_only_its_rollout_with_the_reason(repos, tokenizer, tasks, tmp_path):
-    cfg = rl_cfg(repos, tmp_path)
+    # Opened in rollout order: a warm pool would hand the second sandbox opened (the victim) to whichever
+    # rollout claims first, since the three share their opener's arguments.
+    cfg = rl_cfg(repos, tmp_path, "agent.sandbox.prepare_ahead=0")
     ctx = context(cfg, tokenizer, ScriptedGenerator(tokenizer), tmp_path, opener=KillingOpener(victim=1))
     task = tasks["protege-demo__csvcols-1"]
     rollouts = run_rollouts(ctx, [(task, 0), (task, 1), (task, 2)], workers=1)
