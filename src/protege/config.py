@@ -408,6 +408,10 @@ class ExpertConfig(Strict):
     oracle_quotes_line: bool = False
     """Oracle backend: also quote a one-line change as it is and as it should be (a single line, within METHOD §3's
     verbatim rule); off: the change in words and its changed piece only."""
+    oracle_writes_call: bool = False
+    """Oracle backend: also write a one-line change as the `str_replace_editor` call that makes it, in the JSON
+    the protégé's own calls use (what a strong expert asked for the edit gives; a single line, within METHOD §3's
+    verbatim rule). Off by default."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Per-request timeout."""
     max_retries: int = Field(default=3, ge=0)
@@ -622,6 +626,10 @@ def _stage_two_reward() -> RewardConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+TeacherPlan = Literal["explore", "ask_first"]
+"""How the oracle teacher goes about a task (protege.agent.teacher)."""
+
+
 class SynthConfig(Strict):
     """Phase synth: expert-augmented trajectory synthesis (METHOD §3)."""
 
@@ -633,6 +641,10 @@ class SynthConfig(Strict):
     """The oracle teacher writes a sentence of reasoning before each tool call. Off (the learn profile): its
     turns are the tool calls alone, for a student too small to model free prose (its greedy decoding of the
     teacher's varied sentences and quoted guidance falls into repetition and never reaches the tool call)."""
+    teacher_plan: TeacherPlan = "explore"
+    """The oracle teacher's course: `explore` locates the code, runs the tests, asks, edits, re-tests and
+    submits (about ten turns); `ask_first` asks the expert at once, makes the change its reply names and submits
+    (three turns, for a student whose context is its cost). On in no shipped profile."""
     attempts: int = Field(default=1, ge=1)
     """Attempts per training task."""
     concurrency: int = Field(default=8, ge=1)

@@ -165,8 +165,10 @@ def verdict(trajectory: Trajectory) -> dict[str, Any]:
 def _oracle_teacher(cfg: ProtegeConfig) -> PolicyFor:
     from protege.agent.teacher import OracleTeacher
 
-    model, reasoning = cfg.synth.teacher_model, cfg.synth.teacher_reasoning
-    return lambda task, attempt: OracleTeacher(task, attempt, model=model, reasoning=reasoning)
+    s = cfg.synth
+    return lambda task, attempt: OracleTeacher(
+        task, attempt, model=s.teacher_model, reasoning=s.teacher_reasoning, plan=s.teacher_plan
+    )
 
 
 def _anthropic_teacher(cfg: ProtegeConfig) -> PolicyFor:

@@ -10,7 +10,15 @@ import pytest
 from protege.agent.agent import Agent
 from protege.agent.expert import ExpertService
 from protege.agent.sandbox import open_sandbox
-from protege.agent.teacher import NAME, OracleTeacher, parse_patch, pytest_counts, repro_script, search_symbol
+from protege.agent.teacher import (
+    ASK_FIRST_QUESTION,
+    NAME,
+    OracleTeacher,
+    parse_patch,
+    pytest_counts,
+    repro_script,
+    search_symbol,
+)
 from protege.config import AgentConfig, ExpertConfig
 from protege.tasks import TaskInstance
 
@@ -115,7 +123,9 @@ def make_task(base_commit: str) -> TaskInstance:
     )
 
 
-def run_episode(tmp_path: Path, area: str = AREA, attempt: int = 0, reasoning: bool = True) -> tuple:
+def run_episode(
+    tmp_path: Path, area: str = AREA, attempt: int = 0, reasoning: bool = True, plan: str = "explore"
+) -> tuple:
     """One teacher episode; returns (trajectory, final area.py, units.py exists)."""
     repos = tmp_path / f"repos-{attempt}"
     task = make_task(make_repo(repos, area))
@@ -126,7 +136,7 @@ def run_episode(tmp_path: Path, area: str = AREA, attempt: int = 0, reasoning: b
     with open_sandbox(cfg.sandbox, task, repos) as sandbox:
         agent = Agent(
             cfg,
-            OracleTeacher(task, attempt, reasoning=reasoning),
+            OracleTeacher(task, attempt, reasoning=reasoning, plan=plan),
             sandbox,
             task,
             expert.session(6, 2.0),
@@ -242,3 +252,33 @@ def test_teacher_without_reasoning_makes_the_same_calls_with_no_text(tmp_path):
     assert calls(bare) == calls(reasoned)
     assert all(m.content for m in turns(reasoned))
     assert not any(m.content for m in turns(bare))
+
+
+def test_ask_first_plan_asks_at_once_then_edits_what_the_reply_names_and_submits(tmp_path):
+    trajectory, area, units = run_episode(tmp_path, plan="ask_first", reasoning=False)
+    assert trajectory.status == "submitted" and len(trajectory.expert_calls) == 1
+    calls = [(a.tool, a.arguments) for a in trajectory.actions]
+    assert calls == [
+        ("ask_expert", {"question": ASK_FIRST_QUESTION}),
+        (
+            "str_replace_editor",
+            {
+                "command": "str_replace",
+                "path": "shapes/area.py",
+                "old_str": "    return w + h",
+                "new_str": "    return w * h",
+            },
+        ),
+        # the file the reply is not about is new: nothing to read before creating it
+        (
+            "str_replace_editor",
+            {
+                "command": "create",
+                "path": "shapes/units.py",
+                "file_text": "def to_cm2(mm2):\n    return mm2 / 100\n",
+            },
+        ),
+        ("submit", {}),
+    ]
+    assert "return w * h" in area and units == "def to_cm2(mm2):\n    return mm2 / 100\n"
+    assert not [a.error for a in trajectory.actions if a.error]

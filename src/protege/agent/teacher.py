@@ -16,6 +16,9 @@ fix is (from the task's gold patch) but acts only through the agent's real tools
 It adapts to what it observes: a failed view is retried without a range; a failed `str_replace` is
 followed by a look at the file and a retry with a smaller snippet (changed lines with one line of
 context, then the changed lines alone); failing tests after the edit lead to a second question.
+The `ask_first` plan skips 1-5 and 7: it asks the expert at once (`ASK_FIRST_QUESTION`), makes the change the
+reply names (6, with the same retries) and submits.
+
 Each turn carries reasoning text built from the task (file, function and the issue's own words), with
 phrasing varied deterministically by (instance, attempt), so trajectories have the shape of real
 ones (`reasoning=False`: the tool calls alone, the same ones). Everything it does is deterministic: the
@@ -37,6 +40,7 @@ from protege.agent.expert_backends import estimate_tokens
 from protege.agent.policies import PolicyError
 from protege.agent.protocols import PolicyTurn
 from protege.agent.tools import added_files
+from protege.config import TeacherPlan
 from protege.tasks import TaskInstance
 from protege.trajectory import Message, ToolCall
 
@@ -51,6 +55,8 @@ MISSING_INPUT = "FileNotFoundError"
 """In a replayed example's output: the example needs a file the issue does not include."""
 GUIDANCE_QUOTE_CHARS = 220
 """Longest piece of expert guidance the teacher paraphrases in its next thought."""
+ASK_FIRST_QUESTION = "Which change fixes this issue, and where?"
+"""The `ask_first` plan's one question: the same words on every task, the issue being in the expert's input."""
 
 _DEF = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
 _BACKTICKED = re.compile(r"`([A-Za-z_][\w.]*)(?:\(\))?`")
@@ -217,15 +223,23 @@ class OracleTeacher:
     name = NAME
 
     def __init__(
-        self, task: TaskInstance, attempt: int = 0, model: str = "oracle", reasoning: bool = True
+        self,
+        task: TaskInstance,
+        attempt: int = 0,
+        model: str = "oracle",
+        reasoning: bool = True,
+        plan: TeacherPlan = "explore",
     ) -> None:
         self.task = task
         self.model = model
         self.reasoning = reasoning
         """False: each turn is the tool call alone, no sentence of reasoning before it."""
+        self.plan = plan
         self.files = parse_patch(task.patch)
         if not self.files:
             raise ValueError(f"{task.instance_id}: the gold patch has no file to change")
+        self.main = next((f for f in self.files if f.kind == "modify"), self.files[0])
+        """The file the questions are about: the first one modified, else the first one."""
         self.rng = random.Random(f"{task.instance_id}:{attempt}")
         self._script: Generator[Step, str, None] | None = None
         self._calls = 0
@@ -259,9 +273,26 @@ class OracleTeacher:
     # the episode ---------------------------------------------------------------------------------
 
     def script(self) -> Generator[Step, str, None]:
+        return self.ask_first() if self.plan == "ask_first" else self.explore()
+
+    def ask_first(self) -> Generator[Step, str, None]:
+        reply = yield (
+            "Let me ask the expert which change fixes this.",
+            "ask_expert",
+            {"question": ASK_FIRST_QUESTION},
+        )
+        yield from self.change_all(reply)
+        yield "The change is made. Submitting.", "submit", {}
+
+    def change_all(self, reply: str) -> Generator[Step, str, None]:
+        """Each file of the fix in turn; the reply guides the main one, any other is read before it is changed."""
+        for file in self.files:
+            yield from self.change(file, reply if file is self.main else "", fresh=file is not self.main)
+
+    def explore(self) -> Generator[Step, str, None]:
         title = issue_title(self.task.problem_statement)
         symbol = search_symbol(self.task, self.files)
-        main = next((f for f in self.files if f.kind == "modify"), self.files[0])
+        main = self.main
         yield from self.orient(title)
         grep = yield self.search(symbol)
         yield from self.read(main, symbol, grep)
@@ -288,8 +319,7 @@ class OracleTeacher:
                     "The issue's example needs an input file I don't have, so the code will have to tell. ",
                 )
         reply = yield self.ask(title, symbol, main, passed, failed, note)
-        for file in self.files:
-            yield from self.change(file, reply if file is main else "", fresh=file is not main)
+        yield from self.change_all(reply)
         after = yield (
             self.say(
                 "Now the tests again, to confirm the change and make sure nothing else broke.",
