@@ -577,6 +577,41 @@ def test_oracle_quotes_a_one_line_change_only_when_asked(tmp_path, task, history
         assert line not in reply(quoting, task)
 
 
+def test_oracle_writes_a_one_line_change_as_the_editor_call_only_when_asked(tmp_path, task, history):
+    from protege.agent.qwen_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
+
+    one_line = task.model_copy(update={"patch": one_line_patch('    key = "a" - b', '    key = "a" + b')})
+    cfg = ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", cache_dir=str(tmp_path))
+    writing = cfg.model_copy(update={"oracle_writes_call": True})
+
+    def reply(config: ExpertConfig, on: TaskInstance) -> str:
+        return ExpertService(config).session(6, 2.0).ask("What should I change?", history, on, step=2).reply
+
+    # One line of the reply is the call's JSON exactly as the protégé writes a call: copied into a tool-call
+    # block it is the edit that fixes the task.
+    calls = [
+        parse_tool_calls(f"{TOOL_CALL_OPEN}\n{line}\n{TOOL_CALL_CLOSE}")
+        for line in reply(writing, one_line).splitlines()
+        if line.startswith('{"name": ')
+    ]
+    assert calls == [
+        [
+            {
+                "name": "str_replace_editor",
+                "arguments": {
+                    "command": "str_replace",
+                    "path": "m.py",
+                    "old_str": '    key = "a" - b',
+                    "new_str": '    key = "a" + b',
+                },
+            }
+        ]
+    ]
+    assert '"a" + b' not in reply(cfg, one_line)
+    # A change of several lines is never written out: that would be pasting the fix.
+    assert reply(writing, task) == reply(cfg, task)
+
+
 @pytest.mark.parametrize(
     ("before", "after", "piece"),
     [

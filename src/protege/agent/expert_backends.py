@@ -28,6 +28,7 @@ from difflib import SequenceMatcher
 from typing import Any, Protocol
 
 from protege import patches
+from protege.agent.qwen_format import tool_call_json
 from protege.config import ExpertConfig
 from protege.tasks import TaskInstance
 
@@ -426,9 +427,24 @@ def quoted_line_change(hunk: Hunk) -> list[str]:
     ]
 
 
-def oracle_guidance(task: TaskInstance, quote_line: bool = False) -> str:
+def edit_call(hunk: Hunk) -> list[str]:
+    """A one-line change as an expert asked for the edit would give it: the editor call that makes it, written
+    as the protégé's own tool calls are ([] for any other change)."""
+    if len(hunk.removed) != 1 or len(hunk.added) != 1:
+        return []
+    arguments = {
+        "command": "str_replace",
+        "path": hunk.path,
+        "old_str": hunk.removed[0],
+        "new_str": hunk.added[0],
+    }
+    return ["  The edit that makes it:", tool_call_json("str_replace_editor", arguments)]
+
+
+def oracle_guidance(task: TaskInstance, quote_line: bool = False, write_call: bool = False) -> str:
     """Guidance derived from the gold patch: files, functions and the change in words, no patch lines;
-    `quote_line`: a one-line change also quoted before and after (`quoted_line_change`)."""
+    `quote_line`: a one-line change also quoted before and after (`quoted_line_change`); `write_call`: and as
+    the editor call that makes it (`edit_call`)."""
     hunks = parse_hunks(task.patch)
     files = list(dict.fromkeys(h.path for h in hunks))
     lines = [
@@ -436,7 +452,11 @@ def oracle_guidance(task: TaskInstance, quote_line: bool = False) -> str:
         f"The fix touches {len(files)} file(s): {_quote(files)}.",
     ]
     for hunk in hunks:
-        lines += [f"- {describe_hunk(hunk)}", *(quoted_line_change(hunk) if quote_line else [])]
+        lines += [
+            f"- {describe_hunk(hunk)}",
+            *(quoted_line_change(hunk) if quote_line else []),
+            *(edit_call(hunk) if write_call else []),
+        ]
     scopes = list(dict.fromkeys(h.scope for h in hunks if h.scope))
     target = f"`{scopes[0]}` in `{hunks[0].path}`" if scopes else f"`{files[0]}`" if files else "the code"
     tests = ", ".join(task.FAIL_TO_PASS)
@@ -462,7 +482,7 @@ class OracleBackend:
         return {"model": cfg.model, "system": request.system, "user": request.user}
 
     def complete(self, request: ExpertRequest, task: TaskInstance) -> BackendReply:
-        text = oracle_guidance(task, quote_line=self.cfg.oracle_quotes_line)
+        text = oracle_guidance(task, self.cfg.oracle_quotes_line, self.cfg.oracle_writes_call)
         return BackendReply(text, estimate_tokens(request.system + request.user), estimate_tokens(text))
 
 

@@ -30,10 +30,14 @@ END_OF_TEXT = "<|endoftext|>"
 _BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(" + re.escape(TOOL_CALL_CLOSE) + r"|\Z)", re.S)
 
 
+def tool_call_json(name: str, arguments: dict[str, Any]) -> str:
+    """One call's JSON exactly as the Qwen2.5 chat template writes it inside the block (jinja's `tojson`)."""
+    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+
+
 def render_tool_call(name: str, arguments: dict[str, Any]) -> str:
-    """The block exactly as the Qwen2.5 chat template renders one call (json like jinja's `tojson`)."""
-    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-    return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
+    """The block exactly as the Qwen2.5 chat template renders one call."""
+    return f"{TOOL_CALL_OPEN}\n{tool_call_json(name, arguments)}\n{TOOL_CALL_CLOSE}"
 
 
 def _parse_block(body: str, closed: bool) -> dict[str, Any]:
