@@ -124,6 +124,11 @@ def learn(cfg: Any, run_dir: Path, tracker: Any, store: Any) -> dict[str, Any]:
     from protege.model import resolve_model
 
     clock, out = Clock(), {}
+    # The base first, as its own phase: a warm-started tiny build (model.tiny.copy_warmup_steps) takes half an
+    # hour once and is cached after; inside sft's time it would hide what the training itself costs.
+    t = time.monotonic()
+    base_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
+    clock.done("base_model", t)
     t = time.monotonic()
     kept = synth.run(cfg, run_dir / "synth", tracker, store)
     clock.done("synth", t)
@@ -134,7 +139,6 @@ def learn(cfg: Any, run_dir: Path, tracker: Any, store: Any) -> dict[str, Any]:
     t = time.monotonic()
     tuned = sft.run(cfg, kept["dataset"], run_dir / "sft", tracker, store)
     clock.done("sft", t)
-    base_dir = resolve_model(cfg.model.base, Path(cfg.model.cache_dir), store, tiny=cfg.model.tiny)
     t = time.monotonic()
     formats = {
         name: check(cfg, str(path), kept["dataset"], FORMAT_TURNS)
