@@ -411,7 +411,7 @@ class ExpertConfig(Strict):
     oracle_writes_call: bool = False
     """Oracle backend: also write a one-line change as the `str_replace_editor` call that makes it, in the JSON
     the protégé's own calls use (what a strong expert asked for the edit gives; a single line, within METHOD §3's
-    verbatim rule). Off by default."""
+    verbatim rule). On in the learn profile."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Per-request timeout."""
     max_retries: int = Field(default=3, ge=0)
@@ -644,7 +644,7 @@ class SynthConfig(Strict):
     teacher_plan: TeacherPlan = "explore"
     """The oracle teacher's course: `explore` locates the code, runs the tests, asks, edits, re-tests and
     submits (about ten turns); `ask_first` asks the expert at once, makes the change its reply names and submits
-    (three turns, for a student whose context is its cost). On in no shipped profile."""
+    (three turns, for a student whose context is its cost; the learn profile's)."""
     attempts: int = Field(default=1, ge=1)
     """Attempts per training task."""
     concurrency: int = Field(default=8, ge=1)
