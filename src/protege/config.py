@@ -251,8 +251,9 @@ class TinyModelConfig(Strict):
     """Seed of the random initialisation."""
     copy_warmup_steps: int = Field(default=0, ge=0)
     """Steps of the copy warm start at build time (protege.tiny_warmup; 0: none): copying from the context, the
-    skill a pretrained base has and a randomly initialised one lacks. 5000 (about 28 min on 2 cores) is the
-    measured recipe; under about 4,000 its first phase ends before it leaves chance."""
+    skill a pretrained base has and a randomly initialised one lacks. 5000 (about 34 min on 2 cores, once: the
+    build is cached by digest) is the measured recipe and the learn profile's; under about 4,000 its first phase
+    ends before it leaves chance."""
     family: Literal["qwen2.5", "qwen3"] = "qwen2.5"
     """Chat template and architecture of the tiny build: Qwen2.5's (Qwen2) or Qwen3's with <think> (Qwen3).
     Only the build reads it; every other path reads the family off the tokenizer's own chat template."""

@@ -557,41 +557,43 @@ def one_line_patch(before: str, after: str) -> str:
     )
 
 
-def test_oracle_quotes_a_one_line_change_only_when_asked(tmp_path, task, history):
-    one_line = task.model_copy(update={"patch": one_line_patch('    key = "a" - b', '    key = "a" + b')})
-    cfg = ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", cache_dir=str(tmp_path))
-    quoting = cfg.model_copy(update={"oracle_quotes_line": True})
+def oracle_reply(tmp_path: Path, history: list, on: TaskInstance, **flags: bool) -> str:
+    """The oracle's reply to one question about `on`, with the ExpertConfig `flags` set."""
+    cfg = ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", cache_dir=str(tmp_path), **flags)
+    return ExpertService(cfg).session(6, 2.0).ask("What should I change?", history, on, step=2).reply
 
-    def reply(config: ExpertConfig, on: TaskInstance) -> str:
-        return ExpertService(config).session(6, 2.0).ask("What should I change?", history, on, step=2).reply
+
+def one_line_task(task: TaskInstance) -> TaskInstance:
+    return task.model_copy(update={"patch": one_line_patch('    key = "a" - b', '    key = "a" + b')})
+
+
+def test_oracle_quotes_a_one_line_change_only_when_asked(tmp_path, task, history):
+    def reply(on: TaskInstance, **flags: bool) -> str:
+        return oracle_reply(tmp_path, history, on, **flags)
 
     # The line as it is and as it should be, indentation kept, so an edit can take them as they stand.
     assert (
         '  Line 11 reads:\n```\n    key = "a" - b\n```\n  and should read:\n```\n    key = "a" + b\n```'
-        in (reply(quoting, one_line))
+        in (reply(one_line_task(task), oracle_quotes_line=True))
     )
-    assert '"a" + b' not in reply(cfg, one_line)
+    assert '"a" + b' not in reply(one_line_task(task))
     # A change of several lines is never quoted: that would be pasting the fix.
-    assert reply(quoting, task) == reply(cfg, task)
+    assert reply(task, oracle_quotes_line=True) == reply(task)
     for line in added_lines(GOLD_PATCH):
-        assert line not in reply(quoting, task)
+        assert line not in reply(task, oracle_quotes_line=True)
 
 
 def test_oracle_writes_a_one_line_change_as_the_editor_call_only_when_asked(tmp_path, task, history):
     from protege.agent.qwen_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
 
-    one_line = task.model_copy(update={"patch": one_line_patch('    key = "a" - b', '    key = "a" + b')})
-    cfg = ExpertConfig(backend="oracle", allow_oracle=True, model="oracle", cache_dir=str(tmp_path))
-    writing = cfg.model_copy(update={"oracle_writes_call": True})
-
-    def reply(config: ExpertConfig, on: TaskInstance) -> str:
-        return ExpertService(config).session(6, 2.0).ask("What should I change?", history, on, step=2).reply
+    def reply(on: TaskInstance, **flags: bool) -> str:
+        return oracle_reply(tmp_path, history, on, **flags)
 
     # One line of the reply is the call's JSON exactly as the protégé writes a call: copied into a tool-call
     # block it is the edit that fixes the task.
     calls = [
         parse_tool_calls(f"{TOOL_CALL_OPEN}\n{line}\n{TOOL_CALL_CLOSE}")
-        for line in reply(writing, one_line).splitlines()
+        for line in reply(one_line_task(task), oracle_writes_call=True).splitlines()
         if line.startswith('{"name": ')
     ]
     assert calls == [
@@ -607,9 +609,9 @@ def test_oracle_writes_a_one_line_change_as_the_editor_call_only_when_asked(tmp_
             }
         ]
     ]
-    assert '"a" + b' not in reply(cfg, one_line)
+    assert '"a" + b' not in reply(one_line_task(task))
     # A change of several lines is never written out: that would be pasting the fix.
-    assert reply(writing, task) == reply(cfg, task)
+    assert reply(task, oracle_writes_call=True) == reply(task)
 
 
 @pytest.mark.parametrize(
