@@ -66,8 +66,9 @@ demo: setup ## start local services and run the whole KFP pipeline locally (kfp.
 	$(BIN)/protege services up
 	$(BIN)/protege run --profile local
 
-# The learning run (issue 16, bench/learning.py): generated tasks (resumable; kept across runs), then synth ->
-# sft -> rl1 -> rl2 and eval of base, sft, rl1 and rl2 under the `learn` profile; curves and the table land in
+# The learning run (issue 16, bench/learning.py): generated tasks (resumable; kept across runs), the warm-started
+# tiny base (about 34 min the first time, then cached in .protege/models), then synth -> sft -> rl1 -> rl2 and
+# eval of base, sft, rl1 and rl2 under the `learn` profile; curves and the table land in
 # bench/results/learning.{json,png} and on the MLflow run. LEARN_TASKS: instances per bundled repository. Eval
 # holds out whole functions: a 1M-parameter student cannot read an unseen repository's layout (it recalls the
 # paths it was trained on), so held-out bugs sit in functions it never saw, in repositories it did.
