@@ -297,6 +297,11 @@ class Hunk:
     removed: list[str]
     added: list[str]
 
+    @property
+    def one_line(self) -> bool:
+        """One line replaced by one line: the only change the oracle may show as code (METHOD §3's verbatim rule)."""
+        return len(self.removed) == 1 and len(self.added) == 1
+
 
 def parse_hunks(patch: str) -> list[Hunk]:
     """Hunks of a git diff (protege.patches) with their file, enclosing function and changed lines."""
@@ -380,11 +385,7 @@ def describe_hunk(hunk: Hunk) -> str:
             sentence += f" (it uses {_quote(removed_names)})"
     if raised:
         sentence += f"; it should raise {_quote(raised)} in the bad case"
-    if (
-        len(hunk.removed) == 1
-        and len(hunk.added) == 1
-        and (piece := changed_piece(*hunk.removed, *hunk.added))
-    ):
+    if hunk.one_line and (piece := changed_piece(*hunk.removed, *hunk.added)):
         sentence += f"; {piece}"
     return sentence + "."
 
@@ -413,7 +414,7 @@ def changed_piece(before: str, after: str) -> str:
 def quoted_line_change(hunk: Hunk) -> list[str]:
     """A one-line change as an expert who has the fix would quote it: the line as it is and as it should be,
     each in a fenced block with its indentation ([] for any other change: more than one line reads as a paste)."""
-    if len(hunk.removed) != 1 or len(hunk.added) != 1:
+    if not hunk.one_line:
         return []
     return [
         f"  Line {hunk.line} reads:",
@@ -430,7 +431,7 @@ def quoted_line_change(hunk: Hunk) -> list[str]:
 def edit_call(hunk: Hunk) -> list[str]:
     """A one-line change as an expert asked for the edit would give it: the editor call that makes it, written
     as the protégé's own tool calls are ([] for any other change)."""
-    if len(hunk.removed) != 1 or len(hunk.added) != 1:
+    if not hunk.one_line:
         return []
     arguments = {
         "command": "str_replace",
